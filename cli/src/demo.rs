@@ -1,0 +1,196 @@
+//! `sightline demo`: a lab with a small application, continuous traffic, and
+//! the datapath's decoded events printed live. It always cleans up after
+//! itself, on Ctrl-C, SIGTERM, --duration, or error.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sightline_collector::control::{StreamItem, Subscription};
+
+use crate::lab::cluster::{self, LabState};
+use crate::lab::types::Protocol;
+
+/// The sample application.
+pub const SAMPLE_APP: &str = r"# Sightline demo: a shop, its payments backend, and a DNS server.
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {team: web}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: payments
+  labels: {team: finance}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: infra
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: frontend, namespace: shop, labels: {app: frontend, tier: web}}
+spec:
+  containers:
+  - name: web
+    ports: [{containerPort: 80}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cart, namespace: shop, labels: {app: cart, tier: api}}
+spec:
+  containers:
+  - name: cart
+    ports: [{containerPort: 8080, name: http}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: payments, labels: {app: payments-api}}
+spec:
+  containers:
+  - name: api
+    ports: [{containerPort: 8443}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: payments, labels: {app: postgres}}
+spec:
+  containers:
+  - name: db
+    ports: [{containerPort: 5432}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: dns, namespace: infra, labels: {app: dns}}
+spec:
+  containers:
+  - name: dns
+    ports: [{containerPort: 53, protocol: UDP}]
+";
+
+/// The demo's traffic: (from, to, port, protocol). The last one has no
+/// listener: the kernel drops it, and the datapath reports why.
+const TRAFFIC: &[(&str, &str, u16, Protocol)] = &[
+    ("shop/frontend", "shop/cart", 8080, Protocol::Tcp),
+    ("shop/cart", "payments/api", 8443, Protocol::Tcp),
+    ("payments/api", "payments/db", 5432, Protocol::Tcp),
+    ("shop/frontend", "infra/dns", 53, Protocol::Udp),
+    ("shop/cart", "infra/dns", 53, Protocol::Udp),
+    ("shop/frontend", "payments/db", 9999, Protocol::Tcp),
+];
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        eprintln!("demo: removing lab {} …", self.0);
+        match cluster::down(&self.0) {
+            Ok(()) => eprintln!("demo: lab {} removed", self.0),
+            Err(e) => eprintln!("demo: cleaning up lab {} failed: {e:#}", self.0),
+        }
+    }
+}
+
+/// Runs the demo.
+pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow::Result<()> {
+    crate::check_root()?;
+    cluster::validate_name(name)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook_like::SIGINT, signal_hook_like::SIGTERM] {
+        signal_hook_like::register(sig, Arc::clone(&stop));
+    }
+    if LabState::load(name).is_ok() {
+        eprintln!("demo: a lab named {name} is left over from an earlier run; removing it first");
+        cluster::down(name)?;
+    }
+    let dir = tempdir()?;
+    let manifest = dir.join("sample-app.yaml");
+    std::fs::write(&manifest, SAMPLE_APP).with_context(|| format!("writing {}", manifest.display()))?;
+    eprintln!("demo: starting lab {name} (aggregation {aggregation}) with the sample application …");
+    let _cleanup = Cleanup(name.to_owned());
+    let state = cluster::up(&cluster::UpOptions {
+        name: name.to_owned(),
+        nodes: 1,
+        files: vec![manifest],
+        aggregation: aggregation.to_owned(),
+        debug_events: false,
+        datapath: true,
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    for p in state.pods.values() {
+        eprintln!("demo:   pod {}/{} at {} (identity {})", p.namespace, p.name, p.ip, p.identity);
+    }
+    eprintln!(
+        "demo: traffic: {}; events follow (Ctrl-C to stop{})",
+        TRAFFIC.iter().map(|(f, t, p, pr)| format!("{f}→{t}:{p}/{pr}")).collect::<Vec<_>>().join(", "),
+        duration.map(|d| format!(", or after {}s", d.as_secs())).unwrap_or_default()
+    );
+
+    let traffic = {
+        let stop = Arc::clone(&stop);
+        let state = state.clone();
+        std::thread::spawn(move || generate_traffic(&state, &stop))
+    };
+    let mut sub = Subscription::open(&state.nodes[0].control_socket).context("subscribing to the collector")?;
+    let start = Instant::now();
+    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| start.elapsed() < d) {
+        match sub.next_timeout(Duration::from_millis(200))? {
+            Some(StreamItem::Record(r)) => println!("{}", r.summary()),
+            Some(StreamItem::Lost { lost }) => println!("-- {lost} events lost: the printer fell behind --"),
+            None => {}
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = traffic.join();
+    Ok(())
+}
+
+fn generate_traffic(state: &LabState, stop: &AtomicBool) {
+    let Ok(rt) = crate::runtime() else { return };
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let (from, to, port, proto) = TRAFFIC[i % TRAFFIC.len()];
+        i += 1;
+        if let (Ok(netns), Some(dst)) = (state.pod_netns(from), state.pods.get(to)) {
+            let target = std::net::SocketAddrV4::new(dst.ip, port);
+            let _ = rt.block_on(crate::lab::probe::probe(&netns, target, proto, Duration::from_millis(500)));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sightline-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Minimal signal-to-flag registration (SIGINT/SIGTERM set a flag instead of
+/// killing the process, so the demo can clean up).
+mod signal_hook_like {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    pub const SIGINT: i32 = libc::SIGINT;
+    pub const SIGTERM: i32 = libc::SIGTERM;
+
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+    extern "C" fn handler(_: i32) {
+        if let Some(f) = FLAG.get() {
+            f.store(true, Ordering::Relaxed);
+        }
+    }
+
+    pub fn register(sig: i32, flag: Arc<AtomicBool>) {
+        let _ = FLAG.set(flag);
+        // SAFETY: the handler only performs an atomic store, which is
+        // async-signal-safe.
+        unsafe { libc::signal(sig, handler as *const () as libc::sighandler_t) };
+    }
+}

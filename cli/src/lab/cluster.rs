@@ -1,0 +1,692 @@
+//! The lab's persistent state and its operations (`up`, `apply`, `delete`,
+//! `down`): the lab is the state source that turns Kubernetes objects into
+//! pods plugged into namespaces and into each node's desired datapath state.
+//!
+//! Every operation validates everything first, then changes the world, and
+//! undoes what it did if a later step fails: nothing is half-applied.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use sightline_abi as abi;
+use sightline_collector::control;
+use sightline_collector::netns::netns_path;
+use sightline_collector::state::{Endpoint, Identity, IpcacheEntry, NodeState};
+
+use super::manifest::{self, Object, ObjectStore, Pod};
+use super::topology;
+
+/// Where labs keep their state.
+pub const LABS_DIR: &str = "/run/sightline/labs";
+/// Where collectors pin their maps.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/sightline";
+/// Default lab name.
+pub const DEFAULT_NAME: &str = "sightline";
+
+/// A lab node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub pod_cidr: String,
+    pub node_ip: Ipv4Addr,
+    pub collector_pid: u32,
+    pub control_socket: PathBuf,
+}
+
+/// A pod as the lab plugged it in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRuntime {
+    pub namespace: String,
+    pub name: String,
+    pub node: String,
+    pub ip: Ipv4Addr,
+    pub endpoint_id: u16,
+    pub identity: u32,
+    pub responder_pid: u32,
+    /// The ports the responder serves, as `port/PROTO`.
+    pub ports: Vec<String>,
+}
+
+/// Everything a lab remembers between commands.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LabState {
+    pub name: String,
+    pub aggregation: String,
+    /// Whether collectors run and programs are attached.
+    pub datapath: bool,
+    pub nodes: Vec<Node>,
+    pub objects: ObjectStore,
+    /// `ns/name` → runtime.
+    pub pods: BTreeMap<String, PodRuntime>,
+    /// Identity label set (joined) → number. Stable for the lab's lifetime.
+    pub identities: BTreeMap<String, u32>,
+    /// `ns/name` → cluster IP.
+    pub service_ips: BTreeMap<String, Ipv4Addr>,
+}
+
+/// Validates a lab name: it prefixes namespaces and paths.
+pub fn validate_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 20
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        bail!("invalid lab name {name:?}: use 1-20 lowercase letters, digits and '-', not starting or ending with '-'")
+    }
+}
+
+pub fn lab_dir(name: &str) -> PathBuf {
+    Path::new(LABS_DIR).join(name)
+}
+
+fn state_path(name: &str) -> PathBuf {
+    lab_dir(name).join("state.json")
+}
+
+/// Holds the lab's lock file for the duration of one command.
+pub struct LabLock {
+    _file: fs::File,
+}
+
+/// Serialises lab commands on one lab.
+pub fn lock(name: &str) -> anyhow::Result<LabLock> {
+    fs::create_dir_all(LABS_DIR).with_context(|| format!("creating {LABS_DIR}"))?;
+    let path = Path::new(LABS_DIR).join(format!("{name}.lock"));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a valid descriptor.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("locking the lab");
+    }
+    Ok(LabLock { _file: file })
+}
+
+impl LabState {
+    /// Loads a running lab's state.
+    pub fn load(name: &str) -> anyhow::Result<Self> {
+        let path = state_path(name);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("no lab named {name:?} is running (start one with `sightline lab up --name {name}`)")
+            }
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+    }
+
+    /// Writes the state atomically.
+    pub fn save(&self) -> anyhow::Result<()> {
+        let dir = lab_dir(&self.name);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join("state.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, state_path(&self.name)).context("replacing the lab state")?;
+        Ok(())
+    }
+
+    fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The netns path of a pod given as `ns/name`.
+    pub fn pod_netns(&self, key: &str) -> anyhow::Result<PathBuf> {
+        let pod = self.pods.get(key).ok_or_else(|| anyhow!("no pod {key} in lab {} (pods are named namespace/name)", self.name))?;
+        Ok(netns_path(&topology::pod_netns(&self.name, &pod.namespace, &pod.name)))
+    }
+}
+
+/// The Cilium-style identity labels of a pod.
+pub fn identity_labels(store: &ObjectStore, pod: &Pod) -> Vec<String> {
+    let mut labels: Vec<String> = pod.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
+    labels.push(format!("k8s:io.kubernetes.pod.namespace={}", pod.namespace));
+    if let Some(ns) = store.namespaces.get(&pod.namespace) {
+        for (k, v) in &ns.labels {
+            labels.push(format!("k8s:io.cilium.k8s.namespace.labels.{k}={v}"));
+        }
+    }
+    labels.sort();
+    labels.dedup();
+    labels
+}
+
+fn allocate_identity(state: &mut LabState, labels: &[String]) -> u32 {
+    let key = labels.join(",");
+    if let Some(id) = state.identities.get(&key) {
+        return *id;
+    }
+    let next = state.identities.values().copied().max().map_or(abi::IDENTITY_USER_MIN, |m| m + 1);
+    state.identities.insert(key, next);
+    next
+}
+
+fn pod_ports(pod: &Pod) -> Vec<String> {
+    let mut ports: Vec<String> = pod.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol)).collect();
+    ports.sort();
+    ports.dedup();
+    ports
+}
+
+/// Builds a node's desired datapath state from the lab state.
+pub fn node_state(state: &LabState, node: &Node) -> NodeState {
+    let mut endpoints = Vec::new();
+    let mut ipcache = Vec::new();
+    for rt in state.pods.values() {
+        ipcache.push(IpcacheEntry { cidr: format!("{}/32", rt.ip), identity: rt.identity });
+        if rt.node != node.name {
+            continue;
+        }
+        let labels = state
+            .objects
+            .pods
+            .get(&(rt.namespace.clone(), rt.name.clone()))
+            .map(|p| p.labels.clone())
+            .unwrap_or_default();
+        endpoints.push(Endpoint {
+            id: rt.endpoint_id,
+            namespace: rt.namespace.clone(),
+            name: rt.name.clone(),
+            ip: rt.ip,
+            mac: topology::pod_mac(rt.ip),
+            host_ifname: topology::host_ifname(rt.endpoint_id),
+            host_mac: topology::host_mac(rt.ip),
+            netns: netns_path(&topology::pod_netns(&state.name, &rt.namespace, &rt.name)),
+            identity: rt.identity,
+            labels,
+        });
+    }
+    for other in &state.nodes {
+        ipcache.push(IpcacheEntry { cidr: format!("{}/32", other.node_ip), identity: abi::IDENTITY_HOST });
+    }
+    let identities = state
+        .identities
+        .iter()
+        .map(|(labels, id)| Identity { id: *id, labels: labels.split(',').map(str::to_owned).collect() })
+        .collect();
+    NodeState {
+        node_name: node.name.clone(),
+        pod_cidr: node.pod_cidr.clone(),
+        node_ip: node.node_ip,
+        endpoints,
+        identities,
+        ipcache,
+    }
+}
+
+/// Reads and parses manifest files; the first error names the file.
+pub fn read_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<Object>> {
+    let mut objects = Vec::new();
+    for file in files {
+        let text = if file.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading manifests from stdin")?;
+            s
+        } else {
+            fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+        };
+        objects.extend(manifest::parse_manifests(&file.display().to_string(), &text)?);
+    }
+    Ok(objects)
+}
+
+fn pod_key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+/// Starts a detached process that survives this command, logging to `log`.
+fn spawn_detached(cmd: &mut Command, log: &Path) -> anyhow::Result<std::process::Child> {
+    let out = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
+    let _ = out;
+    // SAFETY: setsid is async-signal-safe; it detaches the child from our
+    // session so that Ctrl-C on this command does not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().with_context(|| format!("starting {cmd:?}"))
+}
+
+/// Waits for a child to print `ready` on stdout, then lets its stdout go to
+/// the log. Fails with the log's tail if it exits or takes too long.
+fn wait_ready(mut child: std::process::Child, log: &Path, what: &str, timeout: Duration) -> anyhow::Result<u32> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log_path = log.to_path_buf();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        let ready = loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break false,
+                Ok(_) if line.trim() == "ready" => break true,
+                Ok(_) => {
+                    let _ = append(&log_path, &line);
+                }
+            }
+        };
+        let _ = tx.send(ready);
+        if ready {
+            // Keep draining so the child never blocks or dies on a write.
+            let mut rest = String::new();
+            while matches!(reader.read_line(&mut rest), Ok(n) if n > 0) {
+                let _ = append(&log_path, &rest);
+                rest.clear();
+            }
+        }
+    });
+    let pid = child.id();
+    match rx.recv_timeout(timeout) {
+        Ok(true) => {
+            // The child lives on after this command; do not reap it here.
+            std::mem::forget(child);
+            Ok(pid)
+        }
+        Ok(false) | Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let tail = fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("{what} did not start (log {}):\n{}", log.display(), tail.join("\n"))
+        }
+    }
+}
+
+fn append(path: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(path)?;
+    f.write_all(line.as_bytes())
+}
+
+fn self_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("locating the sightline binary")
+}
+
+fn start_collector(lab: &str, node: &Node, aggregation: &str, debug_events: bool) -> anyhow::Result<u32> {
+    let log = lab_dir(lab).join(format!("collector-{}.log", node.name));
+    let mut cmd = Command::new(self_exe()?);
+    cmd.arg("collector")
+        .arg("--node")
+        .arg(&node.name)
+        .arg("--netns")
+        .arg(netns_path(&topology::node_netns(lab, &node.name)))
+        .arg("--control-socket")
+        .arg(&node.control_socket)
+        .arg("--pin-dir")
+        .arg(Path::new(PIN_ROOT).join(lab).join(&node.name))
+        .arg("--aggregation")
+        .arg(aggregation)
+        .arg("--notify-ready");
+    if debug_events {
+        cmd.arg("--debug-events");
+    }
+    let child = spawn_detached(&mut cmd, &log)?;
+    wait_ready(child, &log, &format!("the collector of {}", node.name), Duration::from_secs(60))
+}
+
+fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
+    let log = lab_dir(lab).join(format!("pod-{}.{}.log", rt.namespace, rt.name));
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &topology::pod_netns(lab, &rt.namespace, &rt.name)])
+        .arg(self_exe()?)
+        .args(["lab", "responder", "--text", &pod_key(&rt.namespace, &rt.name)]);
+    for p in &rt.ports {
+        cmd.args(["--port", p]);
+    }
+    let child = spawn_detached(&mut cmd, &log)?;
+    wait_ready(child, &log, &format!("the responder of pod {}/{}", rt.namespace, rt.name), Duration::from_secs(20))
+}
+
+fn kill(pid: u32) {
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        // SAFETY: signal 0 only checks existence.
+        if unsafe { libc::kill(pid as i32, 0) } != 0 {
+            return;
+        }
+        // Reap it if it is our child (it is not, normally).
+        // SAFETY: non-blocking waitpid.
+        unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: plain kill(2).
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// Options of `lab up`.
+pub struct UpOptions {
+    pub name: String,
+    pub nodes: u32,
+    pub files: Vec<PathBuf>,
+    pub aggregation: String,
+    pub debug_events: bool,
+    /// Run collectors and attach the programs. Without, pods are routed by
+    /// the node's kernel alone (the baseline of the benchmarks).
+    pub datapath: bool,
+}
+
+/// `lab up`.
+pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
+    validate_name(&opts.name)?;
+    if opts.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    if opts.nodes > 1 {
+        bail!("--nodes {}: multi-node labs need the relay, which this version does not have yet; use --nodes 1", opts.nodes);
+    }
+    opts.aggregation
+        .parse::<sightline_collector::agent::Aggregation>()
+        .map_err(|e| anyhow!("--aggregation: {e}"))?;
+    // Bad input fails before anything is created.
+    let objects = read_manifests(&opts.files)?;
+    let _lock = lock(&opts.name)?;
+    if state_path(&opts.name).exists() || !topology::list_lab_netns(&opts.name)?.is_empty() {
+        bail!("a lab named {:?} already exists; remove it with `sightline lab down --name {}`", opts.name, opts.name);
+    }
+    let mut store = ObjectStore::new();
+    store.apply(objects.clone())?;
+    check_nodes(&store, opts.nodes)?;
+
+    let dir = lab_dir(&opts.name);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = (|| -> anyhow::Result<LabState> {
+        let mut nodes = Vec::new();
+        for i in 1..=opts.nodes {
+            let name = format!("node-{i}");
+            let node_ip = Ipv4Addr::new(10, 244, i as u8, 1);
+            topology::create_node(&opts.name, &name, node_ip)?;
+            let mut node = Node {
+                pod_cidr: format!("10.244.{i}.0/24"),
+                node_ip,
+                collector_pid: 0,
+                control_socket: dir.join(format!("collector-{name}.sock")),
+                name,
+            };
+            if opts.datapath {
+                node.collector_pid = start_collector(&opts.name, &node, &opts.aggregation, opts.debug_events)?;
+            }
+            nodes.push(node);
+        }
+        let mut state = LabState {
+            name: opts.name.clone(),
+            aggregation: opts.aggregation.clone(),
+            datapath: opts.datapath,
+            nodes,
+            objects: ObjectStore::new(),
+            pods: BTreeMap::new(),
+            identities: BTreeMap::new(),
+            service_ips: BTreeMap::new(),
+        };
+        state.save()?;
+        converge(&mut state, store.clone())?;
+        Ok(state)
+    })();
+    match result {
+        Ok(state) => Ok(state),
+        Err(err) => {
+            let _ = teardown(&opts.name);
+            Err(err.context(format!("lab {:?} was not created; nothing was left behind", opts.name)))
+        }
+    }
+}
+
+fn check_nodes(store: &ObjectStore, nodes: u32) -> anyhow::Result<()> {
+    for pod in store.pods.values() {
+        if let Some(n) = &pod.node_name {
+            let ok = n.strip_prefix("node-").and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| (1..=nodes).contains(&i));
+            if !ok {
+                bail!("pod {}/{}: spec.nodeName {n:?} is not a node of this lab (it has node-1..node-{nodes})", pod.namespace, pod.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Brings the world in line with `store`: plugs in new pods, unplugs
+/// removed ones, restarts responders whose ports changed, recomputes
+/// identities, and programs every collector. Undoes its own changes to pods
+/// when a later step fails.
+fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
+    check_nodes(&store, state.nodes.len() as u32)?;
+    let old_state = state.clone();
+    let old_keys: BTreeSet<String> = state.pods.keys().cloned().collect();
+    let new_keys: BTreeSet<String> = store.pods.values().map(|p| pod_key(&p.namespace, &p.name)).collect();
+
+    // Allocate addresses and endpoint ids for new pods.
+    let mut created: Vec<String> = Vec::new();
+    let mut restarted: Vec<String> = Vec::new();
+    let mut next_pods = BTreeMap::new();
+    let mut used_ips: BTreeSet<Ipv4Addr> = state.pods.values().filter(|p| new_keys.contains(&pod_key(&p.namespace, &p.name))).map(|p| p.ip).collect();
+    let mut used_ids: BTreeSet<(String, u16)> = state.pods.values().filter(|p| new_keys.contains(&pod_key(&p.namespace, &p.name))).map(|p| (p.node.clone(), p.endpoint_id)).collect();
+    let mut identities = state.identities.clone();
+    let mut tmp = state.clone();
+    tmp.identities = identities.clone();
+    for pod in store.pods.values() {
+        let key = pod_key(&pod.namespace, &pod.name);
+        let labels = identity_labels(&store, pod);
+        let identity = allocate_identity(&mut tmp, &labels);
+        let ports = pod_ports(pod);
+        if let Some(rt) = state.pods.get(&key) {
+            let mut rt = rt.clone();
+            rt.identity = identity;
+            if rt.ports != ports {
+                rt.ports = ports;
+                restarted.push(key.clone());
+            }
+            next_pods.insert(key, rt);
+            continue;
+        }
+        let node = pod.node_name.clone().unwrap_or_else(|| state.nodes[0].name.clone());
+        let n = state.node(&node).ok_or_else(|| anyhow!("pod {key}: node {node} does not exist"))?;
+        let base = u32::from(n.node_ip) & 0xffff_ff00;
+        let ip = (2..255u32)
+            .map(|h| Ipv4Addr::from(base | h))
+            .find(|ip| !used_ips.contains(ip))
+            .ok_or_else(|| anyhow!("node {node} has no free address left in {} for pod {key}", n.pod_cidr))?;
+        used_ips.insert(ip);
+        let endpoint_id = (1..=u16::MAX)
+            .find(|id| !used_ids.contains(&(node.clone(), *id)))
+            .ok_or_else(|| anyhow!("node {node} has no free endpoint id"))?;
+        used_ids.insert((node.clone(), endpoint_id));
+        next_pods.insert(
+            key.clone(),
+            PodRuntime { namespace: pod.namespace.clone(), name: pod.name.clone(), node, ip, endpoint_id, identity, responder_pid: 0, ports },
+        );
+        created.push(key);
+    }
+    identities = tmp.identities;
+    let removed: Vec<String> = old_keys.difference(&new_keys).cloned().collect();
+
+    // Service cluster IPs (allocated now; load balancing comes later).
+    let mut service_ips = BTreeMap::new();
+    let mut used_svc: BTreeSet<Ipv4Addr> = store.services.values().filter_map(|s| s.cluster_ip).collect();
+    for svc in store.services.values() {
+        let key = pod_key(&svc.namespace, &svc.name);
+        let ip = match svc.cluster_ip.or_else(|| state.service_ips.get(&key).copied()) {
+            Some(ip) => ip,
+            None => {
+                let ip = (10..65_000u32)
+                    .map(|h| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + h))
+                    .find(|ip| !used_svc.contains(ip))
+                    .ok_or_else(|| anyhow!("no free cluster IP for service {key}"))?;
+                ip
+            }
+        };
+        used_svc.insert(ip);
+        service_ips.insert(key, ip);
+    }
+
+    // Change the world: create new pods.
+    let undo = |state: &LabState, created: &[String], next_pods: &BTreeMap<String, PodRuntime>| {
+        for key in created {
+            if let Some(rt) = next_pods.get(key) {
+                kill(rt.responder_pid);
+                let _ = topology::remove_pod(&state.name, &rt.namespace, &rt.name);
+            }
+        }
+    };
+    for key in &created {
+        let rt = next_pods.get_mut(key).expect("created pods are planned");
+        let node = state.node(&rt.node).expect("checked above").clone();
+        let res = topology::add_pod(&state.name, &node.name, node.node_ip, &rt.namespace, &rt.name, rt.ip, rt.endpoint_id)
+            .map_err(anyhow::Error::from)
+            .and_then(|()| start_responder(&state.name, rt));
+        match res {
+            Ok(pid) => rt.responder_pid = pid,
+            Err(err) => {
+                let rt_name = key.clone();
+                // Remove the half-made pod and everything made before it.
+                let _ = topology::remove_pod(&state.name, &rt.namespace, &rt.name);
+                undo(state, &created, &next_pods);
+                return Err(err.context(format!("plugging in pod {rt_name}")));
+            }
+        }
+    }
+
+    state.pods = next_pods.clone();
+    state.identities = identities;
+    state.objects = store;
+    state.service_ips = service_ips;
+    // Program every collector; pods being removed leave the datapath first.
+    for node in state.nodes.iter().filter(|_| state.datapath) {
+        let desired = node_state(state, node);
+        if let Err(err) = control::apply(&node.control_socket, &desired) {
+            let failed = anyhow!("programming the datapath of {}: {err}", node.name);
+            // Restore the previous datapath state and remove the new pods.
+            for n in old_state.nodes.iter().filter(|_| old_state.datapath) {
+                let _ = control::apply(&n.control_socket, &node_state(&old_state, n));
+            }
+            undo(&old_state, &created, &next_pods);
+            *state = old_state;
+            return Err(failed);
+        }
+    }
+    // Responders whose ports changed, and pods that are gone.
+    for key in &restarted {
+        let rt = state.pods.get_mut(key).expect("restarted pods exist");
+        kill(rt.responder_pid);
+        rt.responder_pid = start_responder(&state.name, rt)?;
+    }
+    for key in &removed {
+        if let Some(rt) = old_state.pods.get(key) {
+            kill(rt.responder_pid);
+            topology::remove_pod(&state.name, &rt.namespace, &rt.name)?;
+        }
+    }
+    state.save()?;
+    Ok(())
+}
+
+/// `lab apply`.
+pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<manifest::ApplyReport> {
+    let objects = read_manifests(files)?;
+    let _lock = lock(name)?;
+    let mut state = LabState::load(name)?;
+    let mut store = state.objects.clone();
+    let report = store.apply(objects)?;
+    converge(&mut state, store)?;
+    Ok(report)
+}
+
+/// `lab delete`.
+pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<manifest::ApplyReport> {
+    let objects = read_manifests(files)?;
+    let _lock = lock(name)?;
+    let mut state = LabState::load(name)?;
+    let mut store = state.objects.clone();
+    let report = store.delete(&objects)?;
+    converge(&mut state, store)?;
+    Ok(report)
+}
+
+/// Stops every process and removes every namespace, link, pin and file of
+/// the lab, whether or not its state file survived.
+pub fn teardown(name: &str) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    if let Ok(state) = LabState::load(name) {
+        for node in &state.nodes {
+            kill(node.collector_pid);
+        }
+        for pod in state.pods.values() {
+            kill(pod.responder_pid);
+        }
+    }
+    // Collectors run in the host namespace: find strays by their arguments.
+    for pid in stray_collectors(name) {
+        kill(pid);
+    }
+    if let Err(e) = topology::destroy_lab(name) {
+        errors.push(e.to_string());
+    }
+    let pins = Path::new(PIN_ROOT).join(name);
+    if pins.exists() {
+        if let Err(e) = fs::remove_dir_all(&pins) {
+            errors.push(format!("removing {}: {e}", pins.display()));
+        }
+    }
+    let _ = fs::remove_dir(PIN_ROOT);
+    let dir = lab_dir(name);
+    if dir.exists() {
+        if let Err(e) = fs::remove_dir_all(&dir) {
+            errors.push(format!("removing {}: {e}", dir.display()));
+        }
+    }
+    let _ = fs::remove_file(Path::new(LABS_DIR).join(format!("{name}.lock")));
+    if errors.is_empty() { Ok(()) } else { bail!("lab {name} was not removed completely:\n{}", errors.join("\n")) }
+}
+
+/// PIDs of collector processes started for lab `name`.
+fn stray_collectors(name: &str) -> Vec<u32> {
+    let marker = Path::new(PIN_ROOT).join(name);
+    let marker = marker.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    let Ok(entries) = fs::read_dir("/proc") else { return pids };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| a == "collector") && args.iter().any(|a| a.starts_with(&format!("{marker}/"))) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// `lab down`.
+pub fn down(name: &str) -> anyhow::Result<()> {
+    validate_name(name)?;
+    let _lock = lock(name)?;
+    teardown(name)
+}

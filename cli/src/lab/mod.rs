@@ -1,0 +1,17 @@
+//! `sightline lab`: a local cluster made of network namespaces, running the
+//! real datapath from ordinary Kubernetes manifests (`../shared/spec/lab.md`
+//! is the contract: commands, output and exit codes).
+//!
+//! `manifest` parses and validates objects, `cluster` keeps the lab's state
+//! and changes the world, `topology` makes namespaces and veths, `responder`
+//! answers inside pods, `probe` measures reachability, `status` and `events`
+//! report.
+
+pub mod cluster;
+pub mod events;
+pub mod manifest;
+pub mod probe;
+pub mod responder;
+pub mod status;
+pub mod topology;
+pub mod types;

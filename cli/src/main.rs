@@ -1,0 +1,431 @@
+//! `sightline`: the lab, the demo, the collector process, and benchmarks.
+//!
+//! This binary is a thin shell: argument parsing and output. The lab's logic
+//! lives in `lab::*`, the node agent in the `sightline-collector` crate.
+
+mod bench;
+mod demo;
+mod lab;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sightline_collector::agent::{self, Aggregation, AgentOptions};
+
+use lab::cluster::{self, DEFAULT_NAME, LabState};
+use lab::types::Protocol;
+
+#[derive(Parser)]
+#[command(name = "sightline", version, about = "eBPF datapath and flow telemetry for pod networks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A local cluster made of network namespaces, running the real datapath.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+    /// Brings up a lab with a sample application, makes traffic, and prints
+    /// decoded datapath events live until Ctrl-C or --duration.
+    Demo(DemoArgs),
+    /// Runs the node agent (started by `lab up`; not usually run by hand).
+    Collector(CollectorArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+#[derive(Args)]
+struct NameArg {
+    /// The lab's name; prefixes every namespace it creates.
+    #[arg(long, default_value = DEFAULT_NAME)]
+    name: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Creates the lab, starts its collectors, applies the files.
+    Up {
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        #[command(flatten)]
+        name: NameArg,
+        /// Monitor aggregation in the datapath: none or medium.
+        #[arg(long, default_value = "medium")]
+        aggregation: String,
+        /// Collectors print every decoded event to their log.
+        #[arg(long)]
+        debug_events: bool,
+        /// Do not run collectors or attach programs: the kernel routes pods
+        /// on its own (a baseline for comparisons).
+        #[arg(long)]
+        no_datapath: bool,
+    },
+    /// Creates or updates objects; returns when the datapath enforces them.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Removes the objects named in the files.
+    Delete {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Nodes, pods, services, policies and the collectors' addresses.
+    Status {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Runs a command inside a pod's network namespace.
+    Exec {
+        /// The pod, as namespace/name.
+        pod: String,
+        #[command(flatten)]
+        name: NameArg,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// One connection attempt; prints `connected` or `blocked`.
+    Probe {
+        /// Source pod, as namespace/name.
+        from: String,
+        /// Destination: namespace/name, svc/namespace/name, or an IP.
+        to: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "TCP")]
+        protocol: Protocol,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Probes every ordered pair of pods.
+    Matrix {
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        #[arg(long, default_value = "TCP")]
+        protocol: Protocol,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Streams the decoded datapath events of a node's collector.
+    Events {
+        #[arg(long, default_value = "node-1")]
+        node: String,
+        #[arg(short = 'o', long = "output", value_enum)]
+        output: Option<Output>,
+        /// Stop after this long (e.g. 10s); default: until Ctrl-C.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Stops the lab and removes everything it made.
+    Down {
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// The built-in responder that runs inside a pod (started by the lab).
+    #[command(hide = true)]
+    Responder {
+        #[arg(long)]
+        text: String,
+        /// `port/PROTOCOL`, repeated.
+        #[arg(long = "port")]
+        ports: Vec<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Stop after this long (e.g. 30s, 2m); default: until Ctrl-C.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Monitor aggregation: none or medium.
+    #[arg(long, default_value = "medium")]
+    aggregation: String,
+    #[arg(long, default_value = "sightline-demo")]
+    name: String,
+}
+
+#[derive(Args)]
+struct CollectorArgs {
+    /// The node's name.
+    #[arg(long)]
+    node: String,
+    /// The node's network namespace (a path such as /run/netns/NAME).
+    #[arg(long)]
+    netns: PathBuf,
+    #[arg(long)]
+    control_socket: PathBuf,
+    #[arg(long)]
+    pin_dir: PathBuf,
+    #[arg(long, default_value = "medium")]
+    aggregation: Aggregation,
+    /// Print every decoded event on stdout.
+    #[arg(long)]
+    debug_events: bool,
+    /// Print `ready` on stdout once the control socket accepts requests.
+    #[arg(long, hide = true)]
+    notify_ready: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Pod→pod TCP throughput (iperf3) and request/response rate through the
+    /// datapath, against the same topology with no programs attached.
+    Datapath(bench::DatapathArgs),
+    /// (internal) request/response client and server used by `datapath`.
+    #[command(hide = true)]
+    Rr(bench::RrArgs),
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 500ms, 30s, 2m, 1h)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?} has an unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> ExitCode {
+    env_logger_init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn env_logger_init() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::max_level()
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                eprintln!("{} {}: {}", r.level(), r.target(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    let level = match std::env::var("SIGHTLINE_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("trace") => log::LevelFilter::Trace,
+        Ok("warn") => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Info,
+    };
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Lab { command } => lab_command(command),
+        Command::Demo(args) => demo::run(&args.name, &args.aggregation, args.duration).map(|()| ExitCode::SUCCESS),
+        Command::Collector(args) => {
+            let opts = AgentOptions {
+                node_name: args.node,
+                node_netns: args.netns,
+                control_socket: args.control_socket,
+                pin_dir: args.pin_dir,
+                aggregation: args.aggregation,
+                debug_events: args.debug_events,
+            };
+            let notify = args.notify_ready;
+            runtime()?.block_on(agent::run(opts, notify))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command } => match command {
+            BenchCommand::Datapath(args) => bench::datapath(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Rr(args) => bench::rr(&args).map(|()| ExitCode::SUCCESS),
+        },
+    }
+}
+
+fn check_root() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab needs root (network namespaces, eBPF): run it with sudo");
+    }
+    Ok(())
+}
+
+fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
+    if !matches!(command, LabCommand::Responder { .. }) {
+        check_root()?;
+    }
+    match command {
+        LabCommand::Up { files, nodes, name, aggregation, debug_events, no_datapath } => {
+            let state = cluster::up(&cluster::UpOptions {
+                name: name.name,
+                nodes,
+                files,
+                aggregation,
+                debug_events,
+                datapath: !no_datapath,
+            })?;
+            println!(
+                "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",
+                state.name,
+                state.nodes.len(),
+                state.pods.len(),
+                state.name
+            );
+        }
+        LabCommand::Apply { files, name } => print_report(&cluster::apply(&name.name, &files)?),
+        LabCommand::Delete { files, name } => print_report(&cluster::delete(&name.name, &files)?),
+        LabCommand::Status { output, name } => {
+            let state = LabState::load(&name.name)?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&lab::status::json(&state))?),
+                Output::Table => print!("{}", lab::status::table(&state)),
+            }
+        }
+        LabCommand::Exec { pod, name, command } => {
+            let state = LabState::load(&name.name)?;
+            let netns = state.pod_netns(&pod)?;
+            let netns_name = netns.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("bad netns path"))?.to_owned();
+            let status = std::process::Command::new("ip")
+                .args(["netns", "exec", &netns_name])
+                .args(&command)
+                .status()
+                .with_context(|| format!("running {command:?} in pod {pod}"))?;
+            return Ok(ExitCode::from(status.code().unwrap_or(1).clamp(0, 255) as u8));
+        }
+        LabCommand::Probe { from, to, port, protocol, timeout_ms, name } => {
+            return Ok(match probe(&name.name, &from, &to, port, protocol, timeout_ms) {
+                Ok(true) => {
+                    println!("connected");
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    println!("blocked");
+                    ExitCode::from(1)
+                }
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(2)
+                }
+            });
+        }
+        LabCommand::Matrix { port, protocol, timeout_ms, output, name } => {
+            let state = LabState::load(&name.name)?;
+            let pods: Vec<_> = state
+                .pods
+                .iter()
+                .map(|(k, p)| Ok((k.clone(), state.pod_netns(k)?, p.ip)))
+                .collect::<anyhow::Result<_>>()?;
+            let entries = runtime()?.block_on(lab::probe::matrix(&pods, port, protocol, Duration::from_millis(timeout_ms)))?;
+            match output {
+                Output::Json => println!("{}", lab::probe::render_json(&entries, port, protocol)),
+                Output::Table => print!("{}", lab::probe::render_table(&entries)),
+            }
+        }
+        LabCommand::Events { node, output, duration, name } => {
+            let state = LabState::load(&name.name)?;
+            let n = state.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow!("lab {} has no node {node}", name.name))?;
+            lab::events::stream(&n.control_socket, matches!(output, Some(Output::Json)), duration)?;
+        }
+        LabCommand::Down { name } => {
+            cluster::down(&name.name)?;
+            println!("lab {} is down", name.name);
+        }
+        LabCommand::Responder { text, ports } => {
+            let ports = ports.iter().map(|p| parse_port(p)).collect::<anyhow::Result<Vec<_>>>()?;
+            let responder = lab::responder::bind(&lab::responder::ResponderConfig { text, ports })?;
+            {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "ready")?;
+                out.flush()?;
+            }
+            responder.serve()?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_port(s: &str) -> anyhow::Result<(u16, Protocol)> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
+    let port: u16 = port.parse().map_err(|_| anyhow!("--port {s:?}: expected PORT/PROTOCOL such as 80/TCP"))?;
+    let proto: Protocol = proto.parse().map_err(|e: String| anyhow!("--port {s:?}: {e}"))?;
+    Ok((port, proto))
+}
+
+fn probe(name: &str, from: &str, to: &str, port: u16, protocol: Protocol, timeout_ms: u64) -> anyhow::Result<bool> {
+    let state = LabState::load(name)?;
+    let from_netns = state.pod_netns(from)?;
+    let ip: std::net::Ipv4Addr = if let Some(svc) = to.strip_prefix("svc/") {
+        let ip = state.service_ips.get(svc).ok_or_else(|| anyhow!("no service {svc} in lab {name}"))?;
+        bail!("service {svc} has cluster IP {ip}, but this version does not load-balance services yet; probe a pod instead")
+    } else if let Ok(ip) = to.parse() {
+        ip
+    } else if let Some(pod) = state.pods.get(to) {
+        pod.ip
+    } else {
+        bail!("{to:?} is neither a pod (namespace/name) of lab {name}, a service (svc/namespace/name), nor an IPv4 address")
+    };
+    let target = std::net::SocketAddrV4::new(ip, port);
+    Ok(runtime()?.block_on(lab::probe::probe(&from_netns, target, protocol, Duration::from_millis(timeout_ms)))?)
+}
+
+fn print_report(report: &lab::manifest::ApplyReport) {
+    for (verb, items) in [
+        ("created", &report.created),
+        ("configured", &report.updated),
+        ("unchanged", &report.unchanged),
+        ("deleted", &report.deleted),
+    ] {
+        for item in items {
+            println!("{item} {verb}");
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! The collector process: loads the probes, serves the control socket,
+//! drains the ring buffer, and collects expired connections.
+//!
+//! Stages, each its own task: `consumer` (ring buffer → decoded events, never
+//! blocks the kernel side, counts what it cannot decode), subscribers (one
+//! task per control-socket subscriber, each with a bounded queue: a slow one
+//! loses events and is told how many), `gc` (conntrack expiry).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use sightline_abi as abi;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::broadcast;
+
+use crate::btf::KernelLayout;
+use crate::control::{Request, Response, Status, StreamItem};
+use crate::datapath::{self, Plan};
+use crate::decoder::{self, Metadata, Record};
+use crate::loader::{self, LoaderError, ProbeOptions, Probes};
+use crate::state::NodeState;
+
+/// Monitor aggregation level (Cilium's names and numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Aggregation {
+    /// A trace for every packet at every observation point.
+    None,
+    /// Traces only for new connections, newly seen TCP flags, and once per
+    /// report interval per connection; no `from-*` traces. Drops and policy
+    /// verdicts always.
+    Medium,
+}
+
+impl Aggregation {
+    #[must_use]
+    pub const fn level(self) -> u32 {
+        match self {
+            Self::None => abi::AGGREGATION_NONE,
+            Self::Medium => abi::AGGREGATION_MEDIUM,
+        }
+    }
+}
+
+impl fmt::Display for Aggregation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::Medium => "medium",
+        })
+    }
+}
+
+impl FromStr for Aggregation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "disabled" | "0" => Ok(Self::None),
+            "medium" | "3" => Ok(Self::Medium),
+            _ => Err(format!("unknown monitor aggregation {s:?}: valid values are none (0, disabled) and medium (3)")),
+        }
+    }
+}
+
+/// How the collector runs.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub node_name: String,
+    /// The node's network namespace (where the pod veths live).
+    pub node_netns: PathBuf,
+    pub control_socket: PathBuf,
+    pub pin_dir: PathBuf,
+    pub aggregation: Aggregation,
+    /// Print every decoded event on stdout.
+    pub debug_events: bool,
+}
+
+/// Why the collector stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error("node namespace {path}: {source}")]
+    NodeNetns { path: PathBuf, #[source] source: std::io::Error },
+    #[error("control socket {path}: {source}")]
+    Control { path: PathBuf, #[source] source: std::io::Error },
+    #[error("ring buffer: {0}")]
+    RingBuf(#[source] std::io::Error),
+}
+
+struct Inner {
+    probes: Probes,
+    plan: Plan,
+}
+
+struct Shared {
+    opts: AgentOptions,
+    inner: Mutex<Inner>,
+    meta: RwLock<Arc<Metadata>>,
+    events: broadcast::Sender<Arc<Record>>,
+    decoded: AtomicU64,
+    undecodable: AtomicU64,
+    kernel_drops: bool,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock of `bpf_ktime_get_ns`).
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn mono_to_unix_ns() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    unix - monotonic_ns() as i64
+}
+
+/// Runs the collector until SIGTERM or SIGINT. With `notify_ready`, prints
+/// `ready` on stdout once the control socket accepts requests.
+pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentError> {
+    let node_ino = std::fs::metadata(&opts.node_netns)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .map_err(|source| AgentError::NodeNetns { path: opts.node_netns.clone(), source })?;
+
+    loader::ensure_filesystems()?;
+    let layout = match KernelLayout::from_system() {
+        Ok(l) => Some(l),
+        Err(err) => {
+            log::warn!("kernel drops will not be reported: {err}");
+            None
+        }
+    };
+    let mut probes = Probes::load(&ProbeOptions {
+        pin_dir: opts.pin_dir.clone(),
+        config: loader::default_config(opts.aggregation.level()),
+        kernel_offsets: layout.as_ref().map(|l| l.offsets),
+    })?;
+    let _ = probes.lab_netns.insert(node_ino as u32, 1, 0);
+    let ring = probes.take_events().expect("the events map is taken once");
+
+    let meta = Metadata {
+        node_name: opts.node_name.clone(),
+        kernel_reasons: layout.map(|l| l.drop_reasons).unwrap_or_default(),
+        mono_to_unix_ns: mono_to_unix_ns(),
+        ..Metadata::default()
+    };
+    let (events, _) = broadcast::channel(65_536);
+    let shared = Arc::new(Shared {
+        kernel_drops: !meta.kernel_reasons.is_empty(),
+        opts: opts.clone(),
+        inner: Mutex::new(Inner { probes, plan: Plan::default() }),
+        meta: RwLock::new(Arc::new(meta)),
+        events,
+        decoded: AtomicU64::new(0),
+        undecodable: AtomicU64::new(0),
+    });
+
+    let _ = std::fs::remove_file(&opts.control_socket);
+    if let Some(dir) = opts.control_socket.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let listener = UnixListener::bind(&opts.control_socket)
+        .map_err(|source| AgentError::Control { path: opts.control_socket.clone(), source })?;
+    log::info!(
+        "collector for {} ready: control socket {}, maps pinned under {}, aggregation {}",
+        opts.node_name,
+        opts.control_socket.display(),
+        opts.pin_dir.display(),
+        opts.aggregation
+    );
+
+    if notify_ready {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "ready");
+        let _ = out.flush();
+    }
+    let consumer = tokio::spawn(consume(Arc::clone(&shared), ring));
+    let gc = tokio::spawn(gc(Arc::clone(&shared)));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(AgentError::RingBuf)?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => { tokio::spawn(serve(Arc::clone(&shared), stream)); }
+                Err(err) => log::warn!("control socket accept: {err}"),
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    consumer.abort();
+    gc.abort();
+    let _ = std::fs::remove_file(&opts.control_socket);
+    log::info!("collector for {} stopped", opts.node_name);
+    Ok(())
+}
+
+/// Drains the ring buffer: on wake-up, and on a short timer because the
+/// probes submit without waking the consumer until enough data is pending.
+async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Result<(), AgentError> {
+    // SAFETY: the ring buffer owns its map's file descriptor, which stays
+    // open and unchanged for as long as the AsyncFd owns the ring buffer.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| AgentError::RingBuf(e.into()))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard.map_err(AgentError::RingBuf)?;
+                drain(&shared, guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = tick.tick() => drain(&shared, fd.get_mut()),
+        }
+    }
+}
+
+fn drain(shared: &Shared, ring: &mut RingBuf<MapData>) {
+    let listeners = shared.events.receiver_count() > 0 || shared.opts.debug_events;
+    let meta = if listeners { Some(Arc::clone(&shared.meta.read().expect("metadata lock"))) } else { None };
+    while let Some(item) = ring.next() {
+        match decoder::decode(&item) {
+            Ok(ev) => {
+                shared.decoded.fetch_add(1, Ordering::Relaxed);
+                if let Some(meta) = &meta {
+                    let record = Arc::new(Record::new(&ev, meta));
+                    if shared.opts.debug_events {
+                        println!("{}", record.summary());
+                    }
+                    let _ = shared.events.send(record);
+                }
+            }
+            Err(err) => {
+                if shared.undecodable.fetch_add(1, Ordering::Relaxed) == 0 {
+                    log::warn!("undecodable event: {err}");
+                }
+            }
+        }
+    }
+}
+
+/// Deletes expired conntrack entries.
+async fn gc(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let shared = Arc::clone(&shared);
+        let _ = tokio::task::spawn_blocking(move || {
+            let now = monotonic_ns();
+            let mut inner = shared.inner.lock().expect("datapath lock");
+            let expired: Vec<_> = inner
+                .probes
+                .ct
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, e)| e.expires_ns <= now)
+                .map(|(k, _)| k)
+                .collect();
+            for k in &expired {
+                let _ = inner.probes.ct.remove(k);
+            }
+            if !expired.is_empty() {
+                log::debug!("conntrack: collected {} expired entries", expired.len());
+            }
+        })
+        .await;
+    }
+}
+
+fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
+    let netns = shared.opts.node_netns.clone();
+    if state.node_name != shared.opts.node_name {
+        return Err(format!("state for node {} sent to the collector of {}", state.node_name, shared.opts.node_name));
+    }
+    let next = datapath::plan(
+        state,
+        |ifname| loader::ifindex_in(&netns, ifname),
+        |path| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut inner = shared.inner.lock().expect("datapath lock");
+    let prev = inner.plan.clone();
+    let base = Arc::clone(&shared.meta.read().expect("metadata lock"));
+    let result = datapath::apply(&mut inner.probes, &netns, &prev, &next);
+    // Whatever was written is what the maps hold now: keep the plan true
+    // even on error so that the next apply repairs the difference.
+    match result {
+        Ok(()) => {
+            inner.plan = next.clone();
+            *shared.meta.write().expect("metadata lock") = Arc::new(datapath::metadata(state, &next, &base));
+            Ok(())
+        }
+        Err(err) => {
+            // Roll back to the previous plan so nothing stays half-applied.
+            let partial = next;
+            if let Err(rollback) = datapath::apply(&mut inner.probes, &netns, &partial, &prev) {
+                log::error!("rolling back a failed apply: {rollback}");
+            }
+            Err(err.to_string())
+        }
+    }
+}
+
+fn status(shared: &Shared) -> Status {
+    let inner = shared.inner.lock().expect("datapath lock");
+    let p = &inner.probes;
+    Status {
+        node: shared.opts.node_name.clone(),
+        endpoints: inner.plan.endpoints.len(),
+        attached_interfaces: p.attached_interfaces().map(str::to_owned).collect(),
+        events_decoded: shared.decoded.load(Ordering::Relaxed),
+        events_undecodable: shared.undecodable.load(Ordering::Relaxed),
+        events_lost_per_cpu: p.counter_per_cpu(abi::COUNTER_EVENTS_LOST),
+        events_written: p.counter(abi::COUNTER_EVENTS_WRITTEN),
+        packets_forwarded: p.counter(abi::COUNTER_PACKETS_FORWARDED),
+        packets_dropped: p.counter(abi::COUNTER_PACKETS_DROPPED),
+        ct_entries: p.ct.keys().filter(Result::is_ok).count() as u64,
+        ct_created: p.counter(abi::COUNTER_CT_CREATED),
+        kernel_drops_seen: p.counter(abi::COUNTER_KERNEL_DROPS_SEEN),
+        kernel_drops_enabled: shared.kernel_drops,
+        aggregation: shared.opts.aggregation.to_string(),
+        pin_dir: p.pin_dir().display().to_string(),
+    }
+}
+
+async fn write_json<T: serde::Serialize>(stream: &mut (impl tokio::io::AsyncWrite + Unpin), value: &T) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(err) => {
+                let _ = write_json(&mut write, &Response { ok: false, error: Some(format!("bad request: {err}")), status: None }).await;
+                continue;
+            }
+        };
+        let resp = match req {
+            Request::Apply { state } => {
+                let shared = Arc::clone(&shared);
+                let res = tokio::task::spawn_blocking(move || apply(&shared, &state)).await;
+                match res {
+                    Ok(Ok(())) => Response { ok: true, ..Response::default() },
+                    Ok(Err(e)) => Response { ok: false, error: Some(e), status: None },
+                    Err(e) => Response { ok: false, error: Some(format!("apply failed: {e}")), status: None },
+                }
+            }
+            Request::Status => {
+                let shared = Arc::clone(&shared);
+                match tokio::task::spawn_blocking(move || status(&shared)).await {
+                    Ok(s) => Response { ok: true, error: None, status: Some(s) },
+                    Err(e) => Response { ok: false, error: Some(e.to_string()), status: None },
+                }
+            }
+            Request::Subscribe => {
+                let mut rx = shared.events.subscribe();
+                if write_json(&mut write, &Response { ok: true, ..Response::default() }).await.is_err() {
+                    return;
+                }
+                loop {
+                    let item = match rx.recv().await {
+                        Ok(r) => StreamItem::Record(Box::new((*r).clone())),
+                        Err(broadcast::error::RecvError::Lagged(n)) => StreamItem::Lost { lost: n },
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if write_json(&mut write, &item).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        if write_json(&mut write, &resp).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_aggregation_levels() {
+        assert_eq!("none".parse::<Aggregation>().unwrap(), Aggregation::None);
+        assert_eq!("MEDIUM".parse::<Aggregation>().unwrap(), Aggregation::Medium);
+        assert_eq!("3".parse::<Aggregation>().unwrap(), Aggregation::Medium);
+        let err = "max".parse::<Aggregation>().unwrap_err();
+        assert!(err.contains("none") && err.contains("medium"), "{err}");
+    }
+}

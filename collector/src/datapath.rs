@@ -1,0 +1,246 @@
+//! Turns a node's desired state into map entries and program attachments.
+//!
+//! `plan` validates the desired state and computes every entry before
+//! anything is written, so bad input never half-applies; `apply` then writes
+//! only what differs from what is there: additions and updates first (so new
+//! pods are reachable before anything refers to them), removals last.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use aya::maps::lpm_trie::Key as LpmKey;
+use sightline_abi as abi;
+use sightline_abi::{EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue};
+
+use crate::decoder::{Metadata, PodMeta};
+use crate::loader::{LoaderError, Probes};
+use crate::state::NodeState;
+
+/// Why a desired state cannot be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("invalid desired state: {0}")]
+    Invalid(String),
+    #[error("interface {ifname} of pod {pod} not found in the node's namespace: {source}")]
+    Interface { ifname: String, pod: String, #[source] source: std::io::Error },
+    #[error("network namespace {path} of pod {pod}: {source}")]
+    PodNetns { path: String, pod: String, #[source] source: std::io::Error },
+    #[error("writing {map}: {source}")]
+    Map { map: &'static str, #[source] source: aya::maps::MapError },
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+}
+
+/// Everything the maps should hold for a desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub endpoints: BTreeMap<[u8; 4], EndpointInfo>,
+    /// (prefix length, address) → identity.
+    pub ipcache: BTreeMap<(u32, [u8; 4]), u32>,
+    /// Network-namespace inodes whose kernel drops are reported.
+    pub netns: BTreeSet<u32>,
+    /// Host-side interfaces (in the node's namespace) that carry the tc programs.
+    pub interfaces: BTreeSet<String>,
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("{s:?} is not a MAC address"));
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+    }
+    Ok(mac)
+}
+
+/// Parses `a.b.c.d/len` (a bare address is a /32).
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u32), String> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, l.parse::<u32>().map_err(|_| format!("{s:?} is not an IPv4 CIDR"))?),
+        None => (s, 32),
+    };
+    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?} is not an IPv4 CIDR"))?;
+    if len > 32 {
+        return Err(format!("{s:?} has a prefix longer than 32"));
+    }
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    Ok((Ipv4Addr::from(u32::from(addr) & mask), len))
+}
+
+/// Validates `desired` and computes its entries. `ifindex` resolves a
+/// host-side interface name in the node's namespace; `inode` gives a
+/// namespace file's inode.
+pub fn plan(
+    desired: &NodeState,
+    mut ifindex: impl FnMut(&str) -> std::io::Result<u32>,
+    mut inode: impl FnMut(&Path) -> std::io::Result<u64>,
+) -> Result<Plan, DatapathError> {
+    let invalid = |m: String| DatapathError::Invalid(m);
+    let mut plan = Plan::default();
+    parse_cidr(&desired.pod_cidr).map_err(invalid)?;
+    let mut ids = BTreeSet::new();
+    for ep in &desired.endpoints {
+        let pod = format!("{}/{}", ep.namespace, ep.name);
+        if ep.id == 0 || !ids.insert(ep.id) {
+            return Err(invalid(format!("pod {pod}: endpoint id {} is zero or used twice", ep.id)));
+        }
+        if ep.identity < abi::IDENTITY_USER_MIN {
+            return Err(invalid(format!("pod {pod}: identity {} is reserved", ep.identity)));
+        }
+        let mac = parse_mac(&ep.mac).map_err(|m| invalid(format!("pod {pod}: {m}")))?;
+        let node_mac = parse_mac(&ep.host_mac).map_err(|m| invalid(format!("pod {pod}: {m}")))?;
+        let index = ifindex(&ep.host_ifname).map_err(|source| DatapathError::Interface {
+            ifname: ep.host_ifname.clone(),
+            pod: pod.clone(),
+            source,
+        })?;
+        let ino = inode(&ep.netns).map_err(|source| DatapathError::PodNetns {
+            path: ep.netns.display().to_string(),
+            pod: pod.clone(),
+            source,
+        })?;
+        let info = EndpointInfo { ifindex: index, identity: ep.identity, mac, node_mac, endpoint_id: ep.id, flags: 0 };
+        if plan.endpoints.insert(ep.ip.octets(), info).is_some() {
+            return Err(invalid(format!("pod {pod}: address {} is used twice", ep.ip)));
+        }
+        plan.ipcache.insert((32, ep.ip.octets()), ep.identity);
+        plan.netns.insert(ino as u32);
+        plan.interfaces.insert(ep.host_ifname.clone());
+    }
+    for entry in &desired.ipcache {
+        let (addr, len) = parse_cidr(&entry.cidr).map_err(invalid)?;
+        plan.ipcache.entry((len, addr.octets())).or_insert(entry.identity);
+    }
+    plan.ipcache.insert((32, desired.node_ip.octets()), abi::IDENTITY_HOST);
+    Ok(plan)
+}
+
+/// Applies `next` over `prev` (the plan currently in the maps).
+pub fn apply(probes: &mut Probes, node_netns: &Path, prev: &Plan, next: &Plan) -> Result<(), DatapathError> {
+    for ((len, addr), id) in &next.ipcache {
+        if prev.ipcache.get(&(*len, *addr)) != Some(id) {
+            probes
+                .ipcache
+                .insert(&LpmKey::new(*len, IpcacheKey { addr: *addr }), IpcacheValue { identity: *id, flags: 0 }, 0)
+                .map_err(|source| DatapathError::Map { map: abi::maps::IPCACHE, source })?;
+        }
+    }
+    for (addr, info) in &next.endpoints {
+        if prev.endpoints.get(addr) != Some(info) {
+            probes
+                .endpoints
+                .insert(EndpointKey { addr: *addr }, *info, 0)
+                .map_err(|source| DatapathError::Map { map: abi::maps::ENDPOINTS, source })?;
+        }
+    }
+    for ino in next.netns.difference(&prev.netns) {
+        probes
+            .lab_netns
+            .insert(*ino, 1, 0)
+            .map_err(|source| DatapathError::Map { map: abi::maps::LAB_NETNS, source })?;
+    }
+    for ifname in &next.interfaces {
+        probes.attach(node_netns, ifname)?;
+    }
+
+    // Removals.
+    for ifname in prev.interfaces.difference(&next.interfaces) {
+        probes.detach(ifname);
+    }
+    for addr in prev.endpoints.keys().filter(|a| !next.endpoints.contains_key(*a)) {
+        let _ = probes.endpoints.remove(&EndpointKey { addr: *addr });
+    }
+    for (len, addr) in prev.ipcache.keys().filter(|k| !next.ipcache.contains_key(*k)) {
+        let _ = probes.ipcache.remove(&LpmKey::new(*len, IpcacheKey { addr: *addr }));
+    }
+    for ino in prev.netns.difference(&next.netns) {
+        let _ = probes.lab_netns.remove(ino);
+    }
+    Ok(())
+}
+
+/// Enrichment metadata for a desired state.
+#[must_use]
+pub fn metadata(desired: &NodeState, plan: &Plan, base: &Metadata) -> Metadata {
+    let mut meta = Metadata {
+        node_name: desired.node_name.clone(),
+        kernel_reasons: base.kernel_reasons.clone(),
+        mono_to_unix_ns: base.mono_to_unix_ns,
+        ..Metadata::default()
+    };
+    for ep in &desired.endpoints {
+        meta.pods.insert(ep.ip, PodMeta { namespace: ep.namespace.clone(), name: ep.name.clone(), endpoint_id: ep.id });
+        if let Some(info) = plan.endpoints.get(&ep.ip.octets()) {
+            meta.interfaces.insert(info.ifindex, ep.host_ifname.clone());
+        }
+    }
+    meta
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Endpoint, IpcacheEntry};
+
+    fn state() -> NodeState {
+        NodeState {
+            node_name: "node-1".into(),
+            pod_cidr: "10.244.1.0/24".into(),
+            node_ip: Ipv4Addr::new(10, 244, 1, 1),
+            endpoints: vec![Endpoint {
+                id: 1,
+                namespace: "x".into(),
+                name: "a".into(),
+                ip: Ipv4Addr::new(10, 244, 1, 2),
+                mac: "02:00:0a:f4:01:02".into(),
+                host_ifname: "lxc00001".into(),
+                host_mac: "06:00:0a:f4:01:02".into(),
+                netns: "/run/netns/t.x.a".into(),
+                identity: 256,
+                labels: BTreeMap::new(),
+            }],
+            identities: vec![],
+            ipcache: vec![IpcacheEntry { cidr: "10.244.2.0/24".into(), identity: abi::IDENTITY_REMOTE_NODE }],
+        }
+    }
+
+    #[test]
+    fn plans_endpoints_and_ipcache() {
+        let p = plan(&state(), |_| Ok(7), |_| Ok(4026531840)).unwrap();
+        let ep = p.endpoints[&[10, 244, 1, 2]];
+        assert_eq!(ep.ifindex, 7);
+        assert_eq!(ep.mac, [2, 0, 10, 244, 1, 2]);
+        assert_eq!(p.ipcache[&(32, [10, 244, 1, 2])], 256);
+        assert_eq!(p.ipcache[&(32, [10, 244, 1, 1])], abi::IDENTITY_HOST);
+        assert_eq!(p.ipcache[&(24, [10, 244, 2, 0])], abi::IDENTITY_REMOTE_NODE);
+        assert!(p.netns.contains(&(4026531840u64 as u32)));
+    }
+
+    #[test]
+    fn rejects_bad_state_before_writing() {
+        let mut s = state();
+        s.endpoints[0].mac = "zz".into();
+        assert!(matches!(plan(&s, |_| Ok(7), |_| Ok(1)), Err(DatapathError::Invalid(m)) if m.contains("x/a")));
+        let mut s = state();
+        s.endpoints.push(s.endpoints[0].clone());
+        assert!(plan(&s, |_| Ok(7), |_| Ok(1)).is_err());
+        let mut s = state();
+        s.endpoints[0].identity = 2;
+        assert!(plan(&s, |_| Ok(7), |_| Ok(1)).is_err());
+        let s = state();
+        let err = plan(&s, |_| Err(std::io::Error::other("gone")), |_| Ok(1)).unwrap_err();
+        assert!(err.to_string().contains("lxc00001"));
+    }
+
+    #[test]
+    fn parses_cidrs() {
+        assert_eq!(parse_cidr("10.1.2.3/8").unwrap(), (Ipv4Addr::new(10, 0, 0, 0), 8));
+        assert_eq!(parse_cidr("0.0.0.0/0").unwrap(), (Ipv4Addr::UNSPECIFIED, 0));
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nope").is_err());
+    }
+}

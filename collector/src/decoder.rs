@@ -1,0 +1,430 @@
+//! Decodes raw ring-buffer bytes into typed records.
+//!
+//! `decode` checks size and ABI version and copies the bytes into an
+//! [`Event`]; [`Record::new`] turns an event into a self-describing record,
+//! enriched through [`Metadata`] lookups (a missing lookup leaves a field
+//! empty, it is never an error). Records are what `--debug-events` prints and
+//! what control-socket subscribers receive, as JSON lines.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+use sightline_abi as abi;
+use sightline_abi::Event;
+
+/// Why a ring-buffer record could not be decoded.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("event of {got} bytes, expected {expected}")]
+    Size { got: usize, expected: usize },
+    #[error("event with ABI version {got}, this collector speaks {expected}")]
+    Version { got: u8, expected: u8 },
+}
+
+/// Copies one ring-buffer record into an [`Event`].
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let expected = size_of::<Event>();
+    if bytes.len() != expected {
+        return Err(DecodeError::Size { got: bytes.len(), expected });
+    }
+    // SAFETY: the length matches and `Event` is `repr(C)` plain data for
+    // which every bit pattern is valid; read_unaligned copes with alignment.
+    let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if ev.version != abi::ABI_VERSION {
+        return Err(DecodeError::Version { got: ev.version, expected: abi::ABI_VERSION });
+    }
+    Ok(ev)
+}
+
+/// What the decoder knows about the node, for enrichment.
+#[derive(Clone, Debug, Default)]
+pub struct Metadata {
+    pub node_name: String,
+    /// Pods by IP.
+    pub pods: BTreeMap<Ipv4Addr, PodMeta>,
+    /// Interface names by ifindex (node namespace).
+    pub interfaces: BTreeMap<u32, String>,
+    /// Kernel drop reason names.
+    pub kernel_reasons: BTreeMap<u32, String>,
+    /// Nanoseconds to add to a monotonic timestamp to get Unix time.
+    pub mono_to_unix_ns: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PodMeta {
+    pub namespace: String,
+    pub name: String,
+    pub endpoint_id: u16,
+}
+
+/// One side of a record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub ip: String,
+    pub port: u16,
+    pub identity: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub namespace: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pod: Option<String>,
+}
+
+/// Connection counters carried by an event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
+}
+
+/// A decoded, enriched event.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// RFC 3339 time of the event.
+    pub time: String,
+    /// Unix time in nanoseconds.
+    pub time_ns: i64,
+    pub node: String,
+    /// `trace`, `drop`, `policy-verdict`, `kernel-drop`.
+    pub kind: String,
+    /// Hubble `TraceObservationPoint` name for traces (`to-endpoint`, …).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub observation_point: Option<String>,
+    /// Hubble `TraceObservationPoint` value (TO_ENDPOINT = 101).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub observation_point_id: Option<u32>,
+    /// Hubble drop reason for `drop`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drop_reason: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drop_reason_name: Option<String>,
+    /// The kernel's `skb_drop_reason` for `kernel-drop`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kernel_reason: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kernel_reason_name: Option<String>,
+    pub ifindex: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub interface: Option<String>,
+    pub ip_version: u8,
+    /// `TCP`, `UDP`, `ICMPv4`, `SCTP`, or the number.
+    pub protocol: String,
+    pub source: Peer,
+    pub destination: Peer,
+    pub tcp_flags: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub icmp_type: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub icmp_code: Option<u8>,
+    /// `new`, `established`, `reply`, or `none`.
+    pub ct_state: String,
+    pub is_reply: bool,
+    /// `ingress`, `egress`, `unknown`.
+    pub direction: String,
+    /// For policy verdicts: `forwarded`, `dropped`, `audit`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub verdict: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub match_type: Option<String>,
+    pub endpoint_id: u16,
+    pub pkt_len: u32,
+    pub counters: Counters,
+}
+
+/// Hubble name and proto value of a datapath trace point.
+#[must_use]
+pub fn observation_point(point: u8) -> (&'static str, u32) {
+    match point {
+        abi::TRACE_TO_LXC => ("to-endpoint", 101),
+        abi::TRACE_TO_PROXY => ("to-proxy", 1),
+        abi::TRACE_TO_HOST => ("to-host", 2),
+        abi::TRACE_TO_STACK => ("to-stack", 3),
+        abi::TRACE_TO_OVERLAY => ("to-overlay", 4),
+        abi::TRACE_FROM_LXC => ("from-endpoint", 5),
+        abi::TRACE_FROM_PROXY => ("from-proxy", 6),
+        abi::TRACE_FROM_HOST => ("from-host", 7),
+        abi::TRACE_FROM_STACK => ("from-stack", 8),
+        _ => ("unknown", 0),
+    }
+}
+
+/// Hubble `DropReason` name of the codes the probes use.
+#[must_use]
+pub fn drop_reason_name(code: u8) -> &'static str {
+    match code {
+        abi::DROP_INVALID_SOURCE_IP => "INVALID_SOURCE_IP",
+        abi::DROP_POLICY_DENIED => "POLICY_DENIED",
+        abi::DROP_INVALID_PACKET => "INVALID_PACKET_DROPPED",
+        abi::DROP_CT_INVALID_HEADER => "CT_TRUNCATED_OR_INVALID_HEADER",
+        abi::DROP_UNKNOWN_L4_PROTOCOL => "UNKNOWN_L4_PROTOCOL",
+        abi::DROP_UNKNOWN_L3_TARGET => "UNKNOWN_L3_TARGET_ADDRESS",
+        abi::DROP_CT_MAP_INSERTION_FAILED => "CT_MAP_INSERTION_FAILED",
+        abi::DROP_FRAG_NOT_SUPPORTED => "IP_FRAGMENTATION_NOT_SUPPORTED",
+        _ => "DROP_REASON_UNKNOWN",
+    }
+}
+
+/// Names of the TCP flags set in `flags`, in header order.
+#[must_use]
+pub fn tcp_flag_names(flags: u8) -> Vec<String> {
+    const NAMES: [(u8, &str); 8] = [
+        (abi::TCP_FIN, "FIN"),
+        (abi::TCP_SYN, "SYN"),
+        (abi::TCP_RST, "RST"),
+        (abi::TCP_PSH, "PSH"),
+        (abi::TCP_ACK, "ACK"),
+        (abi::TCP_URG, "URG"),
+        (abi::TCP_ECE, "ECE"),
+        (abi::TCP_CWR, "CWR"),
+    ];
+    NAMES.iter().filter(|(bit, _)| flags & bit != 0).map(|(_, n)| (*n).to_owned()).collect()
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        abi::IPPROTO_TCP => "TCP".into(),
+        abi::IPPROTO_UDP => "UDP".into(),
+        abi::IPPROTO_ICMP => "ICMPv4".into(),
+        abi::IPPROTO_ICMPV6 => "ICMPv6".into(),
+        abi::IPPROTO_SCTP => "SCTP".into(),
+        0 => String::new(),
+        n => n.to_string(),
+    }
+}
+
+fn addr(ev: &Event, a: &[u8; 16]) -> IpAddr {
+    if ev.ip_version == 6 {
+        IpAddr::V6(Ipv6Addr::from(*a))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    }
+}
+
+/// Formats Unix nanoseconds as RFC 3339 UTC with nanoseconds.
+#[must_use]
+pub fn rfc3339(unix_ns: i64) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let nanos = unix_ns.rem_euclid(1_000_000_000) as u32;
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        (sod / 60) % 60,
+        sod % 60
+    )
+}
+
+impl Record {
+    /// Builds the record of one event.
+    #[must_use]
+    pub fn new(ev: &Event, meta: &Metadata) -> Self {
+        let time_ns = ev.ts_ns as i64 + meta.mono_to_unix_ns;
+        let src = addr(ev, &ev.src_addr);
+        let dst = addr(ev, &ev.dst_addr);
+        let peer = |ip: IpAddr, port: u16, identity: u32| {
+            let pod = match ip {
+                IpAddr::V4(v4) => meta.pods.get(&v4),
+                IpAddr::V6(_) => None,
+            };
+            Peer {
+                ip: ip.to_string(),
+                port,
+                identity,
+                namespace: pod.map(|p| p.namespace.clone()),
+                pod: pod.map(|p| p.name.clone()),
+            }
+        };
+        let mut r = Self {
+            time: rfc3339(time_ns),
+            time_ns,
+            node: meta.node_name.clone(),
+            ifindex: ev.ifindex,
+            interface: if ev.kind == abi::EVENT_KERNEL_DROP { None } else { meta.interfaces.get(&ev.ifindex).cloned() },
+            ip_version: ev.ip_version,
+            protocol: protocol_name(ev.protocol),
+            source: peer(src, ev.src_port, ev.src_identity),
+            destination: peer(dst, ev.dst_port, ev.dst_identity),
+            tcp_flags: if ev.protocol == abi::IPPROTO_TCP { tcp_flag_names(ev.tcp_flags) } else { Vec::new() },
+            ct_state: match ev.ct_state {
+                abi::CT_NEW => "new",
+                abi::CT_ESTABLISHED => "established",
+                abi::CT_REPLY => "reply",
+                _ => "none",
+            }
+            .into(),
+            is_reply: ev.ct_state == abi::CT_REPLY,
+            direction: match ev.direction {
+                abi::DIR_INGRESS => "ingress",
+                abi::DIR_EGRESS => "egress",
+                _ => "unknown",
+            }
+            .into(),
+            endpoint_id: ev.endpoint_id,
+            pkt_len: ev.pkt_len,
+            counters: Counters {
+                fwd_packets: ev.fwd_packets,
+                fwd_bytes: ev.fwd_bytes,
+                rev_packets: ev.rev_packets,
+                rev_bytes: ev.rev_bytes,
+            },
+            ..Self::default()
+        };
+        if matches!(ev.protocol, abi::IPPROTO_ICMP | abi::IPPROTO_ICMPV6) {
+            r.icmp_type = Some(ev.icmp_type);
+            r.icmp_code = Some(ev.icmp_code);
+        }
+        match ev.kind {
+            abi::EVENT_TRACE => {
+                let (name, id) = observation_point(ev.sub_type);
+                r.kind = "trace".into();
+                r.observation_point = Some(name.into());
+                r.observation_point_id = Some(id);
+            }
+            abi::EVENT_DROP => {
+                r.kind = "drop".into();
+                r.drop_reason = Some(u32::from(ev.sub_type));
+                r.drop_reason_name = Some(drop_reason_name(ev.sub_type).into());
+                r.verdict = Some("dropped".into());
+            }
+            abi::EVENT_POLICY_VERDICT => {
+                r.kind = "policy-verdict".into();
+                r.verdict = Some(
+                    match ev.verdict {
+                        abi::VERDICT_FORWARDED => "forwarded",
+                        abi::VERDICT_DROPPED => "dropped",
+                        abi::VERDICT_AUDIT => "audit",
+                        _ => "unknown",
+                    }
+                    .into(),
+                );
+                r.match_type = Some(
+                    match ev.match_type {
+                        abi::MATCH_L3_ONLY => "l3-only",
+                        abi::MATCH_L3_L4 => "l3-l4",
+                        abi::MATCH_L4_ONLY => "l4-only",
+                        abi::MATCH_ALL => "all",
+                        _ => "none",
+                    }
+                    .into(),
+                );
+            }
+            abi::EVENT_KERNEL_DROP => {
+                r.kind = "kernel-drop".into();
+                r.kernel_reason = Some(ev.reason);
+                r.kernel_reason_name = Some(
+                    meta.kernel_reasons.get(&ev.reason).cloned().unwrap_or_else(|| format!("UNKNOWN({})", ev.reason)),
+                );
+                r.verdict = Some("dropped".into());
+            }
+            other => r.kind = format!("unknown({other})"),
+        }
+        r
+    }
+
+    /// One human-readable line, for `--debug-events` and the demo.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let side = |p: &Peer| match (&p.namespace, &p.pod) {
+            (Some(ns), Some(pod)) => format!("{ns}/{pod}:{} ({})", p.port, p.identity),
+            _ => format!("{}:{} ({})", p.ip, p.port, p.identity),
+        };
+        let what = match self.kind.as_str() {
+            "trace" => format!("trace {}", self.observation_point.as_deref().unwrap_or("?")),
+            "drop" => format!("DROP {}", self.drop_reason_name.as_deref().unwrap_or("?")),
+            "kernel-drop" => format!("KERNEL-DROP {}", self.kernel_reason_name.as_deref().unwrap_or("?")),
+            "policy-verdict" => format!(
+                "policy-verdict {} {} ({})",
+                self.direction,
+                self.verdict.as_deref().unwrap_or("?"),
+                self.match_type.as_deref().unwrap_or("?")
+            ),
+            k => k.to_owned(),
+        };
+        let flags = if self.tcp_flags.is_empty() { String::new() } else { format!(" [{}]", self.tcp_flags.join(",")) };
+        let time = self.time.get(11..23).unwrap_or(&self.time);
+        format!(
+            "{time} {} {what}: {} -> {} {}{flags} ct={} pkts={}/{} bytes={}/{}",
+            self.node,
+            side(&self.source),
+            side(&self.destination),
+            self.protocol,
+            self.ct_state,
+            self.counters.fwd_packets,
+            self.counters.rev_packets,
+            self.counters.fwd_bytes,
+            self.counters.rev_bytes,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of(ev: &Event) -> Vec<u8> {
+        // SAFETY: Event is repr(C) plain data.
+        unsafe { std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), size_of::<Event>()) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_a_trace_event() {
+        let mut ev = Event {
+            ts_ns: 1_000,
+            kind: abi::EVENT_TRACE,
+            sub_type: abi::TRACE_TO_LXC,
+            ip_version: 4,
+            protocol: abi::IPPROTO_TCP,
+            tcp_flags: abi::TCP_SYN | abi::TCP_ACK,
+            ct_state: abi::CT_REPLY,
+            src_port: 80,
+            dst_port: 40000,
+            src_identity: 256,
+            dst_identity: 257,
+            version: abi::ABI_VERSION,
+            ..Event::default()
+        };
+        ev.src_addr[..4].copy_from_slice(&[10, 244, 1, 2]);
+        ev.dst_addr[..4].copy_from_slice(&[10, 244, 1, 3]);
+        let decoded = decode(&bytes_of(&ev)).unwrap();
+        assert_eq!(decoded, ev);
+        let mut meta = Metadata { node_name: "node-1".into(), mono_to_unix_ns: 1_700_000_000_000_000_000, ..Metadata::default() };
+        meta.pods.insert(Ipv4Addr::new(10, 244, 1, 2), PodMeta { namespace: "x".into(), name: "a".into(), endpoint_id: 1 });
+        let r = Record::new(&decoded, &meta);
+        assert_eq!(r.kind, "trace");
+        assert_eq!(r.observation_point.as_deref(), Some("to-endpoint"));
+        assert_eq!(r.observation_point_id, Some(101));
+        assert_eq!(r.tcp_flags, vec!["SYN", "ACK"]);
+        assert!(r.is_reply);
+        assert_eq!(r.source.pod.as_deref(), Some("a"));
+        assert_eq!(r.destination.pod, None);
+        assert_eq!(r.destination.ip, "10.244.1.3");
+        assert_eq!(r.time, "2023-11-14T22:13:20.000001000Z");
+    }
+
+    #[test]
+    fn rejects_wrong_size_and_version() {
+        assert_eq!(decode(&[0; 8]), Err(DecodeError::Size { got: 8, expected: size_of::<Event>() }));
+        let ev = Event { version: abi::ABI_VERSION + 1, ..Event::default() };
+        assert!(matches!(decode(&bytes_of(&ev)), Err(DecodeError::Version { .. })));
+    }
+
+    #[test]
+    fn rfc3339_formats_epoch() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000000000Z");
+    }
+}

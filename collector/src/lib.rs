@@ -1,0 +1,24 @@
+//! The Sightline collector: the node agent.
+//!
+//! It loads the eBPF probes (embedded in this crate by `build.rs`), pins
+//! their maps under `/sys/fs/bpf/sightline/<lab>/<node>`, programs endpoints,
+//! identities and the ipcache from a node's desired state, drains the ring
+//! buffer, and decodes events into typed records.
+//!
+//! Modules follow the stages of a packet's record: `loader` (kernel objects),
+//! `datapath` (desired state → map entries), `decoder` (bytes → records),
+//! `agent` (the running process: consumer, gc, control socket), `control`
+//! (the control socket's protocol and client), `btf` (kernel layouts for the
+//! kfree_skb probe), `netns` (running code inside a network namespace).
+//!
+//! It must not know where desired state comes from (the lab, Kubernetes):
+//! that is the caller's business; it receives a [`state::NodeState`].
+
+pub mod agent;
+pub mod btf;
+pub mod control;
+pub mod datapath;
+pub mod decoder;
+pub mod loader;
+pub mod netns;
+pub mod state;

@@ -1,0 +1,345 @@
+//! Loads the embedded probes with aya, pins their maps, and attaches the
+//! programs: tcx on the host side of pod veths (inside the node's network
+//! namespace) and the `skb:kfree_skb` tracepoint.
+//!
+//! This module knows how to put programs into the kernel; it does not decide
+//! what goes into the maps (that is `datapath`).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
+use aya::programs::{SchedClassifier, TcAttachType, TracePoint, tc::SchedClassifierLinkId};
+use aya::{Ebpf, EbpfLoader};
+use sightline_abi as abi;
+use sightline_abi::{Config, CtEntry, CtKey, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, KernelOffsets};
+
+
+/// The probe object, built by `build.rs`.
+static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sightline-probes"));
+
+/// Errors while loading or attaching the probes.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("this binary was built without its eBPF probes (AYA_BUILD_SKIP was set); rebuild it without AYA_BUILD_SKIP")]
+    NoProbes,
+    #[error("mounting {fs} at {path}: {source}")]
+    Mount { fs: &'static str, path: &'static str, #[source] source: std::io::Error },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("loading program {name}: {source}")]
+    LoadProgram { name: &'static str, #[source] source: aya::programs::ProgramError },
+    #[error("program {name} is missing from the eBPF object")]
+    MissingProgram { name: &'static str },
+    #[error("map {name} is missing from the eBPF object")]
+    MissingMap { name: &'static str },
+    #[error("map {name} has an unexpected type: {source}")]
+    MapType { name: &'static str, #[source] source: aya::maps::MapError },
+    #[error("pinning map {name} at {path}: {source}")]
+    Pin { name: &'static str, path: PathBuf, #[source] source: aya::pin::PinError },
+    #[error("creating the pin directory {path}: {source}")]
+    PinDir { path: PathBuf, #[source] source: std::io::Error },
+    #[error("writing map {name}: {source}")]
+    MapWrite { name: &'static str, #[source] source: aya::maps::MapError },
+    #[error("attaching {program} to {interface}: {source}")]
+    Attach { program: &'static str, interface: String, #[source] source: aya::programs::ProgramError },
+    #[error("attaching the skb:kfree_skb tracepoint: {0}")]
+    AttachTracepoint(#[source] aya::programs::ProgramError),
+    #[error("entering network namespace {path}: {source}")]
+    Netns { path: PathBuf, #[source] source: std::io::Error },
+}
+
+/// What the collector asks of the probes.
+#[derive(Clone, Debug)]
+pub struct ProbeOptions {
+    /// Where to pin the maps (created; replaced if it exists).
+    pub pin_dir: PathBuf,
+    pub config: Config,
+    /// Offsets for the kfree_skb program; `None` leaves it inert.
+    pub kernel_offsets: Option<KernelOffsets>,
+}
+
+/// Default datapath configuration: no aggregation threshold surprises.
+#[must_use]
+pub fn default_config(aggregation: u32) -> Config {
+    const SEC: u64 = 1_000_000_000;
+    Config {
+        aggregation,
+        wakeup_bytes: 16 * 1024,
+        report_interval_ns: 5 * SEC,
+        ct_tcp_syn_timeout_ns: 60 * SEC,
+        ct_tcp_established_timeout_ns: 6 * 3600 * SEC,
+        ct_tcp_closing_timeout_ns: 10 * SEC,
+        ct_other_timeout_ns: 60 * SEC,
+    }
+}
+
+/// The loaded probes and typed handles on their maps.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub events: Option<RingBuf<MapData>>,
+    pub endpoints: HashMap<MapData, EndpointKey, EndpointInfo>,
+    pub ipcache: LpmTrie<MapData, IpcacheKey, IpcacheValue>,
+    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub lab_netns: HashMap<MapData, u32, u32>,
+    config: Array<MapData, Config>,
+    /// Attached tc links per interface: (ingress, egress).
+    attached: BTreeMap<String, (SchedClassifierLinkId, SchedClassifierLinkId)>,
+    pin_dir: PathBuf,
+}
+
+fn ensure_mounted(fs: &'static str, path: &'static str, probe: &str) -> Result<(), LoaderError> {
+    if Path::new(probe).exists() {
+        return Ok(());
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", fs, fs, path])
+        .status()
+        .map_err(|source| LoaderError::Mount { fs, path, source })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(LoaderError::Mount { fs, path, source: std::io::Error::other(format!("mount exited with {status}")) })
+    }
+}
+
+/// Makes sure bpffs and tracefs are mounted where the collector expects them.
+pub fn ensure_filesystems() -> Result<(), LoaderError> {
+    // bpffs: the root of a mounted bpffs accepts pins; test by a marker dir.
+    let mounted = fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.contains(" bpf ")))
+        .unwrap_or(false);
+    if !mounted {
+        ensure_mounted("bpf", "/sys/fs/bpf", "/nonexistent-force-mount")?;
+    }
+    ensure_mounted("tracefs", "/sys/kernel/tracing", "/sys/kernel/tracing/events")
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoaderError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(LoaderError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| LoaderError::MapType { name, source })
+}
+
+const ALL_MAPS: [&str; 8] = [
+    abi::maps::EVENTS,
+    abi::maps::CONFIG,
+    abi::maps::COUNTERS,
+    abi::maps::ENDPOINTS,
+    abi::maps::IPCACHE,
+    abi::maps::CT,
+    abi::maps::KERNEL_OFFSETS,
+    abi::maps::LAB_NETNS,
+];
+
+impl Probes {
+    /// Loads the probes, pins the maps, writes the configuration, and
+    /// attaches the kfree_skb tracepoint.
+    pub fn load(opts: &ProbeOptions) -> Result<Self, LoaderError> {
+        if PROBES.is_empty() {
+            return Err(LoaderError::NoProbes);
+        }
+        ensure_filesystems()?;
+        let mut ebpf = EbpfLoader::new().load(PROBES).map_err(LoaderError::Load)?;
+
+        if opts.pin_dir.exists() {
+            let _ = fs::remove_dir_all(&opts.pin_dir);
+        }
+        fs::create_dir_all(&opts.pin_dir)
+            .map_err(|source| LoaderError::PinDir { path: opts.pin_dir.clone(), source })?;
+        for name in ALL_MAPS {
+            let map = ebpf.map(name).ok_or(LoaderError::MissingMap { name })?;
+            let path = opts.pin_dir.join(name);
+            map.pin(&path).map_err(|source| LoaderError::Pin { name, path, source })?;
+        }
+
+        for name in [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(LoaderError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| LoaderError::LoadProgram { name, source })?;
+            prog.load().map_err(|source| LoaderError::LoadProgram { name, source })?;
+        }
+
+        let mut config: Array<MapData, Config> = take(&mut ebpf, abi::maps::CONFIG)?;
+        config
+            .set(0, opts.config, 0)
+            .map_err(|source| LoaderError::MapWrite { name: abi::maps::CONFIG, source })?;
+        let mut offsets: Array<MapData, KernelOffsets> = take(&mut ebpf, abi::maps::KERNEL_OFFSETS)?;
+        if let Some(o) = opts.kernel_offsets {
+            offsets
+                .set(0, o, 0)
+                .map_err(|source| LoaderError::MapWrite { name: abi::maps::KERNEL_OFFSETS, source })?;
+            let name = abi::programs::KFREE_SKB;
+            let tp: &mut TracePoint = ebpf
+                .program_mut(name)
+                .ok_or(LoaderError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| LoaderError::LoadProgram { name, source })?;
+            tp.load().map_err(|source| LoaderError::LoadProgram { name, source })?;
+            tp.attach("skb", "kfree_skb").map_err(LoaderError::AttachTracepoint)?;
+        }
+
+        Ok(Self {
+            events: Some(take(&mut ebpf, abi::maps::EVENTS)?),
+            endpoints: take(&mut ebpf, abi::maps::ENDPOINTS)?,
+            ipcache: take(&mut ebpf, abi::maps::IPCACHE)?,
+            ct: take(&mut ebpf, abi::maps::CT)?,
+            counters: take(&mut ebpf, abi::maps::COUNTERS)?,
+            lab_netns: take(&mut ebpf, abi::maps::LAB_NETNS)?,
+            config,
+            ebpf,
+            attached: BTreeMap::new(),
+            pin_dir: opts.pin_dir.clone(),
+        })
+    }
+
+    /// Replaces the datapath configuration at run time.
+    pub fn set_config(&mut self, config: Config) -> Result<(), LoaderError> {
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| LoaderError::MapWrite { name: abi::maps::CONFIG, source })
+    }
+
+    /// Interfaces the tc programs are attached to.
+    pub fn attached_interfaces(&self) -> impl Iterator<Item = &str> {
+        self.attached.keys().map(String::as_str)
+    }
+
+    /// Attaches `from_container` (ingress) and `to_container` (egress) to
+    /// `ifname` inside the network namespace at `netns`. Idempotent.
+    pub fn attach(&mut self, netns: &Path, ifname: &str) -> Result<(), LoaderError> {
+        if self.attached.contains_key(ifname) {
+            return Ok(());
+        }
+        let _guard = NetnsGuard::enter(netns)
+            .map_err(|source| LoaderError::Netns { path: netns.to_path_buf(), source })?;
+        let mut ids = Vec::with_capacity(2);
+        for (name, kind) in [
+            (abi::programs::FROM_CONTAINER, TcAttachType::Ingress),
+            (abi::programs::TO_CONTAINER, TcAttachType::Egress),
+        ] {
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(LoaderError::MissingProgram { name })?
+                .try_into()
+                .map_err(|source| LoaderError::LoadProgram { name, source })?;
+            match prog.attach(ifname, kind) {
+                Ok(id) => ids.push(id),
+                Err(source) => {
+                    // Undo the half that did attach.
+                    if let Some(id) = ids.pop() {
+                        self.detach_one(abi::programs::FROM_CONTAINER, id);
+                    }
+                    return Err(LoaderError::Attach { program: name, interface: ifname.to_owned(), source });
+                }
+            }
+        }
+        let egress = ids.pop().expect("two links");
+        let ingress = ids.pop().expect("two links");
+        self.attached.insert(ifname.to_owned(), (ingress, egress));
+        Ok(())
+    }
+
+    fn detach_one(&mut self, name: &'static str, id: SchedClassifierLinkId) {
+        if let Some(Ok(prog)) = self.ebpf.program_mut(name).map(<&mut SchedClassifier>::try_from) {
+            // The interface may be gone already (its namespace deleted),
+            // which detaches the link in the kernel; nothing to report.
+            let _ = prog.detach(id);
+        }
+    }
+
+    /// Detaches the programs from `ifname` (no-op if not attached).
+    pub fn detach(&mut self, ifname: &str) {
+        if let Some((ingress, egress)) = self.attached.remove(ifname) {
+            self.detach_one(abi::programs::FROM_CONTAINER, ingress);
+            self.detach_one(abi::programs::TO_CONTAINER, egress);
+        }
+    }
+
+    /// Sum over CPUs of one per-CPU counter.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    }
+
+    /// Per-CPU values of one counter.
+    pub fn counter_per_cpu(&self, index: u32) -> Vec<u64> {
+        self.counters.get(&index, 0).map(|v| v.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// The events map's file descriptor is polled by the consumer; this takes
+    /// the ring buffer out (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        // Pins keep maps alive after the process; a stopped collector leaves
+        // nothing behind.
+        let _ = fs::remove_dir_all(&self.pin_dir);
+        if let Some(parent) = self.pin_dir.parent() {
+            // Remove empty parents up to /sys/fs/bpf/sightline.
+            let _ = fs::remove_dir(parent);
+            if let Some(grand) = parent.parent() {
+                if grand.ends_with("sightline") {
+                    let _ = fs::remove_dir(grand);
+                }
+            }
+        }
+    }
+}
+
+/// Moves the current thread into a network namespace until dropped, then
+/// back into the namespace it came from. Used only around `attach`, which
+/// resolves interface names in the current thread's namespace.
+struct NetnsGuard {
+    original: fs::File,
+}
+
+impl NetnsGuard {
+    fn enter(path: &Path) -> std::io::Result<Self> {
+        let original = fs::File::open("/proc/thread-self/ns/net")?;
+        let target = fs::File::open(path)?;
+        setns(&target)?;
+        Ok(Self { original })
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if let Err(err) = setns(&self.original) {
+            // Staying in the wrong namespace would silently misdirect every
+            // later socket of this thread: stop instead.
+            panic!("cannot return to the original network namespace: {err}");
+        }
+    }
+}
+
+fn setns(file: &fs::File) -> std::io::Result<()> {
+    // SAFETY: setns on a valid namespace file descriptor; affects only the
+    // calling thread.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Index of interface `ifname` inside the network namespace at `netns`.
+pub fn ifindex_in(netns: &Path, ifname: &str) -> std::io::Result<u32> {
+    let _guard = NetnsGuard::enter(netns)?;
+    let name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 { Err(std::io::Error::last_os_error()) } else { Ok(index) }
+}

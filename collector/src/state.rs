@@ -1,0 +1,72 @@
+//! The desired state of one node's datapath, as a state source (the lab,
+//! later the Kubernetes API) hands it to the collector.
+//!
+//! Everything here is plain data with serde derives: the lab computes it from
+//! manifests and sends it over the control socket; the collector's `datapath`
+//! module turns it into map entries. Identities are allocated by the source so
+//! that every node of a cluster agrees on them.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything one node's datapath must enforce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeState {
+    /// The node's name (`node-1`, …).
+    pub node_name: String,
+    /// The node's pod CIDR, e.g. `10.244.1.0/24`.
+    pub pod_cidr: String,
+    /// The node's own address inside its namespace (the pods' gateway).
+    pub node_ip: Ipv4Addr,
+    /// Pods on this node.
+    pub endpoints: Vec<Endpoint>,
+    /// Every identity in use in the cluster.
+    pub identities: Vec<Identity>,
+    /// Every known address or prefix and its identity (pods of all nodes,
+    /// nodes, CIDR identities). Reserved entries (world) are implied.
+    pub ipcache: Vec<IpcacheEntry>,
+}
+
+/// A pod on this node and how it is plugged in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// Numeric endpoint ID, unique on the node, 1..=65535.
+    pub id: u16,
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// The pod's `eth0` MAC, `aa:bb:…`.
+    pub mac: String,
+    /// Host-side veth name in the node's namespace (`lxc…`).
+    pub host_ifname: String,
+    /// The host-side veth's MAC.
+    pub host_mac: String,
+    /// The pod's network namespace, as a path (`/run/netns/…`).
+    pub netns: PathBuf,
+    pub identity: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A security identity: a number for a distinct (namespace, labels) set.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub id: u32,
+    /// Labels in Cilium's `source:key=value` form, sorted, e.g.
+    /// `k8s:io.kubernetes.pod.namespace=x`, `k8s:pod=a`, `reserved:host`.
+    pub labels: Vec<String>,
+}
+
+/// One ipcache entry: an address or prefix and the identity behind it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpcacheEntry {
+    /// `a.b.c.d/len`.
+    pub cidr: String,
+    pub identity: u32,
+}

@@ -1,0 +1,386 @@
+//! The Sightline kernel/user ABI.
+//!
+//! This crate is the only place where the layout of an event or of a BPF map
+//! key or value is defined. It is `no_std`, has no dependencies in the kernel
+//! build, and every type is `#[repr(C)]` with explicit padding and a size
+//! assertion, so the eBPF programs and the collector agree byte for byte.
+//!
+//! It must not contain logic beyond constructors and small accessors: anything
+//! that decides what a packet means lives in the probes or in the collector.
+//!
+//! `docs/ABI.md` describes these layouts for readers; bump [`ABI_VERSION`]
+//! whenever a layout or a constant's meaning changes.
+#![no_std]
+
+/// Version of every layout in this crate. Carried in each event.
+pub const ABI_VERSION: u8 = 1;
+
+// ---------------------------------------------------------------------------
+// Event kinds and their sub-types (Hubble numbering where Hubble has one).
+
+/// A packet dropped by a Sightline program; `sub_type` is the Hubble drop reason.
+pub const EVENT_DROP: u8 = 1;
+/// A packet seen at an observation point; `sub_type` is the datapath trace point.
+pub const EVENT_TRACE: u8 = 4;
+/// A policy decision for a new connection.
+pub const EVENT_POLICY_VERDICT: u8 = 5;
+/// A packet freed by the kernel with a drop reason (`skb:kfree_skb`);
+/// `reason` is the kernel's `enum skb_drop_reason` value.
+pub const EVENT_KERNEL_DROP: u8 = 200;
+
+/// Datapath trace points (bpf/lib/trace.h numbering). Hubble's proto enum uses
+/// the same numbers except `TRACE_TO_LXC` (0) which is `TO_ENDPOINT` (101).
+pub const TRACE_TO_LXC: u8 = 0;
+pub const TRACE_TO_PROXY: u8 = 1;
+pub const TRACE_TO_HOST: u8 = 2;
+pub const TRACE_TO_STACK: u8 = 3;
+pub const TRACE_TO_OVERLAY: u8 = 4;
+pub const TRACE_FROM_LXC: u8 = 5;
+pub const TRACE_FROM_PROXY: u8 = 6;
+pub const TRACE_FROM_HOST: u8 = 7;
+pub const TRACE_FROM_STACK: u8 = 8;
+/// Not a trace: the sub-type of events that carry no observation point.
+pub const TRACE_NONE: u8 = 0xff;
+
+/// Hubble drop reasons used by the probes (flow.proto `DropReason`).
+pub const DROP_INVALID_SOURCE_IP: u8 = 132;
+pub const DROP_POLICY_DENIED: u8 = 133;
+pub const DROP_INVALID_PACKET: u8 = 134;
+pub const DROP_CT_INVALID_HEADER: u8 = 135;
+pub const DROP_UNKNOWN_L4_PROTOCOL: u8 = 142;
+pub const DROP_UNKNOWN_L3_TARGET: u8 = 150;
+pub const DROP_CT_MAP_INSERTION_FAILED: u8 = 155;
+pub const DROP_FRAG_NOT_SUPPORTED: u8 = 157;
+
+/// Connection-tracking result carried by every event.
+pub const CT_NONE: u8 = 0;
+pub const CT_NEW: u8 = 1;
+pub const CT_ESTABLISHED: u8 = 2;
+pub const CT_REPLY: u8 = 3;
+
+/// Traffic direction (Hubble `TrafficDirection` numbering).
+pub const DIR_UNKNOWN: u8 = 0;
+pub const DIR_INGRESS: u8 = 1;
+pub const DIR_EGRESS: u8 = 2;
+
+/// Policy verdicts carried by policy-verdict events.
+pub const VERDICT_NONE: u8 = 0;
+pub const VERDICT_FORWARDED: u8 = 1;
+pub const VERDICT_DROPPED: u8 = 2;
+pub const VERDICT_AUDIT: u8 = 4;
+
+/// Policy match types (Cilium's `PolicyMatchType` bit numbering).
+pub const MATCH_NONE: u8 = 0;
+pub const MATCH_L3_ONLY: u8 = 1;
+pub const MATCH_L3_L4: u8 = 2;
+pub const MATCH_L4_ONLY: u8 = 3;
+pub const MATCH_ALL: u8 = 4;
+
+/// TCP flag bits as in the TCP header's flag byte.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
+pub const TCP_ECE: u8 = 0x40;
+pub const TCP_CWR: u8 = 0x80;
+
+/// IP protocol numbers.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// Reserved security identities, numbered as Cilium numbers them.
+pub const IDENTITY_UNKNOWN: u32 = 0;
+pub const IDENTITY_HOST: u32 = 1;
+pub const IDENTITY_WORLD: u32 = 2;
+pub const IDENTITY_UNMANAGED: u32 = 3;
+pub const IDENTITY_HEALTH: u32 = 4;
+pub const IDENTITY_INIT: u32 = 5;
+pub const IDENTITY_REMOTE_NODE: u32 = 6;
+pub const IDENTITY_KUBE_APISERVER: u32 = 7;
+pub const IDENTITY_INGRESS: u32 = 8;
+pub const IDENTITY_WORLD_IPV4: u32 = 9;
+pub const IDENTITY_WORLD_IPV6: u32 = 10;
+/// First identity handed out for workloads (cluster-local identities).
+pub const IDENTITY_USER_MIN: u32 = 256;
+
+// ---------------------------------------------------------------------------
+// Events.
+
+/// One event in the ring buffer. Every event has this layout; fields that do
+/// not apply to a kind are zero. Addresses are in network byte order (IPv4 in
+/// the first four bytes), ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the packet was seen.
+    pub ts_ns: u64,
+    /// Packets and bytes of the connection in its original direction,
+    /// including this packet when it travels that way.
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    /// Packets and bytes of the connection in the reply direction.
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// Interface the packet was seen on (in the node's network namespace for
+    /// datapath events; the device's own namespace for kernel drops).
+    pub ifindex: u32,
+    /// Length of the packet on the wire.
+    pub pkt_len: u32,
+    /// Kernel drop reason (`EVENT_KERNEL_DROP`); 0 otherwise.
+    pub reason: u32,
+    /// Endpoint ID of the local endpoint the event belongs to, 0 if none.
+    pub endpoint_id: u16,
+    /// TCP/UDP/SCTP ports; ICMP echo identifier in `src_port`, and ICMP type
+    /// and code in `icmp_type`/`icmp_code`.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// One of the `EVENT_*` constants.
+    pub kind: u8,
+    /// Trace point (`TRACE_*`) for traces, drop reason (`DROP_*`) for drops.
+    pub sub_type: u8,
+    /// 4 or 6.
+    pub ip_version: u8,
+    pub protocol: u8,
+    /// TCP flags of this packet.
+    pub tcp_flags: u8,
+    /// One of the `CT_*` constants.
+    pub ct_state: u8,
+    /// `DIR_*` for policy verdicts (and drops by policy).
+    pub direction: u8,
+    /// `VERDICT_*` for policy verdicts.
+    pub verdict: u8,
+    /// `MATCH_*` for policy verdicts.
+    pub match_type: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    /// [`ABI_VERSION`] of the program that wrote the event.
+    pub version: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Event>() == 112);
+// The offsets documented in docs/ABI.md.
+const _: () = {
+    use core::mem::offset_of;
+    assert!(offset_of!(Event, src_addr) == 40);
+    assert!(offset_of!(Event, src_identity) == 72);
+    assert!(offset_of!(Event, ifindex) == 80);
+    assert!(offset_of!(Event, reason) == 88);
+    assert!(offset_of!(Event, endpoint_id) == 92);
+    assert!(offset_of!(Event, kind) == 98);
+    assert!(offset_of!(Event, version) == 109);
+};
+
+// ---------------------------------------------------------------------------
+// Configuration (one entry of the `CONFIG` array map, written by the collector).
+
+/// Monitor aggregation levels (Cilium numbering).
+pub const AGGREGATION_NONE: u32 = 0;
+pub const AGGREGATION_MEDIUM: u32 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `AGGREGATION_*`.
+    pub aggregation: u32,
+    /// Wake the consumer only when at least this many bytes are pending
+    /// (0 = wake on every event).
+    pub wakeup_bytes: u32,
+    /// With aggregation, report an active connection at least this often.
+    pub report_interval_ns: u64,
+    /// Connection lifetimes after the last packet.
+    pub ct_tcp_syn_timeout_ns: u64,
+    pub ct_tcp_established_timeout_ns: u64,
+    pub ct_tcp_closing_timeout_ns: u64,
+    pub ct_other_timeout_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
+
+/// Offsets into kernel structures, read from BTF by the collector, used by
+/// the `skb:kfree_skb` program to find the device and the packet headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Non-zero once the collector has filled the offsets in.
+    pub valid: u32,
+    /// Offsets of the tracepoint's own fields (from its tracefs format).
+    pub tp_skbaddr: u16,
+    pub tp_protocol: u16,
+    pub tp_reason: u16,
+    /// `struct sk_buff`.
+    pub skb_dev: u16,
+    pub skb_head: u16,
+    pub skb_network_header: u16,
+    pub skb_len: u16,
+    /// `struct net_device`.
+    pub dev_ifindex: u16,
+    pub dev_nd_net: u16,
+    /// `struct net` → `ns.inum`.
+    pub net_ns_inum: u16,
+    pub _pad: [u16; 2],
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28);
+
+// ---------------------------------------------------------------------------
+// Maps.
+
+/// Key of `ENDPOINTS`: an IPv4 address in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 4);
+
+/// A local endpoint (pod) on this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointInfo {
+    /// Host-side veth interface of the pod, in the node's namespace.
+    pub ifindex: u32,
+    pub identity: u32,
+    /// The pod's own MAC address (its `eth0`).
+    pub mac: [u8; 6],
+    /// The MAC of the host side of the veth (the pod's gateway).
+    pub node_mac: [u8; 6],
+    pub endpoint_id: u16,
+    pub flags: u16,
+}
+const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
+
+/// Key of the `IPCACHE` LPM trie (the value of an aya `lpm_trie::Key`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IpcacheKey {
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 4);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IpcacheValue {
+    pub identity: u32,
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 8);
+
+/// Key of `CT`, in the connection's original direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+impl CtKey {
+    /// The key of the same connection seen from the other side.
+    #[must_use]
+    pub const fn reversed(&self) -> Self {
+        Self {
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// TCP connection states kept in `CtEntry::tcp_state`.
+pub const TCP_STATE_NONE: u8 = 0;
+pub const TCP_STATE_SYN_SENT: u8 = 1;
+pub const TCP_STATE_SYN_RECV: u8 = 2;
+pub const TCP_STATE_ESTABLISHED: u8 = 3;
+pub const TCP_STATE_CLOSING: u8 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub created_ns: u64,
+    /// Monotonic time after which the entry is dead (collected by the
+    /// collector's garbage collection, ignored by the datapath).
+    pub expires_ns: u64,
+    /// Last time a trace was reported for this connection (aggregation).
+    pub last_report_ns: u64,
+    pub fwd_packets: u64,
+    pub fwd_bytes: u64,
+    pub rev_packets: u64,
+    pub rev_bytes: u64,
+    pub src_identity: u32,
+    pub dst_identity: u32,
+    /// TCP flags seen so far in each direction.
+    pub fwd_flags: u8,
+    pub rev_flags: u8,
+    pub tcp_state: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
+
+/// Per-CPU counters in the `COUNTERS` array, by index.
+pub const COUNTER_EVENTS_LOST: u32 = 0;
+pub const COUNTER_EVENTS_WRITTEN: u32 = 1;
+pub const COUNTER_PACKETS_FORWARDED: u32 = 2;
+pub const COUNTER_PACKETS_DROPPED: u32 = 3;
+pub const COUNTER_CT_CREATED: u32 = 4;
+pub const COUNTER_CT_INSERT_FAILED: u32 = 5;
+pub const COUNTER_KERNEL_DROPS_SEEN: u32 = 6;
+pub const COUNTER_MAX: u32 = 8;
+
+/// Map names, shared by the probes and the loader.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const ENDPOINTS: &str = "ENDPOINTS";
+    pub const IPCACHE: &str = "IPCACHE";
+    pub const CT: &str = "CT";
+    pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+    pub const LAB_NETNS: &str = "LAB_NETNS";
+}
+
+/// Program names, shared by the probes and the loader.
+pub mod programs {
+    pub const FROM_CONTAINER: &str = "from_container";
+    pub const TO_CONTAINER: &str = "to_container";
+    pub const KFREE_SKB: &str = "kfree_skb";
+}
+
+/// Map capacities.
+pub const CT_MAP_SIZE: u32 = 65536;
+pub const ENDPOINTS_MAP_SIZE: u32 = 4096;
+pub const IPCACHE_MAP_SIZE: u32 = 16384;
+pub const LAB_NETNS_MAP_SIZE: u32 = 4096;
+pub const EVENTS_RING_BYTES: u32 = 1 << 22;
+
+#[cfg(feature = "user")]
+mod user {
+    use super::{
+        Config, CtEntry, CtKey, EndpointInfo, EndpointKey, Event, IpcacheKey, IpcacheValue,
+        KernelOffsets,
+    };
+    // SAFETY: every type is `repr(C)`, `Copy`, made of integers and byte
+    // arrays with explicit padding, so any bit pattern is valid.
+    unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for IpcacheKey {}
+    unsafe impl aya::Pod for IpcacheValue {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+}

@@ -1,0 +1,647 @@
+//! The programs themselves (compiled for the BPF target only).
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_redirect_peer},
+    macros::{classifier, map, tracepoint},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
+        lpm_trie::Key as LpmKey,
+    },
+    programs::{TcContext, TracePointContext},
+};
+use sightline_abi as abi;
+use sightline_abi::{
+    Config, CtEntry, CtKey, EndpointInfo, EndpointKey, Event, IpcacheKey, IpcacheValue,
+    KernelOffsets,
+};
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(abi::EVENTS_RING_BYTES, 0);
+
+#[map(name = "CONFIG")]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(abi::COUNTER_MAX, 0);
+
+#[map(name = "ENDPOINTS")]
+static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
+    HashMap::with_max_entries(abi::ENDPOINTS_MAP_SIZE, 0);
+
+#[map(name = "IPCACHE")]
+static IPCACHE: LpmTrie<IpcacheKey, IpcacheValue> =
+    LpmTrie::with_max_entries(abi::IPCACHE_MAP_SIZE, 0);
+
+#[map(name = "CT")]
+static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(abi::CT_MAP_SIZE, 0);
+
+#[map(name = "KERNEL_OFFSETS")]
+static KERNEL_OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
+
+#[map(name = "LAB_NETNS")]
+static LAB_NETNS: HashMap<u32, u32> = HashMap::with_max_entries(abi::LAB_NETNS_MAP_SIZE, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const TC_ACT_REDIRECT: i32 = 7;
+
+/// The parts of a packet the datapath looks at.
+#[derive(Clone, Copy)]
+struct Packet {
+    src: [u8; 4],
+    dst: [u8; 4],
+    src_port: u16,
+    dst_port: u16,
+    protocol: u8,
+    tcp_flags: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+    len: u32,
+}
+
+/// What connection tracking found out about a packet.
+#[derive(Clone, Copy)]
+struct CtResult {
+    state: u8,
+    /// Whether aggregation lets this packet be reported.
+    report: bool,
+    fwd_packets: u64,
+    fwd_bytes: u64,
+    rev_packets: u64,
+    rev_bytes: u64,
+}
+
+impl CtResult {
+    const NONE: Self = Self {
+        state: abi::CT_NONE,
+        report: true,
+        fwd_packets: 0,
+        fwd_bytes: 0,
+        rev_packets: 0,
+        rev_bytes: 0,
+    };
+}
+
+#[inline(always)]
+fn config() -> Config {
+    match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn identity_of(addr: [u8; 4]) -> u32 {
+    match IPCACHE.get(LpmKey::new(32, IpcacheKey { addr })) {
+        Some(v) => v.identity,
+        None => abi::IDENTITY_WORLD,
+    }
+}
+
+#[inline(always)]
+fn endpoint(addr: [u8; 4]) -> Option<EndpointInfo> {
+    // SAFETY: the value is copied out at once; entries are plain data.
+    unsafe { ENDPOINTS.get(&EndpointKey { addr }) }.copied()
+}
+
+/// Writes one event; counts it as lost when the ring buffer is full.
+#[inline(always)]
+fn emit(cfg: &Config, ev: &Event) {
+    match EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(*ev);
+            let flags = if cfg.wakeup_bytes == 0 {
+                0
+            } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(cfg.wakeup_bytes) {
+                u64::from(BPF_RB_FORCE_WAKEUP)
+            } else {
+                u64::from(BPF_RB_NO_WAKEUP)
+            };
+            entry.submit(flags);
+            count(abi::COUNTER_EVENTS_WRITTEN);
+        }
+        None => count(abi::COUNTER_EVENTS_LOST),
+    }
+}
+
+#[inline(always)]
+fn base_event(pkt: &Packet, ct: &CtResult, now: u64) -> Event {
+    let mut ev = Event {
+        ts_ns: now,
+        fwd_packets: ct.fwd_packets,
+        fwd_bytes: ct.fwd_bytes,
+        rev_packets: ct.rev_packets,
+        rev_bytes: ct.rev_bytes,
+        pkt_len: pkt.len,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        ip_version: 4,
+        protocol: pkt.protocol,
+        tcp_flags: pkt.tcp_flags,
+        ct_state: ct.state,
+        icmp_type: pkt.icmp_type,
+        icmp_code: pkt.icmp_code,
+        version: abi::ABI_VERSION,
+        ..Event::default()
+    };
+    ev.src_addr[..4].copy_from_slice(&pkt.src);
+    ev.dst_addr[..4].copy_from_slice(&pkt.dst);
+    ev
+}
+
+/// Reads the IPv4 and L4 headers. `Ok(None)` for frames that are not IPv4
+/// (ARP, IPv6 neighbour discovery…): those pass untouched.
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Option<Packet>, u8> {
+    let eth_proto: u16 = ctx.load::<u16>(12).map_err(|_| abi::DROP_INVALID_PACKET)?;
+    if u16::from_be(eth_proto) != ETH_P_IP {
+        return Ok(None);
+    }
+    let iph: [u8; 20] = ctx.load(ETH_HLEN).map_err(|_| abi::DROP_INVALID_PACKET)?;
+    let ihl = usize::from(iph[0] & 0x0f) * 4;
+    if iph[0] >> 4 != 4 || ihl < 20 {
+        return Err(abi::DROP_INVALID_PACKET);
+    }
+    let frag = u16::from_be_bytes([iph[6], iph[7]]);
+    if frag & 0x3fff != 0 {
+        return Err(abi::DROP_FRAG_NOT_SUPPORTED);
+    }
+    let mut pkt = Packet {
+        src: [iph[12], iph[13], iph[14], iph[15]],
+        dst: [iph[16], iph[17], iph[18], iph[19]],
+        src_port: 0,
+        dst_port: 0,
+        protocol: iph[9],
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        len: ctx.len(),
+    };
+    let l4 = ETH_HLEN + ihl;
+    match pkt.protocol {
+        abi::IPPROTO_TCP => {
+            let h: [u8; 14] = ctx.load(l4).map_err(|_| abi::DROP_CT_INVALID_HEADER)?;
+            pkt.src_port = u16::from_be_bytes([h[0], h[1]]);
+            pkt.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            pkt.tcp_flags = h[13];
+        }
+        abi::IPPROTO_UDP | abi::IPPROTO_SCTP => {
+            let h: [u8; 4] = ctx.load(l4).map_err(|_| abi::DROP_CT_INVALID_HEADER)?;
+            pkt.src_port = u16::from_be_bytes([h[0], h[1]]);
+            pkt.dst_port = u16::from_be_bytes([h[2], h[3]]);
+        }
+        abi::IPPROTO_ICMP => {
+            let h: [u8; 8] = ctx.load(l4).map_err(|_| abi::DROP_CT_INVALID_HEADER)?;
+            pkt.icmp_type = h[0];
+            pkt.icmp_code = h[1];
+            let id = u16::from_be_bytes([h[4], h[5]]);
+            // Echo request and reply share the identifier: put it on the
+            // side that makes the reply's reversed key match the request.
+            match h[0] {
+                8 => pkt.src_port = id,
+                0 => pkt.dst_port = id,
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(Some(pkt))
+}
+
+/// Adds to a connection counter. Not atomic (the BPF target has no 64-bit
+/// fetch-add in `core`): each direction of a connection is counted by one
+/// writer at a time in practice, since a flow's packets are steered to one
+/// CPU per direction.
+#[inline(always)]
+fn add(counter: &mut u64, v: u64) -> u64 {
+    *counter += v;
+    *counter
+}
+
+#[inline(always)]
+fn tcp_timeout(cfg: &Config, state: u8) -> u64 {
+    match state {
+        abi::TCP_STATE_ESTABLISHED => cfg.ct_tcp_established_timeout_ns,
+        abi::TCP_STATE_CLOSING => cfg.ct_tcp_closing_timeout_ns,
+        _ => cfg.ct_tcp_syn_timeout_ns,
+    }
+}
+
+/// Looks the packet's connection up, creating it when new, and updates its
+/// state and counters. `Err` carries a drop reason.
+#[inline(always)]
+fn conntrack(
+    cfg: &Config,
+    pkt: &Packet,
+    src_identity: u32,
+    dst_identity: u32,
+    now: u64,
+) -> Result<CtResult, u8> {
+    let key = CtKey {
+        src_addr: pkt.src,
+        dst_addr: pkt.dst,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        protocol: pkt.protocol,
+        _pad: [0; 3],
+    };
+    let is_tcp = pkt.protocol == abi::IPPROTO_TCP;
+    let flags = pkt.tcp_flags;
+    let bytes = u64::from(pkt.len);
+
+    let mut found = None;
+    if let Some(e) = CT.get_ptr_mut(&key) {
+        // SAFETY: map value pointer, valid for the program's run.
+        if unsafe { (*e).expires_ns } > now {
+            found = Some((e, false));
+        }
+    }
+    if found.is_none() {
+        if let Some(e) = CT.get_ptr_mut(&key.reversed()) {
+            // SAFETY: as above.
+            if unsafe { (*e).expires_ns } > now {
+                found = Some((e, true));
+            }
+        }
+    }
+
+    let Some((e, reply)) = found else {
+        let tcp_state = if !is_tcp {
+            abi::TCP_STATE_NONE
+        } else if flags & (abi::TCP_FIN | abi::TCP_RST) != 0 {
+            abi::TCP_STATE_CLOSING
+        } else if flags & abi::TCP_SYN != 0 && flags & abi::TCP_ACK == 0 {
+            abi::TCP_STATE_SYN_SENT
+        } else {
+            // Picked up mid-stream (e.g. after the table was flushed).
+            abi::TCP_STATE_ESTABLISHED
+        };
+        let lifetime = if is_tcp { tcp_timeout(cfg, tcp_state) } else { cfg.ct_other_timeout_ns };
+        let entry = CtEntry {
+            created_ns: now,
+            expires_ns: now + lifetime,
+            last_report_ns: now,
+            fwd_packets: 1,
+            fwd_bytes: bytes,
+            src_identity,
+            dst_identity,
+            fwd_flags: flags,
+            tcp_state,
+            ..CtEntry::default()
+        };
+        if CT.insert(&key, &entry, 0).is_err() {
+            count(abi::COUNTER_CT_INSERT_FAILED);
+            return Err(abi::DROP_CT_MAP_INSERTION_FAILED);
+        }
+        count(abi::COUNTER_CT_CREATED);
+        return Ok(CtResult {
+            state: abi::CT_NEW,
+            report: true,
+            fwd_packets: 1,
+            fwd_bytes: bytes,
+            rev_packets: 0,
+            rev_bytes: 0,
+        });
+    };
+
+    // SAFETY: `e` points at a live map value for the rest of this run.
+    let e = unsafe { &mut *e };
+    let (fwd_packets, fwd_bytes, rev_packets, rev_bytes, new_flags);
+    if reply {
+        rev_packets = add(&mut e.rev_packets, 1);
+        rev_bytes = add(&mut e.rev_bytes, bytes);
+        fwd_packets = e.fwd_packets;
+        fwd_bytes = e.fwd_bytes;
+        new_flags = flags & !e.rev_flags;
+        e.rev_flags |= flags;
+    } else {
+        fwd_packets = add(&mut e.fwd_packets, 1);
+        fwd_bytes = add(&mut e.fwd_bytes, bytes);
+        rev_packets = e.rev_packets;
+        rev_bytes = e.rev_bytes;
+        new_flags = flags & !e.fwd_flags;
+        e.fwd_flags |= flags;
+    }
+
+    let lifetime = if is_tcp {
+        let mut state = e.tcp_state;
+        if flags & (abi::TCP_FIN | abi::TCP_RST) != 0 {
+            state = abi::TCP_STATE_CLOSING;
+        } else if state == abi::TCP_STATE_SYN_SENT
+            && reply
+            && flags & abi::TCP_SYN != 0
+            && flags & abi::TCP_ACK != 0
+        {
+            state = abi::TCP_STATE_SYN_RECV;
+        } else if state == abi::TCP_STATE_SYN_RECV && !reply && flags & abi::TCP_ACK != 0 {
+            state = abi::TCP_STATE_ESTABLISHED;
+        }
+        e.tcp_state = state;
+        tcp_timeout(cfg, state)
+    } else {
+        cfg.ct_other_timeout_ns
+    };
+    e.expires_ns = now + lifetime;
+
+    let report = new_flags != 0 || now.wrapping_sub(e.last_report_ns) >= cfg.report_interval_ns;
+    if report {
+        e.last_report_ns = now;
+    }
+    Ok(CtResult {
+        state: if reply { abi::CT_REPLY } else { abi::CT_ESTABLISHED },
+        report,
+        fwd_packets,
+        fwd_bytes,
+        rev_packets,
+        rev_bytes,
+    })
+}
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn drop_packet(cfg: &Config, pkt: &Packet, ct: &CtResult, reason: u8, ifindex: u32, ids: (u32, u32), ep: u16, dir: u8) -> i32 {
+    count(abi::COUNTER_PACKETS_DROPPED);
+    let mut ev = base_event(pkt, ct, now());
+    ev.kind = abi::EVENT_DROP;
+    ev.sub_type = reason;
+    ev.ifindex = ifindex;
+    ev.src_identity = ids.0;
+    ev.dst_identity = ids.1;
+    ev.endpoint_id = ep;
+    ev.direction = dir;
+    emit(cfg, &ev);
+    TC_ACT_SHOT as i32
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A header-less drop (the packet could not be parsed).
+#[inline(always)]
+fn drop_unparsed(cfg: &Config, ctx: &TcContext, reason: u8, dir: u8) -> i32 {
+    let pkt = Packet {
+        src: [0; 4],
+        dst: [0; 4],
+        src_port: 0,
+        dst_port: 0,
+        protocol: 0,
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        len: ctx.len(),
+    };
+    drop_packet(cfg, &pkt, &CtResult::NONE, reason, ifindex(ctx), (0, 0), 0, dir)
+}
+
+/// Whether a trace at `point` is emitted under the configured aggregation.
+#[inline(always)]
+fn trace_wanted(cfg: &Config, point: u8, ct: &CtResult) -> bool {
+    if cfg.aggregation < abi::AGGREGATION_MEDIUM {
+        return true;
+    }
+    // Like Cilium from `lowest` up: no FROM_* traces; from `medium` up: only
+    // when conntrack says the connection has something new to report.
+    point < abi::TRACE_FROM_LXC && ct.report
+}
+
+#[inline(always)]
+fn trace(cfg: &Config, pkt: &Packet, ct: &CtResult, point: u8, ifindex: u32, ids: (u32, u32), ep: u16, now: u64) {
+    if !trace_wanted(cfg, point, ct) {
+        return;
+    }
+    let mut ev = base_event(pkt, ct, now);
+    ev.kind = abi::EVENT_TRACE;
+    ev.sub_type = point;
+    ev.ifindex = ifindex;
+    ev.src_identity = ids.0;
+    ev.dst_identity = ids.1;
+    ev.endpoint_id = ep;
+    emit(cfg, &ev);
+}
+
+/// Policy verdict for a new connection. No policy is enforced yet: every
+/// connection is allowed, with match type NONE.
+#[inline(always)]
+fn policy_verdict(cfg: &Config, pkt: &Packet, ct: &CtResult, dir: u8, ifindex: u32, ids: (u32, u32), ep: u16, now: u64) {
+    if ct.state != abi::CT_NEW {
+        return;
+    }
+    let mut ev = base_event(pkt, ct, now);
+    ev.kind = abi::EVENT_POLICY_VERDICT;
+    ev.sub_type = abi::TRACE_NONE;
+    ev.ifindex = ifindex;
+    ev.src_identity = ids.0;
+    ev.dst_identity = ids.1;
+    ev.endpoint_id = ep;
+    ev.direction = dir;
+    ev.verdict = abi::VERDICT_FORWARDED;
+    ev.match_type = abi::MATCH_NONE;
+    emit(cfg, &ev);
+}
+
+#[classifier]
+pub fn from_container(ctx: TcContext) -> i32 {
+    let cfg = config();
+    let pkt = match parse(&ctx) {
+        Ok(Some(p)) => p,
+        Ok(None) => return TC_ACT_OK as i32,
+        Err(reason) => return drop_unparsed(&cfg, &ctx, reason, abi::DIR_EGRESS),
+    };
+    let now = now();
+    let ifx = ifindex(&ctx);
+
+    // The source must be the pod behind this interface.
+    let Some(src_ep) = endpoint(pkt.src) else {
+        let dst_id = identity_of(pkt.dst);
+        return drop_packet(&cfg, &pkt, &CtResult::NONE, abi::DROP_INVALID_SOURCE_IP, ifx, (abi::IDENTITY_UNKNOWN, dst_id), 0, abi::DIR_EGRESS);
+    };
+    if src_ep.ifindex != ifx {
+        let dst_id = identity_of(pkt.dst);
+        return drop_packet(&cfg, &pkt, &CtResult::NONE, abi::DROP_INVALID_SOURCE_IP, ifx, (abi::IDENTITY_UNKNOWN, dst_id), src_ep.endpoint_id, abi::DIR_EGRESS);
+    }
+    let dst_ep = endpoint(pkt.dst);
+    let dst_id = match dst_ep {
+        Some(ep) => ep.identity,
+        None => identity_of(pkt.dst),
+    };
+    let ids = (src_ep.identity, dst_id);
+
+    let ct = match conntrack(&cfg, &pkt, ids.0, ids.1, now) {
+        Ok(ct) => ct,
+        Err(reason) => return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, ids, src_ep.endpoint_id, abi::DIR_EGRESS),
+    };
+
+    trace(&cfg, &pkt, &ct, abi::TRACE_FROM_LXC, ifx, ids, src_ep.endpoint_id, now);
+    if ct.state != abi::CT_REPLY {
+        policy_verdict(&cfg, &pkt, &ct, abi::DIR_EGRESS, ifx, ids, src_ep.endpoint_id, now);
+    }
+
+    let Some(dst_ep) = dst_ep else {
+        // To the node itself or beyond it: the node's stack routes it.
+        count(abi::COUNTER_PACKETS_FORWARDED);
+        trace(&cfg, &pkt, &ct, abi::TRACE_TO_STACK, ifx, ids, src_ep.endpoint_id, now);
+        return TC_ACT_OK as i32;
+    };
+
+    if ct.state != abi::CT_REPLY {
+        policy_verdict(&cfg, &pkt, &ct, abi::DIR_INGRESS, dst_ep.ifindex, ids, dst_ep.endpoint_id, now);
+    }
+    // Straight into the destination pod: its MAC, our side's MAC as source.
+    if ctx.store(0, &dst_ep.mac, 0).is_err() || ctx.store(6, &dst_ep.node_mac, 0).is_err() {
+        return drop_packet(&cfg, &pkt, &ct, abi::DROP_INVALID_PACKET, ifx, ids, src_ep.endpoint_id, abi::DIR_EGRESS);
+    }
+    count(abi::COUNTER_PACKETS_FORWARDED);
+    trace(&cfg, &pkt, &ct, abi::TRACE_TO_LXC, dst_ep.ifindex, ids, dst_ep.endpoint_id, now);
+    // SAFETY: plain helper call.
+    let rc = unsafe { bpf_redirect_peer(dst_ep.ifindex, 0) };
+    if rc as i32 == TC_ACT_REDIRECT { TC_ACT_REDIRECT } else { TC_ACT_SHOT as i32 }
+}
+
+#[classifier]
+pub fn to_container(ctx: TcContext) -> i32 {
+    let cfg = config();
+    let pkt = match parse(&ctx) {
+        Ok(Some(p)) => p,
+        Ok(None) => return TC_ACT_OK as i32,
+        Err(reason) => return drop_unparsed(&cfg, &ctx, reason, abi::DIR_INGRESS),
+    };
+    let now = now();
+    let ifx = ifindex(&ctx);
+    let Some(dst_ep) = endpoint(pkt.dst) else {
+        // Not for the pod behind this device (e.g. a stray route).
+        let ids = (identity_of(pkt.src), identity_of(pkt.dst));
+        return drop_packet(&cfg, &pkt, &CtResult::NONE, abi::DROP_UNKNOWN_L3_TARGET, ifx, ids, 0, abi::DIR_INGRESS);
+    };
+    let ids = (identity_of(pkt.src), dst_ep.identity);
+    let ct = match conntrack(&cfg, &pkt, ids.0, ids.1, now) {
+        Ok(ct) => ct,
+        Err(reason) => return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, ids, dst_ep.endpoint_id, abi::DIR_INGRESS),
+    };
+    if ct.state != abi::CT_REPLY {
+        policy_verdict(&cfg, &pkt, &ct, abi::DIR_INGRESS, ifx, ids, dst_ep.endpoint_id, now);
+    }
+    count(abi::COUNTER_PACKETS_FORWARDED);
+    trace(&cfg, &pkt, &ct, abi::TRACE_TO_LXC, ifx, ids, dst_ep.endpoint_id, now);
+    TC_ACT_OK as i32
+}
+
+#[inline(always)]
+fn read<T>(addr: u64) -> Result<T, i64> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.map_err(i64::from)
+}
+
+#[tracepoint]
+pub fn kfree_skb(ctx: TracePointContext) -> u32 {
+    let _ = try_kfree_skb(&ctx);
+    0
+}
+
+fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {
+    let Some(off) = KERNEL_OFFSETS.get(0) else { return Ok(()) };
+    let off = *off;
+    if off.valid == 0 {
+        return Ok(());
+    }
+    // SAFETY: offsets come from this tracepoint's format file.
+    let protocol: u16 = unsafe { ctx.read_at(usize::from(off.tp_protocol)) }.map_err(i64::from)?;
+    if protocol != ETH_P_IP {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    let skb: u64 = unsafe { ctx.read_at(usize::from(off.tp_skbaddr)) }.map_err(i64::from)?;
+    // SAFETY: as above.
+    let reason: u32 = unsafe { ctx.read_at(usize::from(off.tp_reason)) }.map_err(i64::from)?;
+    let dev: u64 = read(skb + u64::from(off.skb_dev))?;
+    if dev == 0 {
+        return Ok(());
+    }
+    let net: u64 = read(dev + u64::from(off.dev_nd_net))?;
+    let inum: u32 = read(net + u64::from(off.net_ns_inum))?;
+    // SAFETY: plain lookup, value not kept.
+    if unsafe { LAB_NETNS.get(&inum) }.is_none() {
+        return Ok(());
+    }
+    let ifindex: u32 = read(dev + u64::from(off.dev_ifindex))?;
+    let head: u64 = read(skb + u64::from(off.skb_head))?;
+    let nh: u16 = read(skb + u64::from(off.skb_network_header))?;
+    let len: u32 = read(skb + u64::from(off.skb_len))?;
+    if nh == 0xffff {
+        return Ok(());
+    }
+    let iph: [u8; 20] = read(head + u64::from(nh))?;
+    if iph[0] >> 4 != 4 {
+        return Ok(());
+    }
+    let ihl = u64::from(iph[0] & 0x0f) * 4;
+    let mut pkt = Packet {
+        src: [iph[12], iph[13], iph[14], iph[15]],
+        dst: [iph[16], iph[17], iph[18], iph[19]],
+        src_port: 0,
+        dst_port: 0,
+        protocol: iph[9],
+        tcp_flags: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+        len,
+    };
+    let l4 = head + u64::from(nh) + ihl;
+    match pkt.protocol {
+        abi::IPPROTO_TCP => {
+            if let Ok(h) = read::<[u8; 14]>(l4) {
+                pkt.src_port = u16::from_be_bytes([h[0], h[1]]);
+                pkt.dst_port = u16::from_be_bytes([h[2], h[3]]);
+                pkt.tcp_flags = h[13];
+            }
+        }
+        abi::IPPROTO_UDP | abi::IPPROTO_SCTP => {
+            if let Ok(h) = read::<[u8; 4]>(l4) {
+                pkt.src_port = u16::from_be_bytes([h[0], h[1]]);
+                pkt.dst_port = u16::from_be_bytes([h[2], h[3]]);
+            }
+        }
+        abi::IPPROTO_ICMP => {
+            if let Ok(h) = read::<[u8; 2]>(l4) {
+                pkt.icmp_type = h[0];
+                pkt.icmp_code = h[1];
+            }
+        }
+        _ => {}
+    }
+    count(abi::COUNTER_KERNEL_DROPS_SEEN);
+    let cfg = config();
+    let mut ev = base_event(&pkt, &CtResult::NONE, now());
+    ev.kind = abi::EVENT_KERNEL_DROP;
+    ev.sub_type = 0;
+    ev.reason = reason;
+    ev.ifindex = ifindex;
+    ev.src_identity = identity_of(pkt.src);
+    ev.dst_identity = identity_of(pkt.dst);
+    emit(&cfg, &ev);
+    Ok(())
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Installs everything Sightline's build, demo and tests need on a fresh
+# Debian machine (run as root). Idempotent: skips what is already there.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (it installs packages and mounts bpffs)" >&2
+    exit 1
+fi
+
+packages=(llvm-22-dev libclang-22-dev libpolly-22-dev iproute2 iputils-ping iperf3 kmod)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    log "system packages present"
+fi
+
+if ! rustup toolchain list | grep -q '^nightly'; then
+    log "installing the nightly toolchain (builds the eBPF probes)"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+    log "adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly
+fi
+
+if ! command -v bpf-linker >/dev/null 2>&1; then
+    log "building bpf-linker against LLVM 22 (takes a few minutes)"
+    PATH=/usr/lib/llvm-22/bin:$PATH cargo install bpf-linker --no-default-features --features llvm-22
+else
+    log "bpf-linker present"
+fi
+
+# Kernel filesystems the collector uses.
+if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
+    log "mounting bpffs at /sys/fs/bpf"
+    mount -t bpf bpf /sys/fs/bpf
+fi
+if [ ! -d /sys/kernel/tracing/events ]; then
+    log "mounting tracefs at /sys/kernel/tracing"
+    mount -t tracefs tracefs /sys/kernel/tracing
+fi
+log "ready"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds everything (probes included) and runs the whole test suite:
+# unit tests in parallel, then the end-to-end tests (root, real kernel,
+# real namespaces) one at a time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "test: the end-to-end tests need root (network namespaces, eBPF)" >&2
+    exit 1
+fi
+
+cargo build --workspace --all-targets
+cargo test --workspace --exclude sightline-e2e
+cargo test -p sightline-e2e -- --test-threads=1

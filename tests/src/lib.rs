@@ -1,0 +1,223 @@
+//! Helpers shared by the end-to-end tests in `tests/tests/`: run the real
+//! `sightline` binary, bring labs up and always down again, and read a
+//! collector's decoded events.
+//!
+//! The tests need root, a kernel with BTF and eBPF, and iproute2; without
+//! root they print why and pass vacuously (`require_root`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use sightline_collector::control::Subscription;
+
+/// The `sightline` binary next to the test executable (built by
+/// `cargo build --workspace`), or `$SIGHTLINE_BIN`.
+#[must_use]
+pub fn sightline_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SIGHTLINE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/sightline
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let bin = dir.join("sightline");
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace` first (scripts/test.sh does)", bin.display());
+    bin
+}
+
+/// Whether the tests can run here; prints the reason when not.
+#[must_use]
+pub fn require_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: end-to-end tests need root (network namespaces, eBPF)");
+    }
+    root
+}
+
+/// Runs `sightline ARGS…` and returns its output.
+pub fn sightline(args: &[&str]) -> Output {
+    Command::new(sightline_bin()).args(args).output().expect("running sightline")
+}
+
+/// Runs `sightline ARGS…` and panics with its output unless it succeeds.
+pub fn sightline_ok(args: &[&str]) -> String {
+    let out = sightline(args);
+    assert!(
+        out.status.success(),
+        "sightline {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Names of the network namespaces that exist now.
+#[must_use]
+pub fn netns_names() -> BTreeSet<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().expect("ip netns list");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Names of the links in the host's own namespace.
+#[must_use]
+pub fn host_links() -> BTreeSet<String> {
+    let out = Command::new("ip").args(["-o", "link", "show"]).output().expect("ip link");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// PIDs of processes whose command line mentions `needle`.
+#[must_use]
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let me = std::process::id();
+    for e in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) && cmd.contains("sightline") {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A lab that is torn down when dropped, even if the test fails.
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    /// `lab up --name NAME EXTRA… -f FILE` with the given manifest text.
+    pub fn up(name: &str, manifests: &str, extra: &[&str]) -> Self {
+        let _ = sightline(&["lab", "down", "--name", name]);
+        let file = write_temp(&format!("{name}.yaml"), manifests);
+        let lab = Self { name: name.to_owned() };
+        let mut args = vec!["lab", "up", "--name", name, "-f", file.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        sightline_ok(&args);
+        lab
+    }
+
+    /// `lab status -o json`.
+    #[must_use]
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&sightline_ok(&["lab", "status", "-o", "json", "--name", &self.name])).expect("status JSON")
+    }
+
+    /// A pod's IP address.
+    #[must_use]
+    pub fn pod_ip(&self, pod: &str) -> String {
+        let (ns, name) = pod.split_once('/').expect("ns/name");
+        self.status()["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .find(|p| p["namespace"] == ns && p["name"] == name)
+            .unwrap_or_else(|| panic!("no pod {pod}"))["ip"]
+            .as_str()
+            .expect("ip")
+            .to_owned()
+    }
+
+    /// A pod's identity.
+    #[must_use]
+    pub fn pod_identity(&self, pod: &str) -> u64 {
+        let (ns, name) = pod.split_once('/').expect("ns/name");
+        self.status()["pods"]
+            .as_array()
+            .expect("pods")
+            .iter()
+            .find(|p| p["namespace"] == ns && p["name"] == name)
+            .unwrap_or_else(|| panic!("no pod {pod}"))["identity"]
+            .as_u64()
+            .expect("identity")
+    }
+
+    /// Subscribes to node-1's decoded events.
+    #[must_use]
+    pub fn subscribe(&self) -> Subscription {
+        let status = self.status();
+        let socket = status["nodes"][0]["collector"]["control"].as_str().expect("control socket");
+        Subscription::open(Path::new(socket)).expect("subscribe")
+    }
+
+    /// `lab probe FROM TO --port P --protocol PROTO`: true when connected.
+    #[must_use]
+    pub fn probe(&self, from: &str, to: &str, port: u16, protocol: &str) -> bool {
+        let out = sightline(&[
+            "lab", "probe", from, to, "--port", &port.to_string(), "--protocol", protocol, "--timeout-ms", "1000", "--name", &self.name,
+        ]);
+        match out.status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!("probe {from} → {to} errored: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+
+    /// `lab exec POD -- ARGS…`.
+    pub fn exec(&self, pod: &str, args: &[&str]) -> Output {
+        let mut all = vec!["lab", "exec", pod, "--name", &self.name, "--"];
+        all.extend_from_slice(args);
+        sightline(&all)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = sightline(&["lab", "down", "--name", &self.name]);
+        if !out.status.success() {
+            eprintln!("lab down {} failed: {}", self.name, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
+
+/// Writes `text` to a fresh file under the temp dir.
+#[must_use]
+pub fn write_temp(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sightline-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write manifest");
+    path
+}
+
+/// Three namespaces x, y, z with pods a, b, c each (labels `pod: a` …),
+/// serving TCP and UDP on ports 80 and 81.
+#[must_use]
+pub fn xyz_manifests() -> String {
+    let mut docs = Vec::new();
+    for ns in ["x", "y", "z"] {
+        docs.push(format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{ns: {ns}}}\n"));
+        for pod in ["a", "b", "c"] {
+            docs.push(format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\n  labels: {{pod: {pod}}}\nspec:\n  containers:\n  - name: c\n    ports:\n    - {{containerPort: 80, protocol: TCP, name: serve-80-tcp}}\n    - {{containerPort: 80, protocol: UDP, name: serve-80-udp}}\n    - {{containerPort: 81, protocol: TCP, name: serve-81-tcp}}\n    - {{containerPort: 81, protocol: UDP, name: serve-81-udp}}\n"
+            ));
+        }
+    }
+    docs.join("---\n")
+}
+
+/// Two pods in one namespace, `t/a` and `t/b`, serving TCP and UDP on 80.
+#[must_use]
+pub fn two_pods() -> String {
+    "apiVersion: v1\nkind: Namespace\nmetadata: {name: t}\n---\n\
+     apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: t, labels: {app: a}}\nspec:\n  containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]\n---\n\
+     apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: t, labels: {app: b}}\nspec:\n  containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]\n"
+        .to_owned()
+}
