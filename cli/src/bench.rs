@@ -178,6 +178,8 @@ fn run_case(datapath: bool, args: &DatapathArgs) -> anyhow::Result<Figures> {
         aggregation: "medium".into(),
         debug_events: false,
         datapath,
+        ct_timeouts: String::new(),
+        ct_gc_interval: "5s".into(),
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

@@ -2,6 +2,7 @@
 //! the datapath's decoded events printed live. It always cleans up after
 //! itself, on Ctrl-C, SIGTERM, --duration, or error.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,10 +89,17 @@ struct Cleanup(String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        eprintln!("demo: removing lab {} …", self.0);
+        // Never panic here (stderr may be a closed pipe): cleaning up is
+        // what matters.
+        let mut err = std::io::stderr();
+        let _ = writeln!(err, "demo: removing lab {} …", self.0);
         match cluster::down(&self.0) {
-            Ok(()) => eprintln!("demo: lab {} removed", self.0),
-            Err(e) => eprintln!("demo: cleaning up lab {} failed: {e:#}", self.0),
+            Ok(()) => {
+                let _ = writeln!(err, "demo: lab {} removed", self.0);
+            }
+            Err(e) => {
+                let _ = writeln!(err, "demo: cleaning up lab {} failed: {e:#}", self.0);
+            }
         }
     }
 }
@@ -120,6 +128,8 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
         aggregation: aggregation.to_owned(),
         debug_events: false,
         datapath: true,
+        ct_timeouts: String::new(),
+        ct_gc_interval: "5s".into(),
     })?;
     let _ = std::fs::remove_dir_all(&dir);
     for p in state.pods.values() {
@@ -136,17 +146,28 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
         let state = state.clone();
         std::thread::spawn(move || generate_traffic(&state, &stop))
     };
-    let mut sub = Subscription::open(&state.nodes[0].control_socket).context("subscribing to the collector")?;
-    let start = Instant::now();
-    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| start.elapsed() < d) {
-        match sub.next_timeout(Duration::from_millis(200))? {
-            Some(StreamItem::Record(r)) => println!("{}", r.summary()),
-            Some(StreamItem::Lost { lost }) => println!("-- {lost} events lost: the printer fell behind --"),
-            None => {}
-        }
-    }
+    let result = print_events(&state, &stop, duration);
     stop.store(true, Ordering::Relaxed);
     let _ = traffic.join();
+    result
+}
+
+/// Prints events until stopped. A closed stdout (e.g. `| head`) ends the
+/// demo normally, so that it still cleans up.
+fn print_events(state: &LabState, stop: &AtomicBool, duration: Option<Duration>) -> anyhow::Result<()> {
+    let mut sub = Subscription::open(&state.nodes[0].control_socket).context("subscribing to the collector")?;
+    let start = Instant::now();
+    let mut out = std::io::stdout();
+    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| start.elapsed() < d) {
+        let line = match sub.next_timeout(Duration::from_millis(200))? {
+            Some(StreamItem::Record(r)) => r.summary(),
+            Some(StreamItem::Lost { lost }) => format!("-- {lost} events lost: the printer fell behind --"),
+            None => continue,
+        };
+        if writeln!(out, "{line}").is_err() {
+            break;
+        }
+    }
     Ok(())
 }
 

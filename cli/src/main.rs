@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sightline_collector::agent::{self, Aggregation, AgentOptions};
+use sightline_collector::agent::{self, AgentOptions, Aggregation, CtTimeouts};
 
 use lab::cluster::{self, DEFAULT_NAME, LabState};
 use lab::types::Protocol;
@@ -77,6 +77,12 @@ enum LabCommand {
         /// on its own (a baseline for comparisons).
         #[arg(long)]
         no_datapath: bool,
+        /// Connection lifetimes, e.g. `syn=60s,established=6h,closing=10s,other=60s`.
+        #[arg(long, default_value = "")]
+        ct_timeouts: String,
+        /// How often collectors delete expired connections.
+        #[arg(long, default_value = "5s")]
+        ct_gc_interval: String,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -193,6 +199,12 @@ struct CollectorArgs {
     /// Print every decoded event on stdout.
     #[arg(long)]
     debug_events: bool,
+    /// Connection lifetimes, e.g. `syn=60s,established=6h,closing=10s,other=60s`.
+    #[arg(long, default_value = "")]
+    ct_timeouts: CtTimeouts,
+    /// How often expired connections are deleted.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    ct_gc_interval: Duration,
     /// Print `ready` on stdout once the control socket accepts requests.
     #[arg(long, hide = true)]
     notify_ready: bool,
@@ -210,20 +222,7 @@ enum BenchCommand {
 
 /// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
-    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 500ms, 30s, 2m, 1h)"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(format!("{s:?} has an unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    agent::parse_duration(s)
 }
 
 fn main() -> ExitCode {
@@ -278,6 +277,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pin_dir: args.pin_dir,
                 aggregation: args.aggregation,
                 debug_events: args.debug_events,
+                ct_timeouts: args.ct_timeouts,
+                gc_interval: args.ct_gc_interval,
             };
             let notify = args.notify_ready;
             runtime()?.block_on(agent::run(opts, notify))?;
@@ -303,7 +304,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
         check_root()?;
     }
     match command {
-        LabCommand::Up { files, nodes, name, aggregation, debug_events, no_datapath } => {
+        LabCommand::Up { files, nodes, name, aggregation, debug_events, no_datapath, ct_timeouts, ct_gc_interval } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
                 nodes,
@@ -311,6 +312,8 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 aggregation,
                 debug_events,
                 datapath: !no_datapath,
+                ct_timeouts,
+                ct_gc_interval,
             })?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",

@@ -79,6 +79,77 @@ pub struct AgentOptions {
     pub aggregation: Aggregation,
     /// Print every decoded event on stdout.
     pub debug_events: bool,
+    /// Connection lifetimes.
+    pub ct_timeouts: CtTimeouts,
+    /// How often expired connections are deleted.
+    pub gc_interval: Duration,
+}
+
+/// Connection lifetimes after a connection's last packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// TCP before the handshake completes.
+    pub syn: Duration,
+    /// Established TCP.
+    pub established: Duration,
+    /// TCP after FIN or RST.
+    pub closing: Duration,
+    /// UDP, ICMP and everything else.
+    pub other: Duration,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        Self {
+            syn: Duration::from_secs(60),
+            established: Duration::from_secs(6 * 3600),
+            closing: Duration::from_secs(10),
+            other: Duration::from_secs(60),
+        }
+    }
+}
+
+impl FromStr for CtTimeouts {
+    type Err = String;
+    /// `syn=60s,established=6h,closing=10s,other=60s`; keys may be omitted.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut t = Self::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: expected KEY=DURATION (keys: syn, established, closing, other)"))?;
+            let d = parse_duration(value)?;
+            if d.is_zero() {
+                return Err(format!("{part:?}: a lifetime must be longer than zero"));
+            }
+            match key.trim() {
+                "syn" => t.syn = d,
+                "established" => t.established = d,
+                "closing" => t.closing = d,
+                "other" => t.other = d,
+                k => return Err(format!("unknown conntrack timeout {k:?} (keys: syn, established, closing, other)")),
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
+    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 500ms, 30s, 2m, 1h)"))?;
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" => v,
+        "m" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("{s:?} has an unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 /// Why the collector stopped.
@@ -107,6 +178,17 @@ struct Shared {
     decoded: AtomicU64,
     undecodable: AtomicU64,
     kernel_drops: bool,
+}
+
+fn datapath_config(opts: &AgentOptions) -> sightline_abi::Config {
+    let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    sightline_abi::Config {
+        ct_tcp_syn_timeout_ns: ns(opts.ct_timeouts.syn),
+        ct_tcp_established_timeout_ns: ns(opts.ct_timeouts.established),
+        ct_tcp_closing_timeout_ns: ns(opts.ct_timeouts.closing),
+        ct_other_timeout_ns: ns(opts.ct_timeouts.other),
+        ..loader::default_config(opts.aggregation.level())
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock of `bpf_ktime_get_ns`).
@@ -143,7 +225,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     };
     let mut probes = Probes::load(&ProbeOptions {
         pin_dir: opts.pin_dir.clone(),
-        config: loader::default_config(opts.aggregation.level()),
+        config: datapath_config(&opts),
         kernel_offsets: layout.as_ref().map(|l| l.offsets),
     })?;
     let _ = probes.lab_netns.insert(node_ino as u32, 1, 0);
@@ -254,7 +336,7 @@ fn drain(shared: &Shared, ring: &mut RingBuf<MapData>) {
 
 /// Deletes expired conntrack entries.
 async fn gc(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(shared.opts.gc_interval);
     loop {
         tick.tick().await;
         let shared = Arc::clone(&shared);
@@ -404,5 +486,19 @@ mod tests {
         assert_eq!("3".parse::<Aggregation>().unwrap(), Aggregation::Medium);
         let err = "max".parse::<Aggregation>().unwrap_err();
         assert!(err.contains("none") && err.contains("medium"), "{err}");
+    }
+
+    #[test]
+    fn parses_ct_timeouts() {
+        let t: CtTimeouts = "other=2s, closing=500ms".parse().unwrap();
+        assert_eq!(t.other, Duration::from_secs(2));
+        assert_eq!(t.closing, Duration::from_millis(500));
+        assert_eq!(t.established, CtTimeouts::default().established);
+        assert!("bogus=1s".parse::<CtTimeouts>().unwrap_err().contains("bogus"));
+        assert!("other".parse::<CtTimeouts>().is_err());
+        assert!("other=0s".parse::<CtTimeouts>().is_err());
+        assert!("other=3x".parse::<CtTimeouts>().unwrap_err().contains("unit"));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
     }
 }

@@ -157,6 +157,14 @@ impl Lab {
         Subscription::open(Path::new(socket)).expect("subscribe")
     }
 
+    /// node-1's collector status (counters, conntrack entries).
+    #[must_use]
+    pub fn collector_status(&self) -> sightline_collector::control::Status {
+        let status = self.status();
+        let socket = status["nodes"][0]["collector"]["control"].as_str().expect("control socket");
+        sightline_collector::control::status(Path::new(socket)).expect("collector status")
+    }
+
     /// `lab probe FROM TO --port P --protocol PROTO`: true when connected.
     #[must_use]
     pub fn probe(&self, from: &str, to: &str, port: u16, protocol: &str) -> bool {

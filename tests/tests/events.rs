@@ -188,3 +188,66 @@ fn medium_aggregation_emits_far_fewer_events_and_keeps_first_packets() {
     // Drops and verdicts are never aggregated: both verdicts per connection.
     assert!(medium.iter().filter(|r| r.kind == "policy-verdict").count() >= 4);
 }
+
+#[test]
+fn icmp_echo_is_tracked_and_connections_expire() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("e2e-ct", &two_pods(), &["--aggregation", "none", "--ct-timeouts", "other=1s,closing=1s", "--ct-gc-interval", "300ms"]);
+    let (ip_a, ip_b) = (lab.pod_ip("t/a"), lab.pod_ip("t/b"));
+    assert_eq!(lab.collector_status().ct_entries, 0);
+
+    // Two echo requests with one identifier: one connection.
+    let mut sub = lab.subscribe();
+    let out = lab.exec("t/a", &["ping", "-c", "2", "-i", "0.2", "-W", "1", &ip_b]);
+    assert!(out.status.success(), "ping: {}", String::from_utf8_lossy(&out.stdout));
+    let events = sub.collect_for(Duration::from_millis(500)).unwrap();
+    let icmp: Vec<&Record> = events
+        .iter()
+        .filter(|r| r.protocol == "ICMPv4" && r.kind == "trace" && r.observation_point.as_deref() == Some("from-endpoint"))
+        .collect();
+    let states: Vec<(Option<u8>, &str, &str)> = icmp.iter().map(|r| (r.icmp_type, r.ct_state.as_str(), r.source.ip.as_str())).collect();
+    assert_eq!(
+        states,
+        [
+            (Some(8), "new", ip_a.as_str()),
+            (Some(0), "reply", ip_b.as_str()),
+            (Some(8), "established", ip_a.as_str()),
+            (Some(0), "reply", ip_b.as_str())
+        ],
+        "{icmp:?}"
+    );
+    assert_eq!((icmp[3].counters.fwd_packets, icmp[3].counters.rev_packets), (2, 2));
+    assert!(lab.collector_status().ct_entries >= 1);
+
+    // After the lifetime, garbage collection removes it…
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(lab.collector_status().ct_entries, 0, "expired connections are collected");
+    // …and a flow that resumes after its lifetime starts over as new.
+    let mut sub = lab.subscribe();
+    let out = lab.exec("t/a", &["ping", "-c", "2", "-i", "1.6", "-W", "1", &ip_b]);
+    assert!(out.status.success());
+    let events = sub.collect_for(Duration::from_millis(300)).unwrap();
+    let requests: Vec<&Record> = events
+        .iter()
+        .filter(|r| r.protocol == "ICMPv4" && r.icmp_type == Some(8) && r.observation_point.as_deref() == Some("from-endpoint"))
+        .collect();
+    assert_eq!(requests.len(), 2);
+    assert!(requests.iter().all(|r| r.ct_state == "new" && r.counters.fwd_packets == 1), "{requests:?}");
+}
+
+#[test]
+fn medium_aggregation_reports_the_first_packet_of_each_direction() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("e2e-aggr-udp", &two_pods(), &["--aggregation", "medium"]);
+    let (ip_a, ip_b) = (lab.pod_ip("t/a"), lab.pod_ip("t/b"));
+    let mut sub = lab.subscribe();
+    assert!(lab.probe("t/a", "t/b", 80, "UDP"));
+    let events = sub.collect_for(Duration::from_millis(800)).unwrap();
+    let udp: Vec<&Record> = conversation(&events, &ip_a, &ip_b, 80).into_iter().filter(|r| r.kind == "trace").collect();
+    let seen: Vec<(&str, &str)> = udp.iter().map(|r| (r.observation_point.as_deref().unwrap(), r.ct_state.as_str())).collect();
+    assert_eq!(seen, [("to-endpoint", "new"), ("to-endpoint", "reply")], "{udp:?}");
+}

@@ -329,7 +329,7 @@ fn self_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the sightline binary")
 }
 
-fn start_collector(lab: &str, node: &Node, aggregation: &str, debug_events: bool) -> anyhow::Result<u32> {
+fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u32> {
     let log = lab_dir(lab).join(format!("collector-{}.log", node.name));
     let mut cmd = Command::new(self_exe()?);
     cmd.arg("collector")
@@ -342,9 +342,13 @@ fn start_collector(lab: &str, node: &Node, aggregation: &str, debug_events: bool
         .arg("--pin-dir")
         .arg(Path::new(PIN_ROOT).join(lab).join(&node.name))
         .arg("--aggregation")
-        .arg(aggregation)
+        .arg(&opts.aggregation)
+        .arg("--ct-timeouts")
+        .arg(&opts.ct_timeouts)
+        .arg("--ct-gc-interval")
+        .arg(&opts.ct_gc_interval)
         .arg("--notify-ready");
-    if debug_events {
+    if opts.debug_events {
         cmd.arg("--debug-events");
     }
     let child = spawn_detached(&mut cmd, &log)?;
@@ -395,6 +399,10 @@ pub struct UpOptions {
     /// Run collectors and attach the programs. Without, pods are routed by
     /// the node's kernel alone (the baseline of the benchmarks).
     pub datapath: bool,
+    /// Collector `--ct-timeouts` (empty: defaults).
+    pub ct_timeouts: String,
+    /// Collector `--ct-gc-interval`.
+    pub ct_gc_interval: String,
 }
 
 /// `lab up`.
@@ -409,6 +417,10 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     opts.aggregation
         .parse::<sightline_collector::agent::Aggregation>()
         .map_err(|e| anyhow!("--aggregation: {e}"))?;
+    opts.ct_timeouts
+        .parse::<sightline_collector::agent::CtTimeouts>()
+        .map_err(|e| anyhow!("--ct-timeouts: {e}"))?;
+    sightline_collector::agent::parse_duration(&opts.ct_gc_interval).map_err(|e| anyhow!("--ct-gc-interval: {e}"))?;
     // Bad input fails before anything is created.
     let objects = read_manifests(&opts.files)?;
     let _lock = lock(&opts.name)?;
@@ -435,7 +447,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
                 name,
             };
             if opts.datapath {
-                node.collector_pid = start_collector(&opts.name, &node, &opts.aggregation, opts.debug_events)?;
+                node.collector_pid = start_collector(&opts.name, &node, opts)?;
             }
             nodes.push(node);
         }

@@ -1,5 +1,6 @@
 //! `lab events`: a node's decoded datapath events, live.
 
+use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use sightline_collector::control::{StreamItem, Subscription};
 pub fn stream(socket: &Path, json: bool, duration: Option<Duration>) -> anyhow::Result<()> {
     let mut sub = Subscription::open(socket).context("subscribing to the collector")?;
     let deadline = duration.map(|d| Instant::now() + d);
+    let mut out = std::io::stdout();
     loop {
         let wait = match deadline {
             Some(d) => {
@@ -22,22 +24,16 @@ pub fn stream(socket: &Path, json: bool, duration: Option<Duration>) -> anyhow::
             }
             None => Duration::from_millis(500),
         };
-        match sub.next_timeout(wait)? {
-            Some(StreamItem::Record(r)) => {
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!("{}", r.summary());
-                }
-            }
-            Some(StreamItem::Lost { lost }) => {
-                if json {
-                    println!("{{\"lost\":{lost}}}");
-                } else {
-                    println!("-- {lost} events lost: this reader fell behind --");
-                }
-            }
-            None => {}
+        let line = match sub.next_timeout(wait)? {
+            Some(StreamItem::Record(r)) if json => serde_json::to_string(&r)?,
+            Some(StreamItem::Record(r)) => r.summary(),
+            Some(StreamItem::Lost { lost }) if json => format!("{{\"lost\":{lost}}}"),
+            Some(StreamItem::Lost { lost }) => format!("-- {lost} events lost: this reader fell behind --"),
+            None => continue,
+        };
+        // A closed stdout (`| head`) ends the stream quietly.
+        if writeln!(out, "{line}").is_err() {
+            return Ok(());
         }
     }
 }

@@ -314,8 +314,10 @@ pub struct CtEntry {
     /// Monotonic time after which the entry is dead (collected by the
     /// collector's garbage collection, ignored by the datapath).
     pub expires_ns: u64,
-    /// Last time a trace was reported for this connection (aggregation).
-    pub last_report_ns: u64,
+    /// Last time a trace was reported for each direction (aggregation);
+    /// 0 = never, so the first packet of each direction is reported.
+    pub last_report_fwd_ns: u64,
+    pub last_report_rev_ns: u64,
     pub fwd_packets: u64,
     pub fwd_bytes: u64,
     pub rev_packets: u64,
@@ -328,7 +330,7 @@ pub struct CtEntry {
     pub tcp_state: u8,
     pub _pad: [u8; 5],
 }
-const _: () = assert!(core::mem::size_of::<CtEntry>() == 72);
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
 
 /// Per-CPU counters in the `COUNTERS` array, by index.
 pub const COUNTER_EVENTS_LOST: u32 = 0;

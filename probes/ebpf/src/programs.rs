@@ -288,7 +288,7 @@ fn conntrack(
         let entry = CtEntry {
             created_ns: now,
             expires_ns: now + lifetime,
-            last_report_ns: now,
+            last_report_fwd_ns: now,
             fwd_packets: 1,
             fwd_bytes: bytes,
             src_identity,
@@ -351,9 +351,10 @@ fn conntrack(
     };
     e.expires_ns = now + lifetime;
 
-    let report = new_flags != 0 || now.wrapping_sub(e.last_report_ns) >= cfg.report_interval_ns;
+    let last = if reply { &mut e.last_report_rev_ns } else { &mut e.last_report_fwd_ns };
+    let report = new_flags != 0 || *last == 0 || now.wrapping_sub(*last) >= cfg.report_interval_ns;
     if report {
-        e.last_report_ns = now;
+        *last = now;
     }
     Ok(CtResult {
         state: if reply { abi::CT_REPLY } else { abi::CT_ESTABLISHED },
