@@ -383,7 +383,8 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Responder { text, ports } => {
             let ports = ports.iter().map(|p| parse_port(p)).collect::<anyhow::Result<Vec<_>>>()?;
-            let responder = lab::responder::bind(&lab::responder::ResponderConfig { text, ports })?;
+            let responder = lab::responder::bind(&lab::responder::ResponderConfig { text: text.clone(), ports })?;
+            log::info!("answering {text:?} on {:?}", responder.ports());
             {
                 use std::io::Write as _;
                 let mut out = std::io::stdout().lock();

@@ -25,6 +25,7 @@ use crate::control::{Request, Response, Status, StreamItem};
 use crate::datapath::{self, Plan};
 use crate::decoder::{self, Metadata, Record};
 use crate::loader::{self, LoaderError, ProbeOptions, Probes};
+use crate::netns::netns_inode;
 use crate::state::NodeState;
 
 /// Monitor aggregation level (Cilium's names and numbers).
@@ -211,8 +212,7 @@ fn mono_to_unix_ns() -> i64 {
 /// Runs the collector until SIGTERM or SIGINT. With `notify_ready`, prints
 /// `ready` on stdout once the control socket accepts requests.
 pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentError> {
-    let node_ino = std::fs::metadata(&opts.node_netns)
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    let node_ino = netns_inode(&opts.node_netns)
         .map_err(|source| AgentError::NodeNetns { path: opts.node_netns.clone(), source })?;
 
     loader::ensure_filesystems()?;
@@ -370,7 +370,7 @@ fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
     let next = datapath::plan(
         state,
         |ifname| loader::ifindex_in(&netns, ifname),
-        |path| std::fs::metadata(path).map(|m| std::os::unix::fs::MetadataExt::ino(&m)),
+        netns_inode,
     )
     .map_err(|e| e.to_string())?;
     let mut inner = shared.inner.lock().expect("datapath lock");

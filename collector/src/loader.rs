@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, TracePoint, tc::SchedClassifierLinkId};
 use aya::{Ebpf, EbpfLoader};
+
+use crate::netns::in_netns;
 use sightline_abi as abi;
 use sightline_abi::{Config, CtEntry, CtKey, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, KernelOffsets};
 
@@ -218,8 +219,6 @@ impl Probes {
         if self.attached.contains_key(ifname) {
             return Ok(());
         }
-        let _guard = NetnsGuard::enter(netns)
-            .map_err(|source| LoaderError::Netns { path: netns.to_path_buf(), source })?;
         let mut ids = Vec::with_capacity(2);
         for (name, kind) in [
             (abi::programs::FROM_CONTAINER, TcAttachType::Ingress),
@@ -231,7 +230,11 @@ impl Probes {
                 .ok_or(LoaderError::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| LoaderError::LoadProgram { name, source })?;
-            match prog.attach(ifname, kind) {
+            // tcx resolves the interface name in the calling thread's
+            // namespace: attach from a thread inside the node's namespace.
+            let attached = in_netns(netns, || prog.attach(ifname, kind))
+                .map_err(|source| LoaderError::Netns { path: netns.to_path_buf(), source })?;
+            match attached {
                 Ok(id) => ids.push(id),
                 Err(source) => {
                     // Undo the half that did attach.
@@ -302,44 +305,12 @@ impl Drop for Probes {
     }
 }
 
-/// Moves the current thread into a network namespace until dropped, then
-/// back into the namespace it came from. Used only around `attach`, which
-/// resolves interface names in the current thread's namespace.
-struct NetnsGuard {
-    original: fs::File,
-}
-
-impl NetnsGuard {
-    fn enter(path: &Path) -> std::io::Result<Self> {
-        let original = fs::File::open("/proc/thread-self/ns/net")?;
-        let target = fs::File::open(path)?;
-        setns(&target)?;
-        Ok(Self { original })
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        if let Err(err) = setns(&self.original) {
-            // Staying in the wrong namespace would silently misdirect every
-            // later socket of this thread: stop instead.
-            panic!("cannot return to the original network namespace: {err}");
-        }
-    }
-}
-
-fn setns(file: &fs::File) -> std::io::Result<()> {
-    // SAFETY: setns on a valid namespace file descriptor; affects only the
-    // calling thread.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
 /// Index of interface `ifname` inside the network namespace at `netns`.
 pub fn ifindex_in(netns: &Path, ifname: &str) -> std::io::Result<u32> {
-    let _guard = NetnsGuard::enter(netns)?;
     let name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
-    // SAFETY: `name` is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 { Err(std::io::Error::last_os_error()) } else { Ok(index) }
+    in_netns(netns, move || {
+        // SAFETY: `name` is a valid NUL-terminated string.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 { Err(std::io::Error::last_os_error()) } else { Ok(index) }
+    })?
 }

@@ -28,33 +28,34 @@ const NETNS_RUN_DIR: &str = "/run/netns";
 ///
 /// Fails if the namespace cannot be opened or joined, or if the thread cannot
 /// be spawned. If `f` panics, the panic is resumed on the calling thread.
-pub fn in_netns<T: Send + 'static>(
-    path: &Path,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> io::Result<T> {
+pub fn in_netns<T: Send>(path: &Path, f: impl FnOnce() -> T + Send) -> io::Result<T> {
     let ns = File::open(path)
         .map_err(|e| with_context(e, format!("opening network namespace {}", path.display())))?;
     let shown = path.display().to_string();
-    let handle = thread::Builder::new()
-        .name("netns".to_owned())
-        .spawn(move || -> io::Result<T> {
-            join_net_namespace(&ns)
-                .map_err(|e| with_context(e, format!("joining network namespace {shown}")))?;
-            // The namespace stays referenced by this thread; the file is no
-            // longer needed.
-            drop(ns);
-            Ok(f())
-        })
-        .map_err(|e| {
-            with_context(
-                e,
-                format!("spawning a thread for network namespace {}", path.display()),
-            )
-        })?;
-    match handle.join() {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    // A scoped thread lets `f` borrow from the caller (e.g. a loaded
+    // program to attach); the thread ends, namespace and all, on return.
+    thread::scope(|scope| {
+        let handle = thread::Builder::new()
+            .name("netns".to_owned())
+            .spawn_scoped(scope, move || -> io::Result<T> {
+                join_net_namespace(&ns)
+                    .map_err(|e| with_context(e, format!("joining network namespace {shown}")))?;
+                // The namespace stays referenced by this thread; the file is
+                // no longer needed.
+                drop(ns);
+                Ok(f())
+            })
+            .map_err(|e| {
+                with_context(
+                    e,
+                    format!("spawning a thread for network namespace {}", path.display()),
+                )
+            })?;
+        match handle.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
 }
 
 /// Path of a named netns (`/run/netns/NAME`).

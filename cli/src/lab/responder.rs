@@ -38,17 +38,6 @@ pub struct ResponderConfig {
     pub ports: Vec<(u16, Protocol)>,
 }
 
-/// Serves forever (until SIGTERM): TCP — accept, write `text\n`, close; UDP —
-/// answer each datagram with `text\n`; SCTP — like TCP where the kernel has
-/// SCTP (otherwise that port is skipped with a warning). Binds `0.0.0.0`.
-/// Returns an error if a bind fails (nothing is served then) or if a socket
-/// stops working.
-pub fn run(config: ResponderConfig) -> Result<(), io::Error> {
-    let responder = bind(&config)?;
-    log::info!("answering {:?} on {:?}", config.text, responder.ports());
-    responder.serve()
-}
-
 /// Binds every port of `config` without serving yet: the sockets belong to
 /// the calling thread's network namespace, and [`Responder::serve`] can then
 /// run anywhere.

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
+use sightline_collector::control;
 
 use super::cluster::LabState;
 
@@ -20,7 +21,8 @@ pub fn json(state: &LabState) -> Value {
                 // The gRPC Observer and metrics endpoints are not served yet.
                 "collector": {"grpc": Value::Null, "metrics": Value::Null,
                                "control": n.control_socket.display().to_string(),
-                               "pid": n.collector_pid},
+                               "pid": n.collector_pid,
+                               "stats": collector_stats(state, n)},
             })
         })
         .collect();
@@ -60,6 +62,18 @@ pub fn json(state: &LabState) -> Value {
     })
 }
 
+/// The collector's own counters (events, losses, conntrack), or null when
+/// the lab runs without a datapath or the collector does not answer.
+fn collector_stats(state: &LabState, node: &super::cluster::Node) -> Value {
+    if !state.datapath {
+        return Value::Null;
+    }
+    match control::status(&node.control_socket) {
+        Ok(s) => serde_json::to_value(s).unwrap_or(Value::Null),
+        Err(e) => json!({"error": e.to_string()}),
+    }
+}
+
 /// A human-readable summary.
 pub fn table(state: &LabState) -> String {
     let mut out = String::new();
@@ -67,6 +81,28 @@ pub fn table(state: &LabState) -> String {
     let _ = writeln!(out, "\nNODE      POD CIDR          NODE IP        COLLECTOR");
     for n in &state.nodes {
         let _ = writeln!(out, "{:<9} {:<17} {:<14} pid {} ({})", n.name, n.pod_cidr, n.node_ip, n.collector_pid, n.control_socket.display());
+        if state.datapath {
+            match control::status(&n.control_socket) {
+                Ok(s) => {
+                    let lost: u64 = s.events_lost_per_cpu.iter().sum();
+                    let _ = writeln!(
+                        out,
+                        "          events {} decoded, {} lost (ring buffer full); {} connections tracked; {} packets forwarded, {} dropped; kernel drops {}",
+                        s.events_decoded,
+                        lost,
+                        s.ct_entries,
+                        s.packets_forwarded,
+                        s.packets_dropped,
+                        if s.kernel_drops_enabled { format!("{} seen", s.kernel_drops_seen) } else { "not reported (no BTF/tracefs)".into() },
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "          collector does not answer: {e}");
+                }
+            }
+        } else {
+            let _ = writeln!(out, "          no datapath (lab started with --no-datapath)");
+        }
     }
     let _ = writeln!(out, "\nPOD                            IP             NODE      IDENTITY  PORTS");
     for p in state.pods.values() {
