@@ -38,8 +38,28 @@ pub struct RrArgs {
     /// Connect to ADDR:PORT and run transactions.
     #[arg(long)]
     connect: Option<String>,
+    /// A new connection per transaction (connect, 1 byte each way, close).
+    #[arg(long)]
+    crr: bool,
     #[arg(long, default_value_t = 5)]
     seconds: u32,
+}
+
+#[derive(Args)]
+pub struct PolicyArgs {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
+    /// Policy sizes to measure (extra rules on the server, each a distinct
+    /// /32 and port).
+    #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
+    entries: Vec<usize>,
+    /// Record the figures in this Markdown file (between bench markers).
+    #[arg(long)]
+    write: Option<PathBuf>,
 }
 
 const MANIFEST: &str = r"apiVersion: v1
@@ -81,6 +101,21 @@ pub fn rr(args: &RrArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let addr = args.connect.as_deref().ok_or_else(|| anyhow!("give --listen PORT or --connect ADDR:PORT"))?;
+    if args.crr {
+        let deadline = Instant::now() + Duration::from_secs(u64::from(args.seconds));
+        let start = Instant::now();
+        let mut n = 0u64;
+        let mut b = [1u8; 1];
+        while Instant::now() < deadline {
+            let mut conn = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+            conn.set_nodelay(true)?;
+            conn.write_all(&b)?;
+            conn.read_exact(&mut b)?;
+            n += 1;
+        }
+        println!("{:.0}", n as f64 / start.elapsed().as_secs_f64());
+        return Ok(());
+    }
     let mut conn = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     conn.set_nodelay(true)?;
     let deadline = Instant::now() + Duration::from_secs(u64::from(args.seconds));
@@ -109,6 +144,7 @@ fn netns_exec(state: &LabState, pod: &str) -> anyhow::Result<Command> {
 struct Figures {
     gbps: f64,
     rr: f64,
+    crr: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -116,7 +152,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn measure(state: &LabState, args: &DatapathArgs) -> anyhow::Result<Figures> {
+fn measure(state: &LabState, seconds: u32, repeat: u32) -> anyhow::Result<Figures> {
     let server_ip = state.pods.get("bench/server").ok_or_else(|| anyhow!("bench/server missing"))?.ip;
     let exe = std::env::current_exe()?;
     let mut iperf = netns_exec(state, "bench/server")?
@@ -135,9 +171,10 @@ fn measure(state: &LabState, args: &DatapathArgs) -> anyhow::Result<Figures> {
     let result = (|| -> anyhow::Result<Figures> {
         let mut gbps = Vec::new();
         let mut rr = Vec::new();
-        for _ in 0..args.repeat {
+        let mut crr = Vec::new();
+        for _ in 0..repeat {
             let out = netns_exec(state, "bench/client")?
-                .args(["iperf3", "-c", &server_ip.to_string(), "-p", "5201", "-J", "-t", &args.seconds.to_string()])
+                .args(["iperf3", "-c", &server_ip.to_string(), "-p", "5201", "-J", "-t", &seconds.to_string()])
                 .output()
                 .context("running iperf3")?;
             if !out.status.success() {
@@ -146,17 +183,20 @@ fn measure(state: &LabState, args: &DatapathArgs) -> anyhow::Result<Figures> {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
             let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or_else(|| anyhow!("iperf3 gave no throughput"))?;
             gbps.push(bps / 1e9);
-            let out = netns_exec(state, "bench/client")?
-                .arg(&exe)
-                .args(["bench", "rr", "--connect", &format!("{server_ip}:{RR_PORT}"), "--seconds", &args.seconds.to_string()])
-                .output()
-                .context("running the request/response client")?;
-            if !out.status.success() {
-                bail!("request/response client failed: {}", String::from_utf8_lossy(&out.stderr));
+            for (crr_mode, into) in [(false, &mut rr), (true, &mut crr)] {
+                let mut cmd = netns_exec(state, "bench/client")?;
+                cmd.arg(&exe).args(["bench", "rr", "--connect", &format!("{server_ip}:{RR_PORT}"), "--seconds", &seconds.to_string()]);
+                if crr_mode {
+                    cmd.arg("--crr");
+                }
+                let out = cmd.output().context("running the request/response client")?;
+                if !out.status.success() {
+                    bail!("request/response client failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                into.push(String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().context("request/response output")?);
             }
-            rr.push(String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().context("request/response output")?);
         }
-        Ok(Figures { gbps: median(gbps), rr: median(rr) })
+        Ok(Figures { gbps: median(gbps), rr: median(rr), crr: median(crr) })
     })();
     let _ = iperf.kill();
     let _ = iperf.wait();
@@ -165,7 +205,18 @@ fn measure(state: &LabState, args: &DatapathArgs) -> anyhow::Result<Figures> {
     result
 }
 
-fn run_case(datapath: bool, args: &DatapathArgs) -> anyhow::Result<Figures> {
+/// How a case programs the lab before measuring.
+enum Setup {
+    /// Kernel routing only.
+    Baseline,
+    /// The Sightline datapath with this policy (YAML), if any.
+    Sightline(Option<String>),
+    /// Kernel routing with these iptables rules (iptables-restore input)
+    /// in the node's namespace.
+    Iptables(String),
+}
+
+fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures> {
     if LabState::load(LAB).is_ok() {
         cluster::down(LAB)?;
     }
@@ -177,13 +228,38 @@ fn run_case(datapath: bool, args: &DatapathArgs) -> anyhow::Result<Figures> {
         files: vec![file.clone()],
         aggregation: "medium".into(),
         debug_events: false,
-        datapath,
+        datapath: matches!(setup, Setup::Sightline(_)),
         ct_timeouts: String::new(),
         ct_gc_interval: "5s".into(),
+        policy_audit: false,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;
-    let figures = measure(&state, args);
+    let figures = (|| {
+        match setup {
+            Setup::Baseline | Setup::Sightline(None) => {}
+            Setup::Sightline(Some(policy)) => {
+                let file = std::env::temp_dir().join(format!("sightline-bench-policy-{}.yaml", std::process::id()));
+                std::fs::write(&file, policy)?;
+                let applied = cluster::apply(LAB, &[file.clone()]);
+                let _ = std::fs::remove_file(&file);
+                applied?;
+            }
+            Setup::Iptables(rules) => {
+                let node = crate::lab::topology::node_netns(LAB, "node-1");
+                let mut child = Command::new("ip")
+                    .args(["netns", "exec", &node, "iptables-restore"])
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .context("running iptables-restore (install iptables with scripts/setup.sh)")?;
+                child.stdin.take().expect("piped").write_all(rules.as_bytes())?;
+                if !child.wait()?.success() {
+                    bail!("iptables-restore refused the rules");
+                }
+            }
+        }
+        measure(&state, seconds, repeat)
+    })();
     let down = cluster::down(LAB);
     let figures = figures?;
     down?;
@@ -197,9 +273,9 @@ pub fn datapath(args: &DatapathArgs) -> anyhow::Result<()> {
         bail!("--repeat and --seconds must be at least 1");
     }
     eprintln!("bench: baseline (same topology, no programs) …");
-    let base = run_case(false, args)?;
+    let base = run_case(&Setup::Baseline, args.seconds, args.repeat)?;
     eprintln!("bench: through the Sightline datapath (aggregation medium) …");
-    let dp = run_case(true, args)?;
+    let dp = run_case(&Setup::Sightline(None), args.seconds, args.repeat)?;
     let report = format!(
         "| case | TCP throughput (Gbit/s) | TCP request/response (transactions/s) |\n\
          |---|---|---|\n\
@@ -218,15 +294,103 @@ pub fn datapath(args: &DatapathArgs) -> anyhow::Result<()> {
             "<!-- bench:datapath:start -->\nMeasured by `sightline bench datapath --seconds {} --repeat {}` (median of {} runs each, same machine, same run), one node, two pods.\n\n{report}<!-- bench:datapath:end -->",
             args.seconds, args.repeat, args.repeat
         );
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let new = match (text.find("<!-- bench:datapath:start -->"), text.find("<!-- bench:datapath:end -->")) {
-            (Some(a), Some(b)) if b > a => {
-                format!("{}{}{}", &text[..a], section, &text[b + "<!-- bench:datapath:end -->".len()..])
-            }
-            _ => format!("{text}\n{section}\n"),
-        };
-        std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("bench: figures written to {}", path.display());
+        write_section(path, "datapath", &section)?;
+    }
+    Ok(())
+}
+
+/// Replaces the `<!-- bench:NAME:start/end -->` section of a Markdown file
+/// (appending it when absent).
+fn write_section(path: &std::path::Path, name: &str, section: &str) -> anyhow::Result<()> {
+    let (start, end) = (format!("<!-- bench:{name}:start -->"), format!("<!-- bench:{name}:end -->"));
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (text.find(&start), text.find(&end)) {
+        (Some(a), Some(b)) if b > a => format!("{}{}{}", &text[..a], section, &text[b + end.len()..]),
+        _ => format!("{text}\n{section}\n"),
+    };
+    std::fs::write(path, new).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: figures written to {}", path.display());
+    Ok(())
+}
+
+/// The bench server's policy as a manifest: the client on 5201 and 5301
+/// plus `fillers` rules, each a distinct /32 and port.
+fn policy_manifest(fillers: usize) -> String {
+    let mut y = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: server, namespace: bench}\nspec:\n  podSelector: {matchLabels: {role: server}}\n  policyTypes: [Ingress]\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: client}}}]\n    ports: [{port: 5201}, {port: 5301}]\n",
+    );
+    for i in 0..fillers {
+        let addr = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 200, 0, 0)) + i as u32);
+        y.push_str(&format!("  - from: [{{ipBlock: {{cidr: {addr}/32}}}}]\n    ports: [{{port: {}}}]\n", 10_000 + i % 50_000));
+    }
+    y
+}
+
+/// The same policy as iptables rules in the node's FORWARD chain, the
+/// client's rule after the fillers, as a rule set grows.
+fn iptables_rules(fillers: usize, client: std::net::Ipv4Addr, server: std::net::Ipv4Addr) -> String {
+    let mut r = String::from("*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT\n");
+    for i in 0..fillers {
+        let addr = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 200, 0, 0)) + i as u32);
+        r.push_str(&format!("-A FORWARD -s {addr}/32 -d {server}/32 -p tcp --dport {} -j ACCEPT\n", 10_000 + i % 50_000));
+    }
+    r.push_str(&format!("-A FORWARD -s {client}/32 -d {server}/32 -p tcp -m multiport --dports 5201,5301 -j ACCEPT\n"));
+    r.push_str(&format!("-A FORWARD -d {server}/32 -j DROP\nCOMMIT\n"));
+    r
+}
+
+/// `bench policy`: cost of NetworkPolicy as it grows, against iptables.
+pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
+    crate::check_root()?;
+    if args.repeat == 0 || args.seconds == 0 || args.entries.is_empty() {
+        bail!("--repeat, --seconds and --entries must not be zero or empty");
+    }
+    // Pod addresses are allocated in name order: client .2, server .3.
+    let (client, server) = (std::net::Ipv4Addr::new(10, 244, 1, 2), std::net::Ipv4Addr::new(10, 244, 1, 3));
+    eprintln!("bench: baseline (same topology, no programs, no rules) …");
+    let base = run_case(&Setup::Baseline, args.seconds, args.repeat)?;
+    let mut rows = Vec::new();
+    for &n in &args.entries {
+        eprintln!("bench: {n} extra rules: per-packet cost (BPF_PROG_TEST_RUN) …");
+        let cost = sightline_collector::bench::packet_cost(n, 1_000_000)?;
+        eprintln!("bench: {n} extra rules: Sightline …");
+        let sl = run_case(&Setup::Sightline(Some(policy_manifest(n))), args.seconds, args.repeat)?;
+        eprintln!("bench: {n} extra rules: iptables …");
+        let ipt = run_case(&Setup::Iptables(iptables_rules(n, client, server)), args.seconds, args.repeat)?;
+        rows.push((n, cost, sl, ipt));
+    }
+    let pct = |v: f64, b: f64| (v / b - 1.0) * 100.0;
+    let mut report = format!(
+        "Baseline (no programs, no rules): {:.2} Gbit/s, {:.0} connections/s.\n\n\
+         | extra rules | map entries | ns/packet: denied SYN | ns/packet: established (no policy: {:.0}) | Sightline Gbit/s | iptables Gbit/s | Sightline conn/s | iptables conn/s |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        base.gbps, base.crr, rows.first().map_or(0.0, |r| r.1.no_policy_ns)
+    );
+    for (n, cost, sl, ipt) in &rows {
+        report.push_str(&format!(
+            "| {n} | {} | {:.0} | {:.0} | {:.2} ({:+.1}%) | {:.2} ({:+.1}%) | {:.0} ({:+.1}%) | {:.0} ({:+.1}%) |\n",
+            cost.policy_entries,
+            cost.denied_syn_ns,
+            cost.established_ns,
+            sl.gbps,
+            pct(sl.gbps, base.gbps),
+            ipt.gbps,
+            pct(ipt.gbps, base.gbps),
+            sl.crr,
+            pct(sl.crr, base.crr),
+            ipt.crr,
+            pct(ipt.crr, base.crr),
+        ));
+    }
+    print!("{report}");
+    if let Some(path) = &args.write {
+        let section = format!(
+            "<!-- bench:policy:start -->\nMeasured by `sightline bench policy --seconds {} --repeat {} --entries {}` (medians; same machine, same run).\n\n{report}<!-- bench:policy:end -->",
+            args.seconds,
+            args.repeat,
+            args.entries.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        );
+        write_section(path, "policy", &section)?;
     }
     Ok(())
 }

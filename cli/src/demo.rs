@@ -130,6 +130,7 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
         datapath: true,
         ct_timeouts: String::new(),
         ct_gc_interval: "5s".into(),
+        policy_audit: false,
     })?;
     let _ = std::fs::remove_dir_all(&dir);
     for p in state.pods.values() {

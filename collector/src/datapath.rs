@@ -15,6 +15,7 @@ use sightline_abi::{EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue};
 
 use crate::decoder::{Metadata, PodMeta};
 use crate::loader::{LoaderError, Probes};
+use crate::policy::compiler::{NamedPort, PodInfo, PolicyInput, PolicyPlan, compile};
 use crate::state::NodeState;
 
 /// Why a desired state cannot be applied.
@@ -42,6 +43,9 @@ pub struct Plan {
     pub netns: BTreeSet<u32>,
     /// Host-side interfaces (in the node's namespace) that carry the tc programs.
     pub interfaces: BTreeSet<String>,
+    /// Compiled NetworkPolicy: entries of `POLICY` and `POLICY_CIDR`, and
+    /// what selects each endpoint.
+    pub policy: PolicyPlan,
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -116,11 +120,80 @@ pub fn plan(
         plan.ipcache.entry((len, addr.octets())).or_insert(entry.identity);
     }
     plan.ipcache.insert((32, desired.node_ip.octets()), abi::IDENTITY_HOST);
+
+    // NetworkPolicy, compiled for the endpoints of this node.
+    let local: BTreeMap<(&str, &str), u16> =
+        desired.endpoints.iter().map(|e| ((e.namespace.as_str(), e.name.as_str()), e.id)).collect();
+    let mut pods: Vec<PodInfo> = desired
+        .pods
+        .iter()
+        .map(|p| PodInfo {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            ip: p.ip,
+            labels: p.labels.clone(),
+            identity: p.identity,
+            ports: p.ports.iter().map(|c| NamedPort { name: c.name.clone(), port: c.port, protocol: c.protocol }).collect(),
+            endpoint_id: local.get(&(p.namespace.as_str(), p.name.as_str())).copied(),
+        })
+        .collect();
+    // Local endpoints the source did not list as pods still get a verdict.
+    for ep in &desired.endpoints {
+        if !pods.iter().any(|p| p.endpoint_id == Some(ep.id)) {
+            pods.push(PodInfo {
+                namespace: ep.namespace.clone(),
+                name: ep.name.clone(),
+                ip: ep.ip,
+                labels: ep.labels.clone(),
+                identity: ep.identity,
+                ports: Vec::new(),
+                endpoint_id: Some(ep.id),
+            });
+        }
+    }
+    plan.policy = compile(&PolicyInput { namespaces: &desired.namespaces, pods: &pods, policies: &desired.policies });
+    for ep in desired.endpoints.iter() {
+        let Some(info) = plan.endpoints.get_mut(&ep.ip.octets()) else { continue };
+        if let Some(p) = plan.policy.endpoints.get(&ep.id) {
+            if p.ingress_enforced {
+                info.flags |= abi::EP_POLICY_INGRESS;
+            }
+            if p.egress_enforced {
+                info.flags |= abi::EP_POLICY_EGRESS;
+            }
+        }
+        if desired.policy_audit {
+            info.flags |= abi::EP_POLICY_AUDIT;
+        }
+    }
     Ok(plan)
 }
 
 /// Applies `next` over `prev` (the plan currently in the maps).
+///
+/// Order matters for policy: entries that `next` adds or changes are
+/// written before endpoints switch to them (enforcement flags), and entries
+/// only `prev` had are removed last, so at every instant each lookup answers
+/// as `prev` or as `next` would — traffic both allow is never dropped and
+/// traffic both deny is never allowed. Established connections are decided
+/// again (revision bump) only once the maps hold exactly `next`.
 pub fn apply(probes: &mut Probes, node_netns: &Path, prev: &Plan, next: &Plan) -> Result<(), DatapathError> {
+    for ((len, key), value) in &next.policy.policy {
+        if prev.policy.policy.get(&(*len, *key)) != Some(value) {
+            probes
+                .policy
+                .insert(&LpmKey::new(*len, *key), *value, 0)
+                .map_err(|source| DatapathError::Map { map: abi::maps::POLICY, source })?;
+        }
+    }
+    for ((len, key), value) in &next.policy.cidr {
+        if prev.policy.cidr.get(&(*len, *key)) != Some(value) {
+            probes
+                .policy_cidr
+                .insert(&LpmKey::new(*len, *key), *value, 0)
+                .map_err(|source| DatapathError::Map { map: abi::maps::POLICY_CIDR, source })?;
+        }
+    }
     for ((len, addr), id) in &next.ipcache {
         if prev.ipcache.get(&(*len, *addr)) != Some(id) {
             probes
@@ -160,6 +233,16 @@ pub fn apply(probes: &mut Probes, node_netns: &Path, prev: &Plan, next: &Plan) -
     for ino in prev.netns.difference(&next.netns) {
         let _ = probes.lab_netns.remove(ino);
     }
+    for (len, key) in prev.policy.cidr.keys().filter(|k| !next.policy.cidr.contains_key(*k)) {
+        let _ = probes.policy_cidr.remove(&LpmKey::new(*len, *key));
+    }
+    for (len, key) in prev.policy.policy.keys().filter(|k| !next.policy.policy.contains_key(*k)) {
+        let _ = probes.policy.remove(&LpmKey::new(*len, *key));
+    }
+    let flags = |p: &Plan| p.endpoints.values().map(|e| (e.endpoint_id, e.flags)).collect::<BTreeMap<_, _>>();
+    if prev.policy.policy != next.policy.policy || prev.policy.cidr != next.policy.cidr || flags(prev) != flags(next) {
+        probes.bump_policy_revision()?;
+    }
     Ok(())
 }
 
@@ -172,11 +255,19 @@ pub fn metadata(desired: &NodeState, plan: &Plan, base: &Metadata) -> Metadata {
         mono_to_unix_ns: base.mono_to_unix_ns,
         ..Metadata::default()
     };
+    for pod in &desired.pods {
+        meta.pods.insert(pod.ip, PodMeta { namespace: pod.namespace.clone(), name: pod.name.clone(), endpoint_id: 0 });
+    }
     for ep in &desired.endpoints {
         meta.pods.insert(ep.ip, PodMeta { namespace: ep.namespace.clone(), name: ep.name.clone(), endpoint_id: ep.id });
         if let Some(info) = plan.endpoints.get(&ep.ip.octets()) {
             meta.interfaces.insert(info.ifindex, ep.host_ifname.clone());
         }
+    }
+    meta.policy_sets = plan.policy.policy_sets.clone();
+    for (id, p) in &plan.policy.endpoints {
+        meta.selected_by.insert((*id, abi::DIR_INGRESS), p.ingress_selected_by.clone());
+        meta.selected_by.insert((*id, abi::DIR_EGRESS), p.egress_selected_by.clone());
     }
     meta
 }
@@ -205,6 +296,10 @@ mod tests {
             }],
             identities: vec![],
             ipcache: vec![IpcacheEntry { cidr: "10.244.2.0/24".into(), identity: abi::IDENTITY_REMOTE_NODE }],
+            namespaces: BTreeMap::new(),
+            pods: vec![],
+            policies: vec![],
+            policy_audit: false,
         }
     }
 

@@ -49,6 +49,10 @@ pub struct Metadata {
     pub kernel_reasons: BTreeMap<u32, String>,
     /// Nanoseconds to add to a monotonic timestamp to get Unix time.
     pub mono_to_unix_ns: i64,
+    /// Policy-set id → the policies in it (`namespace/name`).
+    pub policy_sets: BTreeMap<u32, Vec<String>>,
+    /// (endpoint id, direction) → the policies that select the endpoint.
+    pub selected_by: BTreeMap<(u16, u8), Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -131,6 +135,14 @@ pub struct Record {
     pub endpoint_id: u16,
     pub pkt_len: u32,
     pub counters: Counters,
+    /// Policies that allowed the connection (policy verdicts), as
+    /// `namespace/name`.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub allowed_by: Vec<String>,
+    /// Policies that select the endpoint whose policy denied it (denied or
+    /// audited verdicts, policy drops).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub denied_by: Vec<String>,
 }
 
 /// Hubble name and proto value of a datapath trace point.
@@ -299,6 +311,9 @@ impl Record {
                 r.drop_reason = Some(u32::from(ev.sub_type));
                 r.drop_reason_name = Some(drop_reason_name(ev.sub_type).into());
                 r.verdict = Some("dropped".into());
+                if ev.sub_type == abi::DROP_POLICY_DENIED {
+                    r.denied_by = meta.selected_by.get(&(ev.endpoint_id, ev.direction)).cloned().unwrap_or_default();
+                }
             }
             abi::EVENT_POLICY_VERDICT => {
                 r.kind = "policy-verdict".into();
@@ -311,6 +326,11 @@ impl Record {
                     }
                     .into(),
                 );
+                if ev.verdict == abi::VERDICT_FORWARDED {
+                    r.allowed_by = meta.policy_sets.get(&ev.reason).cloned().unwrap_or_default();
+                } else {
+                    r.denied_by = meta.selected_by.get(&(ev.endpoint_id, ev.direction)).cloned().unwrap_or_default();
+                }
                 r.match_type = Some(
                     match ev.match_type {
                         abi::MATCH_L3_ONLY => "l3-only",
@@ -354,7 +374,13 @@ impl Record {
             ),
             k => k.to_owned(),
         };
-        let flags = if self.tcp_flags.is_empty() { String::new() } else { format!(" [{}]", self.tcp_flags.join(",")) };
+        let mut flags = if self.tcp_flags.is_empty() { String::new() } else { format!(" [{}]", self.tcp_flags.join(",")) };
+        if !self.allowed_by.is_empty() {
+            flags.push_str(&format!(" allowed-by={}", self.allowed_by.join(",")));
+        }
+        if !self.denied_by.is_empty() {
+            flags.push_str(&format!(" denied-by={}", self.denied_by.join(",")));
+        }
         let time = self.time.get(11..23).unwrap_or(&self.time);
         format!(
             "{time} {} {what}: {} -> {} {}{flags} ct={} pkts={}/{} bytes={}/{}",

@@ -15,10 +15,12 @@
 //! that is the caller's business; it receives a [`state::NodeState`].
 
 pub mod agent;
+pub mod bench;
 pub mod btf;
 pub mod control;
 pub mod datapath;
 pub mod decoder;
 pub mod loader;
 pub mod netns;
+pub mod policy;
 pub mod state;

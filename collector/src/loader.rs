@@ -15,7 +15,10 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::netns::in_netns;
 use sightline_abi as abi;
-use sightline_abi::{Config, CtEntry, CtKey, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, KernelOffsets};
+use sightline_abi::{
+    Config, CtEntry, CtKey, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, KernelOffsets, PolicyCidrKey,
+    PolicyCidrValue, PolicyKey, PolicyValue,
+};
 
 
 /// The probe object, built by `build.rs`.
@@ -74,6 +77,8 @@ pub fn default_config(aggregation: u32) -> Config {
         ct_tcp_established_timeout_ns: 6 * 3600 * SEC,
         ct_tcp_closing_timeout_ns: 10 * SEC,
         ct_other_timeout_ns: 60 * SEC,
+        policy_revision: 1,
+        _pad: 0,
     }
 }
 
@@ -86,7 +91,11 @@ pub struct Probes {
     pub ct: HashMap<MapData, CtKey, CtEntry>,
     pub counters: PerCpuArray<MapData, u64>,
     pub lab_netns: HashMap<MapData, u32, u32>,
+    pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    pub policy_cidr: LpmTrie<MapData, PolicyCidrKey, PolicyCidrValue>,
     config: Array<MapData, Config>,
+    /// What `config` holds.
+    current_config: Config,
     /// Attached tc links per interface: (ingress, egress).
     attached: BTreeMap<String, (SchedClassifierLinkId, SchedClassifierLinkId)>,
     pin_dir: PathBuf,
@@ -127,7 +136,7 @@ where
     T::try_from(map).map_err(|source| LoaderError::MapType { name, source })
 }
 
-const ALL_MAPS: [&str; 8] = [
+const ALL_MAPS: [&str; 10] = [
     abi::maps::EVENTS,
     abi::maps::CONFIG,
     abi::maps::COUNTERS,
@@ -136,6 +145,8 @@ const ALL_MAPS: [&str; 8] = [
     abi::maps::CT,
     abi::maps::KERNEL_OFFSETS,
     abi::maps::LAB_NETNS,
+    abi::maps::POLICY,
+    abi::maps::POLICY_CIDR,
 ];
 
 impl Probes {
@@ -194,7 +205,10 @@ impl Probes {
             ct: take(&mut ebpf, abi::maps::CT)?,
             counters: take(&mut ebpf, abi::maps::COUNTERS)?,
             lab_netns: take(&mut ebpf, abi::maps::LAB_NETNS)?,
+            policy: take(&mut ebpf, abi::maps::POLICY)?,
+            policy_cidr: take(&mut ebpf, abi::maps::POLICY_CIDR)?,
             config,
+            current_config: opts.config,
             ebpf,
             attached: BTreeMap::new(),
             pin_dir: opts.pin_dir.clone(),
@@ -205,7 +219,23 @@ impl Probes {
     pub fn set_config(&mut self, config: Config) -> Result<(), LoaderError> {
         self.config
             .set(0, config, 0)
-            .map_err(|source| LoaderError::MapWrite { name: abi::maps::CONFIG, source })
+            .map_err(|source| LoaderError::MapWrite { name: abi::maps::CONFIG, source })?;
+        self.current_config = config;
+        Ok(())
+    }
+
+    /// Tells the datapath that policy changed: established connections are
+    /// decided again at their next packet.
+    pub fn bump_policy_revision(&mut self) -> Result<u32, LoaderError> {
+        let mut config = self.current_config;
+        config.policy_revision = config.policy_revision.wrapping_add(1);
+        self.set_config(config)?;
+        Ok(config.policy_revision)
+    }
+
+    /// One of the loaded tc programs (for test runs).
+    pub fn program_mut(&mut self, name: &str) -> Option<&mut SchedClassifier> {
+        self.ebpf.program_mut(name).and_then(|p| <&mut SchedClassifier>::try_from(p).ok())
     }
 
     /// Interfaces the tc programs are attached to.

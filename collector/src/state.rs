@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::model::{NetworkPolicy, Protocol};
+
 /// Everything one node's datapath must enforce.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +31,43 @@ pub struct NodeState {
     /// Every known address or prefix and its identity (pods of all nodes,
     /// nodes, CIDR identities). Reserved entries (world) are implied.
     pub ipcache: Vec<IpcacheEntry>,
+    /// Every namespace of the cluster and its labels (including
+    /// `kubernetes.io/metadata.name`), for namespace selectors.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every pod of the cluster, for pod selectors, ipBlocks and named ports.
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+    /// Every NetworkPolicy of the cluster.
+    #[serde(default)]
+    pub policies: Vec<NetworkPolicy>,
+    /// Report what policy would deny without dropping it (verdict AUDIT).
+    #[serde(default)]
+    pub policy_audit: bool,
+}
+
+/// A pod anywhere in the cluster, as policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub node: String,
+    pub identity: u32,
+    pub labels: BTreeMap<String, String>,
+    /// Declared container ports.
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A declared container port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerPort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
 }
 
 /// A pod on this node and how it is plugged in.

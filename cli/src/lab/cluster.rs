@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sightline_abi as abi;
 use sightline_collector::control;
 use sightline_collector::netns::netns_path;
-use sightline_collector::state::{Endpoint, Identity, IpcacheEntry, NodeState};
+use sightline_collector::state::{self, Endpoint, Identity, IpcacheEntry, NodeState};
 
 use super::manifest::{self, Object, ObjectStore, Pod};
 use super::topology;
@@ -62,6 +62,9 @@ pub struct LabState {
     pub aggregation: String,
     /// Whether collectors run and programs are attached.
     pub datapath: bool,
+    /// Policy audit mode: report what would be denied, drop nothing.
+    #[serde(default)]
+    pub policy_audit: bool,
     pub nodes: Vec<Node>,
     pub objects: ObjectStore,
     /// `ns/name` → runtime.
@@ -219,6 +222,29 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
         .iter()
         .map(|(labels, id)| Identity { id: *id, labels: labels.split(',').map(str::to_owned).collect() })
         .collect();
+    let pods = state
+        .pods
+        .values()
+        .map(|rt| {
+            let spec = state.objects.pods.get(&(rt.namespace.clone(), rt.name.clone()));
+            state::Pod {
+                namespace: rt.namespace.clone(),
+                name: rt.name.clone(),
+                ip: rt.ip,
+                node: rt.node.clone(),
+                identity: rt.identity,
+                labels: spec.map(|p| p.labels.clone()).unwrap_or_default(),
+                ports: spec
+                    .map(|p| {
+                        p.ports
+                            .iter()
+                            .map(|c| state::ContainerPort { name: c.name.clone(), port: c.port, protocol: c.protocol })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
     NodeState {
         node_name: node.name.clone(),
         pod_cidr: node.pod_cidr.clone(),
@@ -226,6 +252,10 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
         endpoints,
         identities,
         ipcache,
+        namespaces: state.objects.namespaces.iter().map(|(n, ns)| (n.clone(), ns.labels.clone())).collect(),
+        pods,
+        policies: state.objects.policies.values().cloned().collect(),
+        policy_audit: state.policy_audit,
     }
 }
 
@@ -403,6 +433,8 @@ pub struct UpOptions {
     pub ct_timeouts: String,
     /// Collector `--ct-gc-interval`.
     pub ct_gc_interval: String,
+    /// Policy audit mode on every node.
+    pub policy_audit: bool,
 }
 
 /// `lab up`.
@@ -455,6 +487,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             name: opts.name.clone(),
             aggregation: opts.aggregation.clone(),
             datapath: opts.datapath,
+            policy_audit: opts.policy_audit,
             nodes,
             objects: ObjectStore::new(),
             pods: BTreeMap::new(),
@@ -498,7 +531,6 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
 
     // Allocate addresses and endpoint ids for new pods.
     let mut created: Vec<String> = Vec::new();
-    let mut restarted: Vec<String> = Vec::new();
     let mut next_pods = BTreeMap::new();
     let mut used_ips: BTreeSet<Ipv4Addr> = state.pods.values().filter(|p| new_keys.contains(&pod_key(&p.namespace, &p.name))).map(|p| p.ip).collect();
     let mut used_ids: BTreeSet<(String, u16)> = state.pods.values().filter(|p| new_keys.contains(&pod_key(&p.namespace, &p.name))).map(|p| (p.node.clone(), p.endpoint_id)).collect();
@@ -511,12 +543,10 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
         let identity = allocate_identity(&mut tmp, &labels);
         let ports = pod_ports(pod);
         if let Some(rt) = state.pods.get(&key) {
+            // Containers are immutable (the store refuses port changes);
+            // labels may change, and with them the identity.
             let mut rt = rt.clone();
             rt.identity = identity;
-            if rt.ports != ports {
-                rt.ports = ports;
-                restarted.push(key.clone());
-            }
             next_pods.insert(key, rt);
             continue;
         }
@@ -605,12 +635,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
             return Err(failed);
         }
     }
-    // Responders whose ports changed, and pods that are gone.
-    for key in &restarted {
-        let rt = state.pods.get_mut(key).expect("restarted pods exist");
-        kill(rt.responder_pid);
-        rt.responder_pid = start_responder(&state.name, rt)?;
-    }
+    // Pods that are gone.
     for key in &removed {
         if let Some(rt) = old_state.pods.get(key) {
             kill(rt.responder_pid);

@@ -48,6 +48,9 @@
 //!
 //! # Policy semantics kept exact
 //!
+//! The NetworkPolicy types are the collector's model (`sightline_collector::policy::model`),
+//! re-exported here; this module fills them in and validates them.
+//!
 //! * [`Rule::peers`] empty means `from`/`to` was omitted or empty: the rule matches **all**
 //!   sources/destinations. A non-empty list matches any of its peers. (An empty peer `{}` is
 //!   rejected, as the API server does, so a present peer always selects something specific.)
@@ -81,9 +84,16 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::lab::types::Protocol;
+// The NetworkPolicy model lives in the collector, which compiles it; this module parses and
+// validates it.
+pub use sightline_collector::policy::model::{
+    IpBlock, LabelSelector, NetworkPolicy, Operator, Origin, Peer, PolicyPort, PolicyType, PortRef,
+    Requirement, Rule,
+};
+use sightline_collector::policy::model::{cidr_contains, parse_cidr};
 
 /// The label Kubernetes (and the lab) puts on every namespace, holding the namespace's name.
-pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+pub use sightline_collector::policy::model::NAMESPACE_NAME_LABEL;
 
 /// The namespace that always exists and cannot be deleted.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -195,15 +205,6 @@ const SERVICE_OTHER_TYPE_FIELDS: &[&str] = &[
 // Public types
 // ---------------------------------------------------------------------------------------------
 
-/// Where a parsed object came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Origin {
-    /// The source name given to [`parse_manifests`], usually the file path.
-    pub source: String,
-    /// The 1-based position of the document in the source (empty documents count).
-    pub document: usize,
-}
-
 /// A Kubernetes Namespace.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Namespace {
@@ -274,108 +275,6 @@ pub struct ServicePort {
 pub enum TargetPort {
     Number(u16),
     Name(String),
-}
-
-/// A NetworkPolicy (networking.k8s.io/v1).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NetworkPolicy {
-    pub namespace: String,
-    pub name: String,
-    /// The pods (in `namespace`) the policy applies to; empty selects all of them.
-    pub pod_selector: LabelSelector,
-    /// The directions the policy isolates, after the API server's defaulting; never empty,
-    /// no duplicates.
-    pub policy_types: Vec<PolicyType>,
-    /// Ingress rules; only in force when `policy_types` contains `Ingress`.
-    pub ingress: Vec<Rule>,
-    /// Egress rules; only in force when `policy_types` contains `Egress`.
-    pub egress: Vec<Rule>,
-    /// Where the object was parsed from; `None` for objects in the [`ObjectStore`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<Origin>,
-}
-
-/// A NetworkPolicy direction.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum PolicyType {
-    Ingress,
-    Egress,
-}
-
-/// One ingress or egress rule. Traffic matches the rule when it matches one of `peers` (or
-/// `peers` is empty) **and** one of `ports` (or `ports` is empty).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Rule {
-    /// `from` (ingress) or `to` (egress). **Empty means the field was omitted or empty, which in
-    /// Kubernetes matches every source or destination.** Each peer present selects something.
-    pub peers: Vec<Peer>,
-    /// `ports`. Empty means all ports and protocols.
-    pub ports: Vec<PolicyPort>,
-}
-
-/// A NetworkPolicyPeer: either selectors (one or both) or an ipBlock, never both, never none.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Peer {
-    /// `None`: absent. `Some(empty)`: all pods (in the policy's namespace when
-    /// `namespace_selector` is `None`).
-    pub pod_selector: Option<LabelSelector>,
-    /// `None`: absent. `Some(empty)`: all namespaces.
-    pub namespace_selector: Option<LabelSelector>,
-    pub ip_block: Option<IpBlock>,
-}
-
-/// An ipBlock. Both `cidr` and `except` are validated and stored in canonical form
-/// (host bits cleared, e.g. `10.0.0.7/8` becomes `10.0.0.0/8`); every `except` lies strictly
-/// inside `cidr` and has the same address family.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IpBlock {
-    pub cidr: String,
-    pub except: Vec<String>,
-}
-
-/// A NetworkPolicyPort.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PolicyPort {
-    /// TCP by default.
-    pub protocol: Protocol,
-    /// `None`: every port of `protocol`.
-    pub port: Option<PortRef>,
-    /// The end of a port range `port..=end_port`; only with a numeric `port`, and `>= port`.
-    pub end_port: Option<u16>,
-}
-
-/// A port given by number or by a container port's name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum PortRef {
-    Number(u16),
-    Name(String),
-}
-
-/// A Kubernetes LabelSelector. All of `match_labels` and all of `match_expressions` must hold;
-/// an empty selector matches every label set.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LabelSelector {
-    pub match_labels: BTreeMap<String, String>,
-    pub match_expressions: Vec<Requirement>,
-}
-
-/// One `matchExpressions` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Requirement {
-    pub key: String,
-    pub operator: Operator,
-    /// Non-empty for In/NotIn, empty for Exists/DoesNotExist.
-    pub values: Vec<String>,
-}
-
-/// A label selector operator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Operator {
-    In,
-    NotIn,
-    Exists,
-    DoesNotExist,
 }
 
 /// One object of a manifest.
@@ -560,78 +459,19 @@ impl Object {
 impl Pod {
     /// The number of the container port called `name` with `protocol`, as Kubernetes resolves
     /// a named port (first match in container order).
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by the NetworkPolicy compiler, which comes next"))]
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "for Services' named targetPorts; NetworkPolicy resolves named ports in the \
+                      collector's compiler (PodInfo::named_ports)"
+        )
+    )]
     pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
         self.ports
             .iter()
             .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
             .map(|p| p.port)
-    }
-}
-
-impl NetworkPolicy {
-    /// Whether the policy isolates the selected pods for ingress.
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by the NetworkPolicy compiler, which comes next"))]
-    pub fn isolates_ingress(&self) -> bool {
-        self.policy_types.contains(&PolicyType::Ingress)
-    }
-
-    /// Whether the policy isolates the selected pods for egress.
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by the NetworkPolicy compiler, which comes next"))]
-    pub fn isolates_egress(&self) -> bool {
-        self.policy_types.contains(&PolicyType::Egress)
-    }
-}
-
-impl LabelSelector {
-    /// Whether the selector has no requirements (and so matches everything).
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by the NetworkPolicy compiler, which comes next"))]
-    pub fn is_empty(&self) -> bool {
-        self.match_labels.is_empty() && self.match_expressions.is_empty()
-    }
-
-    /// Whether `labels` satisfy every requirement. An empty selector matches everything.
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by the NetworkPolicy compiler, which comes next"))]
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| r.matches(labels))
-    }
-}
-
-impl Requirement {
-    /// Kubernetes semantics: `In` needs the key with one of the values; `NotIn` matches when the
-    /// key is absent or has another value; `Exists` / `DoesNotExist` test the key only.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let value = labels.get(&self.key);
-        match self.operator {
-            Operator::In => value.is_some_and(|v| self.values.contains(v)),
-            Operator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
-            Operator::Exists => value.is_some(),
-            Operator::DoesNotExist => value.is_none(),
-        }
-    }
-}
-
-impl Operator {
-    /// The Kubernetes spelling.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::In => "In",
-            Self::NotIn => "NotIn",
-            Self::Exists => "Exists",
-            Self::DoesNotExist => "DoesNotExist",
-        }
-    }
-}
-
-impl IpBlock {
-    /// Whether `ip` is inside `cidr` and outside every `except`.
-    #[cfg_attr(not(test), expect(dead_code, reason = "used by the NetworkPolicy compiler, which comes next"))]
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let inside = |text: &str| parse_cidr(text).is_ok_and(|net| cidr_contains(net, ip));
-        inside(&self.cidr) && !self.except.iter().any(|e| inside(e))
     }
 }
 
@@ -1933,56 +1773,6 @@ fn port_number(n: i64) -> Result<u16, String> {
     }
 }
 
-/// Parses `address/prefix` (IPv4 or IPv6); returns the network address (host bits cleared)
-/// and the prefix length.
-fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
-    let Some((addr, prefix)) = text.split_once('/') else {
-        return Err(format!(
-            "{text:?} is not a CIDR: expected address/prefix, e.g. 10.0.0.0/16"
-        ));
-    };
-    let ip: IpAddr = addr
-        .parse()
-        .map_err(|_| format!("{text:?} is not a CIDR: {addr:?} is not an IPv4 or IPv6 address"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len =
-        (!prefix.is_empty() && prefix.len() <= 3 && prefix.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| prefix.parse::<u8>().ok())
-            .flatten()
-            .filter(|len| *len <= max)
-            .ok_or_else(|| {
-                format!("{text:?} is not a CIDR: the prefix length must be between 0 and {max}")
-            })?;
-    Ok((mask(ip, len), len))
-}
-
-fn mask(ip: IpAddr, len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let masked = if len == 0 {
-                0
-            } else {
-                bits & (u32::MAX << (32 - u32::from(len)))
-            };
-            IpAddr::V4(masked.into())
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let masked = if len == 0 {
-                0
-            } else {
-                bits & (u128::MAX << (128 - u32::from(len)))
-            };
-            IpAddr::V6(masked.into())
-        }
-    }
-}
-
-fn cidr_contains(net: (IpAddr, u8), ip: IpAddr) -> bool {
-    net.0.is_ipv4() == ip.is_ipv4() && mask(ip, net.1) == net.0
-}
-
 // ---------------------------------------------------------------------------------------------
 // The object store
 // ---------------------------------------------------------------------------------------------
@@ -2169,6 +1959,18 @@ impl ObjectStore {
                                 show(&old.node_name),
                                 show(&pod.node_name)
                             ),
+                        });
+                    }
+                    // Like Kubernetes, a pod's containers are immutable: only
+                    // its labels (and other metadata) may change in place.
+                    let reported = next.pods.get(&key).filter(|old| old.ports != pod.ports);
+                    if reported.is_some() {
+                        return Err(ManifestError::Invalid {
+                            at,
+                            field: "spec.containers[].ports".to_owned(),
+                            message: "a pod's containers cannot change: delete the pod and create it \
+                                      again"
+                                .to_owned(),
                         });
                     }
                     upsert(&mut next.pods, key, pod)
@@ -3724,6 +3526,21 @@ metadata: {name: x}
             "{err}"
         );
         assert!(!store.namespaces.contains_key("z"));
+    }
+
+    #[test]
+    fn apply_rejects_port_change_but_takes_label_change() {
+        let (mut store, _) = applied(SETUP);
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: a}}\nspec:\n  nodeName: node-1\n  containers: [{ports: [{containerPort: 81}]}]\n";
+        let message = apply_err(&mut store, "ports.yaml", text).to_string();
+        assert!(
+            message.starts_with("ports.yaml: document 1 (Pod x/a): spec.containers[].ports: a pod's containers cannot change"),
+            "{message}"
+        );
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, labels: {app: web}}\nspec:\n  nodeName: node-1\n  containers: [{ports: [{containerPort: 80}]}]\n";
+        let objects = parse_manifests("labels.yaml", text).unwrap();
+        let report = store.apply(objects).unwrap();
+        assert_eq!(report.updated, vec!["pod/x/a".to_owned()]);
     }
 
     #[test]

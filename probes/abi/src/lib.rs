@@ -135,7 +135,9 @@ pub struct Event {
     pub ifindex: u32,
     /// Length of the packet on the wire.
     pub pkt_len: u32,
-    /// Kernel drop reason (`EVENT_KERNEL_DROP`); 0 otherwise.
+    /// Kernel drop reason (`EVENT_KERNEL_DROP`); the id of the set of
+    /// policies that allowed the connection (`EVENT_POLICY_VERDICT`,
+    /// `PolicyValue::policy_set`); 0 otherwise.
     pub reason: u32,
     /// Endpoint ID of the local endpoint the event belongs to, 0 if none.
     pub endpoint_id: u16,
@@ -201,8 +203,13 @@ pub struct Config {
     pub ct_tcp_established_timeout_ns: u64,
     pub ct_tcp_closing_timeout_ns: u64,
     pub ct_other_timeout_ns: u64,
+    /// Bumped by the collector after every policy change: a connection
+    /// whose `CtEntry::policy_revision` differs is re-evaluated at its next
+    /// packet (and cut if the policy now denies it).
+    pub policy_revision: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
 
 /// Offsets into kernel structures, read from BTF by the collector, used by
 /// the `skb:kfree_skb` program to find the device and the packet headers.
@@ -328,9 +335,93 @@ pub struct CtEntry {
     pub fwd_flags: u8,
     pub rev_flags: u8,
     pub tcp_state: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// `Config::policy_revision` the connection was last allowed under.
+    pub policy_revision: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
+
+// ---------------------------------------------------------------------------
+// Policy.
+
+/// `EndpointInfo::flags`: ingress to this endpoint is default-deny (some
+/// policy with Ingress in its policyTypes selects it).
+pub const EP_POLICY_INGRESS: u16 = 0x1;
+/// Egress from this endpoint is default-deny.
+pub const EP_POLICY_EGRESS: u16 = 0x2;
+/// Audit: denied connections are reported (verdict AUDIT) but pass.
+pub const EP_POLICY_AUDIT: u16 = 0x4;
+
+/// `PolicyKey::peer` that matches any remote (L4-only and allow-all rules).
+pub const PEER_ANY: u32 = 0;
+/// `PolicyKey::peer` values with this bit set are CIDR-set ids (from
+/// `POLICY_CIDR`), not identities.
+pub const PEER_CIDR_SET: u32 = 0x8000_0000;
+
+/// Key of `POLICY`, an LPM trie. The fixed part (endpoint, direction,
+/// peer) is always matched in full: 64 bits. `protocol` and `port` may be
+/// wildcarded by a shorter prefix: 64 = any protocol and port, 72 = any
+/// port of `protocol`, 72 + k = the first k bits of `port` (port ranges
+/// become a few prefixes). `port` is big-endian so that prefixes work.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyKey {
+    pub endpoint_id: u16,
+    /// `DIR_INGRESS` or `DIR_EGRESS`.
+    pub direction: u8,
+    pub _pad0: u8,
+    /// An identity, `PEER_ANY`, or `PEER_CIDR_SET | set id`.
+    pub peer: u32,
+    pub protocol: u8,
+    pub port_be: [u8; 2],
+    pub _pad1: u8,
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 12);
+
+/// Prefix length that matches `PolicyKey`'s fixed part only.
+pub const POLICY_PREFIX_PEER: u32 = 64;
+/// Prefix length that matches the fixed part and the protocol.
+pub const POLICY_PREFIX_PROTO: u32 = 72;
+/// Prefix length of an exact port.
+pub const POLICY_PREFIX_FULL: u32 = 88;
+
+/// What a `POLICY` entry allows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyValue {
+    /// `MATCH_*` of the rule that produced the entry.
+    pub match_type: u8,
+    pub flags: u8,
+    pub _pad: u16,
+    /// Id of the set of policies that allow this (the collector maps it
+    /// back to names); carried in policy-verdict events' `reason`.
+    pub policy_set: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyValue>() == 8);
+
+/// Key of `POLICY_CIDR`, an LPM trie of remote addresses per endpoint and
+/// direction: prefix length = 32 (fixed part) + the address prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyCidrKey {
+    pub endpoint_id: u16,
+    pub direction: u8,
+    pub _pad: u8,
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<PolicyCidrKey>() == 8);
+
+/// Prefix length of `PolicyCidrKey`'s fixed part.
+pub const POLICY_CIDR_PREFIX_FIXED: u32 = 32;
+
+/// The CIDR set a remote address belongs to, for one endpoint and direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyCidrValue {
+    /// Set id without the `PEER_CIDR_SET` bit; 0 = no set (an `except`).
+    pub set_id: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyCidrValue>() == 4);
 
 /// Per-CPU counters in the `COUNTERS` array, by index.
 pub const COUNTER_EVENTS_LOST: u32 = 0;
@@ -340,6 +431,7 @@ pub const COUNTER_PACKETS_DROPPED: u32 = 3;
 pub const COUNTER_CT_CREATED: u32 = 4;
 pub const COUNTER_CT_INSERT_FAILED: u32 = 5;
 pub const COUNTER_KERNEL_DROPS_SEEN: u32 = 6;
+pub const COUNTER_POLICY_DENIED: u32 = 7;
 pub const COUNTER_MAX: u32 = 8;
 
 /// Map names, shared by the probes and the loader.
@@ -352,6 +444,8 @@ pub mod maps {
     pub const CT: &str = "CT";
     pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
     pub const LAB_NETNS: &str = "LAB_NETNS";
+    pub const POLICY: &str = "POLICY";
+    pub const POLICY_CIDR: &str = "POLICY_CIDR";
 }
 
 /// Program names, shared by the probes and the loader.
@@ -367,12 +461,14 @@ pub const ENDPOINTS_MAP_SIZE: u32 = 4096;
 pub const IPCACHE_MAP_SIZE: u32 = 16384;
 pub const LAB_NETNS_MAP_SIZE: u32 = 4096;
 pub const EVENTS_RING_BYTES: u32 = 1 << 22;
+pub const POLICY_MAP_SIZE: u32 = 65536;
+pub const POLICY_CIDR_MAP_SIZE: u32 = 16384;
 
 #[cfg(feature = "user")]
 mod user {
     use super::{
         Config, CtEntry, CtKey, EndpointInfo, EndpointKey, Event, IpcacheKey, IpcacheValue,
-        KernelOffsets,
+        KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue,
     };
     // SAFETY: every type is `repr(C)`, `Copy`, made of integers and byte
     // arrays with explicit padding, so any bit pattern is valid.
@@ -385,4 +481,8 @@ mod user {
     unsafe impl aya::Pod for IpcacheValue {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for PolicyKey {}
+    unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for PolicyCidrKey {}
+    unsafe impl aya::Pod for PolicyCidrValue {}
 }

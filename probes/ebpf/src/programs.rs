@@ -12,7 +12,7 @@ use aya_ebpf::{
 use sightline_abi as abi;
 use sightline_abi::{
     Config, CtEntry, CtKey, EndpointInfo, EndpointKey, Event, IpcacheKey, IpcacheValue,
-    KernelOffsets,
+    KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue,
 };
 
 #[map(name = "EVENTS")]
@@ -38,6 +38,13 @@ static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(abi::CT_MAP
 #[map(name = "KERNEL_OFFSETS")]
 static KERNEL_OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
 
+#[map(name = "POLICY")]
+static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(abi::POLICY_MAP_SIZE, 0);
+
+#[map(name = "POLICY_CIDR")]
+static POLICY_CIDR: LpmTrie<PolicyCidrKey, PolicyCidrValue> =
+    LpmTrie::with_max_entries(abi::POLICY_CIDR_MAP_SIZE, 0);
+
 #[map(name = "LAB_NETNS")]
 static LAB_NETNS: HashMap<u32, u32> = HashMap::with_max_entries(abi::LAB_NETNS_MAP_SIZE, 0);
 
@@ -62,6 +69,10 @@ struct Packet {
 /// What connection tracking found out about a packet.
 #[derive(Clone, Copy)]
 struct CtResult {
+    /// The connection's key in its original direction.
+    key: CtKey,
+    /// Policy revision the connection was last allowed under.
+    policy_revision: u32,
     state: u8,
     /// Whether aggregation lets this packet be reported.
     report: bool,
@@ -73,6 +84,8 @@ struct CtResult {
 
 impl CtResult {
     const NONE: Self = Self {
+        key: CtKey { src_addr: [0; 4], dst_addr: [0; 4], src_port: 0, dst_port: 0, protocol: 0, _pad: [0; 3] },
+        policy_revision: 0,
         state: abi::CT_NONE,
         report: true,
         fwd_packets: 0,
@@ -295,6 +308,8 @@ fn conntrack(
             dst_identity,
             fwd_flags: flags,
             tcp_state,
+            // Stamped once the policy has allowed it.
+            policy_revision: cfg.policy_revision.wrapping_sub(1),
             ..CtEntry::default()
         };
         if CT.insert(&key, &entry, 0).is_err() {
@@ -303,6 +318,8 @@ fn conntrack(
         }
         count(abi::COUNTER_CT_CREATED);
         return Ok(CtResult {
+            key,
+            policy_revision: 0,
             state: abi::CT_NEW,
             report: true,
             fwd_packets: 1,
@@ -357,6 +374,8 @@ fn conntrack(
         *last = now;
     }
     Ok(CtResult {
+        key: if reply { key.reversed() } else { key },
+        policy_revision: e.policy_revision,
         state: if reply { abi::CT_REPLY } else { abi::CT_ESTABLISHED },
         report,
         fwd_packets,
@@ -436,24 +455,172 @@ fn trace(cfg: &Config, pkt: &Packet, ct: &CtResult, point: u8, ifindex: u32, ids
     emit(cfg, &ev);
 }
 
-/// Policy verdict for a new connection. No policy is enforced yet: every
-/// connection is allowed, with match type NONE.
+/// The policy decision for one side of a connection.
+#[derive(Clone, Copy)]
+struct Decision {
+    allowed: bool,
+    match_type: u8,
+    policy_set: u32,
+}
+
+const NOT_ENFORCED: Decision = Decision { allowed: true, match_type: abi::MATCH_NONE, policy_set: 0 };
+
 #[inline(always)]
-fn policy_verdict(cfg: &Config, pkt: &Packet, ct: &CtResult, dir: u8, ifindex: u32, ids: (u32, u32), ep: u16, now: u64) {
-    if ct.state != abi::CT_NEW {
-        return;
+fn policy_key(ep: &EndpointInfo, dir: u8, peer: u32, protocol: u8, port: u16) -> LpmKey<PolicyKey> {
+    LpmKey::new(
+        abi::POLICY_PREFIX_FULL,
+        PolicyKey { endpoint_id: ep.endpoint_id, direction: dir, _pad0: 0, peer, protocol, port_be: port.to_be_bytes(), _pad1: 0 },
+    )
+}
+
+/// Looks the remote up in `ep`'s policy for `dir`: by identity, then any
+/// remote (L4-only / allow-all rules), then the remote address's CIDR set.
+/// Three LPM lookups whatever the number of rules.
+#[inline(always)]
+fn policy_decide(ep: &EndpointInfo, dir: u8, remote_identity: u32, remote_addr: [u8; 4], protocol: u8, port: u16) -> Decision {
+    let enforced = if dir == abi::DIR_INGRESS { abi::EP_POLICY_INGRESS } else { abi::EP_POLICY_EGRESS };
+    if ep.flags & enforced == 0 {
+        return NOT_ENFORCED;
     }
+    // The node itself always reaches its pods (health checks), as in Cilium.
+    if dir == abi::DIR_INGRESS && remote_identity == abi::IDENTITY_HOST {
+        return NOT_ENFORCED;
+    }
+    let found = |v: &PolicyValue| Decision { allowed: true, match_type: v.match_type, policy_set: v.policy_set };
+    if let Some(v) = POLICY.get(policy_key(ep, dir, remote_identity, protocol, port)) {
+        return found(v);
+    }
+    if let Some(v) = POLICY.get(policy_key(ep, dir, abi::PEER_ANY, protocol, port)) {
+        return found(v);
+    }
+    let ck = LpmKey::new(
+        abi::POLICY_CIDR_PREFIX_FIXED + 32,
+        PolicyCidrKey { endpoint_id: ep.endpoint_id, direction: dir, _pad: 0, addr: remote_addr },
+    );
+    if let Some(set) = POLICY_CIDR.get(ck) {
+        if set.set_id != 0 {
+            if let Some(v) = POLICY.get(policy_key(ep, dir, abi::PEER_CIDR_SET | set.set_id, protocol, port)) {
+                return found(v);
+            }
+        }
+    }
+    Decision { allowed: false, match_type: abi::MATCH_NONE, policy_set: 0 }
+}
+
+/// One connection as policy sees it: the client opened it to the server's
+/// port. Either side may be a local endpoint.
+struct Conn<'a> {
+    client: [u8; 4],
+    server: [u8; 4],
+    client_identity: u32,
+    server_identity: u32,
+    // References, not copies: copying an `Option<EndpointInfo>` that is
+    // `None` moves uninitialised bytes, which the verifier rejects.
+    client_ep: Option<&'a EndpointInfo>,
+    server_ep: Option<&'a EndpointInfo>,
+    protocol: u8,
+    port: u16,
+}
+
+/// Emits a policy-verdict event for one side of a connection.
+#[inline(always)]
+fn verdict_event(cfg: &Config, pkt: &Packet, ct: &CtResult, ep: &EndpointInfo, dir: u8, d: &Decision, audit: bool, now: u64, ids: (u32, u32)) {
     let mut ev = base_event(pkt, ct, now);
     ev.kind = abi::EVENT_POLICY_VERDICT;
     ev.sub_type = abi::TRACE_NONE;
-    ev.ifindex = ifindex;
+    ev.ifindex = ep.ifindex;
     ev.src_identity = ids.0;
     ev.dst_identity = ids.1;
-    ev.endpoint_id = ep;
+    ev.endpoint_id = ep.endpoint_id;
     ev.direction = dir;
-    ev.verdict = abi::VERDICT_FORWARDED;
-    ev.match_type = abi::MATCH_NONE;
+    ev.verdict = if d.allowed {
+        abi::VERDICT_FORWARDED
+    } else if audit {
+        abi::VERDICT_AUDIT
+    } else {
+        abi::VERDICT_DROPPED
+    };
+    ev.match_type = d.match_type;
+    ev.reason = d.policy_set;
     emit(cfg, &ev);
+}
+
+/// Decides a connection: egress of the client's endpoint, ingress of the
+/// server's. New connections always; established ones when the policy has
+/// changed since they were last allowed. Returns the denying side
+/// (direction, endpoint) when the packet must be dropped.
+#[inline(always)]
+fn enforce(cfg: &Config, pkt: &Packet, ct: &CtResult, c: &Conn<'_>, now: u64, ids: (u32, u32)) -> Option<(u8, u32, u16)> {
+    let new = ct.state == abi::CT_NEW;
+    if !new && ct.policy_revision == cfg.policy_revision {
+        return None;
+    }
+    let mut denied = None;
+    if let Some(ep) = c.client_ep {
+        let d = policy_decide(ep, abi::DIR_EGRESS, c.server_identity, c.server, c.protocol, c.port);
+        let audit = ep.flags & abi::EP_POLICY_AUDIT != 0;
+        if new || !d.allowed {
+            verdict_event(cfg, pkt, ct, ep, abi::DIR_EGRESS, &d, audit, now, ids);
+        }
+        if !d.allowed && !audit {
+            denied = Some((abi::DIR_EGRESS, ep.ifindex, ep.endpoint_id));
+        }
+    }
+    if denied.is_none() {
+        if let Some(ep) = c.server_ep {
+            let d = policy_decide(ep, abi::DIR_INGRESS, c.client_identity, c.client, c.protocol, c.port);
+            let audit = ep.flags & abi::EP_POLICY_AUDIT != 0;
+            if new || !d.allowed {
+                verdict_event(cfg, pkt, ct, ep, abi::DIR_INGRESS, &d, audit, now, ids);
+            }
+            if !d.allowed && !audit {
+                denied = Some((abi::DIR_INGRESS, ep.ifindex, ep.endpoint_id));
+            }
+        }
+    }
+    match denied {
+        Some(side) => {
+            // Forget the connection: every later packet is decided again.
+            let _ = CT.remove(&ct.key);
+            count(abi::COUNTER_POLICY_DENIED);
+            Some(side)
+        }
+        None => {
+            if let Some(e) = CT.get_ptr_mut(&ct.key) {
+                // SAFETY: map value pointer, valid for the program's run.
+                unsafe { (*e).policy_revision = cfg.policy_revision };
+            }
+            None
+        }
+    }
+}
+
+/// The connection a packet belongs to, from its direction.
+#[inline(always)]
+fn conn_of<'a>(pkt: &Packet, ct: &CtResult, src_ep: Option<&'a EndpointInfo>, dst_ep: Option<&'a EndpointInfo>, ids: (u32, u32)) -> Conn<'a> {
+    if ct.state == abi::CT_REPLY {
+        Conn {
+            client: pkt.dst,
+            server: pkt.src,
+            client_identity: ids.1,
+            server_identity: ids.0,
+            client_ep: dst_ep,
+            server_ep: src_ep,
+            protocol: pkt.protocol,
+            port: pkt.src_port,
+        }
+    } else {
+        Conn {
+            client: pkt.src,
+            server: pkt.dst,
+            client_identity: ids.0,
+            server_identity: ids.1,
+            client_ep: src_ep,
+            server_ep: dst_ep,
+            protocol: pkt.protocol,
+            port: pkt.dst_port,
+        }
+    }
 }
 
 #[classifier]
@@ -489,8 +656,9 @@ pub fn from_container(ctx: TcContext) -> i32 {
     };
 
     trace(&cfg, &pkt, &ct, abi::TRACE_FROM_LXC, ifx, ids, src_ep.endpoint_id, now);
-    if ct.state != abi::CT_REPLY {
-        policy_verdict(&cfg, &pkt, &ct, abi::DIR_EGRESS, ifx, ids, src_ep.endpoint_id, now);
+    let conn = conn_of(&pkt, &ct, Some(&src_ep), dst_ep.as_ref(), ids);
+    if let Some((dir, ep_ifindex, ep_id)) = enforce(&cfg, &pkt, &ct, &conn, now, ids) {
+        return drop_packet(&cfg, &pkt, &ct, abi::DROP_POLICY_DENIED, ep_ifindex, ids, ep_id, dir);
     }
 
     let Some(dst_ep) = dst_ep else {
@@ -500,9 +668,6 @@ pub fn from_container(ctx: TcContext) -> i32 {
         return TC_ACT_OK as i32;
     };
 
-    if ct.state != abi::CT_REPLY {
-        policy_verdict(&cfg, &pkt, &ct, abi::DIR_INGRESS, dst_ep.ifindex, ids, dst_ep.endpoint_id, now);
-    }
     // Straight into the destination pod: its MAC, our side's MAC as source.
     if ctx.store(0, &dst_ep.mac, 0).is_err() || ctx.store(6, &dst_ep.node_mac, 0).is_err() {
         return drop_packet(&cfg, &pkt, &ct, abi::DROP_INVALID_PACKET, ifx, ids, src_ep.endpoint_id, abi::DIR_EGRESS);
@@ -534,8 +699,10 @@ pub fn to_container(ctx: TcContext) -> i32 {
         Ok(ct) => ct,
         Err(reason) => return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, ids, dst_ep.endpoint_id, abi::DIR_INGRESS),
     };
-    if ct.state != abi::CT_REPLY {
-        policy_verdict(&cfg, &pkt, &ct, abi::DIR_INGRESS, ifx, ids, dst_ep.endpoint_id, now);
+    let src_ep = endpoint(pkt.src);
+    let conn = conn_of(&pkt, &ct, src_ep.as_ref(), Some(&dst_ep), ids);
+    if let Some((dir, ep_ifindex, ep_id)) = enforce(&cfg, &pkt, &ct, &conn, now, ids) {
+        return drop_packet(&cfg, &pkt, &ct, abi::DROP_POLICY_DENIED, ep_ifindex, ids, ep_id, dir);
     }
     count(abi::COUNTER_PACKETS_FORWARDED);
     trace(&cfg, &pkt, &ct, abi::TRACE_TO_LXC, ifx, ids, dst_ep.endpoint_id, now);
