@@ -111,6 +111,7 @@ pub fn rr(args: &RrArgs) -> anyhow::Result<()> {
             conn.set_nodelay(true)?;
             conn.write_all(&b)?;
             conn.read_exact(&mut b)?;
+            abortive_close(&conn);
             n += 1;
         }
         println!("{:.0}", n as f64 / start.elapsed().as_secs_f64());
@@ -131,6 +132,23 @@ pub fn rr(args: &RrArgs) -> anyhow::Result<()> {
     }
     println!("{:.0}", n as f64 / start.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Closes with RST instead of FIN (SO_LINGER 0), so that a connection-rate
+/// run does not exhaust ephemeral ports in TIME_WAIT.
+fn abortive_close(conn: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt on an open socket with a correctly sized value.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 fn netns_exec(state: &LabState, pod: &str) -> anyhow::Result<Command> {
@@ -232,6 +250,7 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
         ct_timeouts: String::new(),
         ct_gc_interval: "5s".into(),
         policy_audit: false,
+        flow_capacity: 4095,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

@@ -2,17 +2,17 @@
 //! the datapath's decoded events printed live. It always cleans up after
 //! itself, on Ctrl-C, SIGTERM, --duration, or error.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sightline_collector::control::{StreamItem, Subscription};
 
 use crate::lab::cluster::{self, LabState};
 use crate::lab::types::Protocol;
+use crate::observe::{PrintOptions, Printer};
 
 /// The sample application.
 pub const SAMPLE_APP: &str = r"# Sightline demo: a shop, its payments backend, and a DNS server.
@@ -131,6 +131,7 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
         ct_timeouts: String::new(),
         ct_gc_interval: "5s".into(),
         policy_audit: false,
+        flow_capacity: 4095,
     })?;
     let _ = std::fs::remove_dir_all(&dir);
     for p in state.pods.values() {
@@ -153,23 +154,42 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
     result
 }
 
-/// Prints events until stopped. A closed stdout (e.g. `| head`) ends the
-/// demo normally, so that it still cleans up.
+/// Prints flows until stopped, as `sightline observe --follow` would: the
+/// demo is a client of the collector's Hubble-compatible gRPC API. A closed
+/// stdout (e.g. `| head`) ends the demo normally, so that it still cleans up.
 fn print_events(state: &LabState, stop: &AtomicBool, duration: Option<Duration>) -> anyhow::Result<()> {
-    let mut sub = Subscription::open(&state.nodes[0].control_socket).context("subscribing to the collector")?;
-    let start = Instant::now();
-    let mut out = std::io::stdout();
-    while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| start.elapsed() < d) {
-        let line = match sub.next_timeout(Duration::from_millis(200))? {
-            Some(StreamItem::Record(r)) => r.summary(),
-            Some(StreamItem::Lost { lost }) => format!("-- {lost} events lost: the printer fell behind --"),
-            None => continue,
-        };
-        if writeln!(out, "{line}").is_err() {
-            break;
+    use sightline_proto::observer::GetFlowsRequest;
+    use sightline_proto::observer::observer_client::ObserverClient;
+    use tokio_stream::StreamExt as _;
+
+    let grpc = state.nodes[0].grpc.clone().context("the lab's collector serves no gRPC address")?;
+    eprintln!("demo: flows from {grpc} (the same as `sightline observe --lab {} --follow`):", state.name);
+    let rt = crate::runtime()?;
+    rt.block_on(async {
+        let mut client = ObserverClient::connect(format!("http://{grpc}")).await.context("connecting to the collector")?;
+        let mut stream = client
+            .get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() })
+            .await
+            .context("GetFlows")?
+            .into_inner();
+        let opts = PrintOptions { color: std::io::stdout().is_terminal(), policy_names: true, ..PrintOptions::default() };
+        let mut printer = Printer::new(opts, std::io::stdout(), std::io::stderr());
+        let start = Instant::now();
+        while !stop.load(Ordering::Relaxed) && duration.is_none_or(|d| start.elapsed() < d) {
+            match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
+                Ok(Some(Ok(resp))) => {
+                    if printer.write(&resp).is_err() {
+                        break;
+                    }
+                }
+                Ok(Some(Err(status))) => anyhow::bail!("the flow stream failed: {}", status.message()),
+                Ok(None) => break,
+                Err(_) => {}
+            }
         }
-    }
-    Ok(())
+        let _ = printer.finish();
+        Ok(())
+    })
 }
 
 fn generate_traffic(state: &LabState, stop: &AtomicBool) {

@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod lab;
+mod observe;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,15 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// Prints flows from the flow API, like `hubble observe`.
+    Observe(observe::ObserveArgs),
+    /// The flow server's status: flows stored and seen, rate, uptime, nodes.
+    Status(observe::StatusArgs),
+    /// Lists what the flow server knows.
+    List {
+        #[command(subcommand)]
+        what: observe::ListCommand,
     },
 }
 
@@ -87,6 +97,9 @@ enum LabCommand {
         /// dropping anything.
         #[arg(long)]
         policy_audit: bool,
+        /// Flows each collector keeps for clients (2^n − 1).
+        #[arg(long, default_value_t = 4095)]
+        flow_capacity: usize,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -209,6 +222,13 @@ struct CollectorArgs {
     /// How often expired connections are deleted.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     ct_gc_interval: Duration,
+    /// Serve the gRPC API (Hubble's Observer and Peer, health, reflection)
+    /// on this address (loopback in a lab).
+    #[arg(long)]
+    grpc: Option<std::net::SocketAddr>,
+    /// Flows kept for clients (2^n − 1).
+    #[arg(long, default_value_t = 4095)]
+    flow_capacity: usize,
     /// Print `ready` on stdout once the control socket accepts requests.
     #[arg(long, hide = true)]
     notify_ready: bool,
@@ -287,6 +307,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 debug_events: args.debug_events,
                 ct_timeouts: args.ct_timeouts,
                 gc_interval: args.ct_gc_interval,
+                grpc: args.grpc,
+                flow_capacity: args.flow_capacity,
             };
             let notify = args.notify_ready;
             runtime()?.block_on(agent::run(opts, notify))?;
@@ -297,6 +319,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::Policy(args) => bench::policy(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Rr(args) => bench::rr(&args).map(|()| ExitCode::SUCCESS),
         },
+        Command::Observe(args) => observe::observe(args).map(|()| ExitCode::SUCCESS),
+        Command::Status(args) => observe::status(args).map(|()| ExitCode::SUCCESS),
+        Command::List { what } => observe::list(what).map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -313,7 +338,18 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
         check_root()?;
     }
     match command {
-        LabCommand::Up { files, nodes, name, aggregation, debug_events, no_datapath, ct_timeouts, ct_gc_interval, policy_audit } => {
+        LabCommand::Up {
+            files,
+            nodes,
+            name,
+            aggregation,
+            debug_events,
+            no_datapath,
+            ct_timeouts,
+            ct_gc_interval,
+            policy_audit,
+            flow_capacity,
+        } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
                 nodes,
@@ -324,6 +360,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 ct_timeouts,
                 ct_gc_interval,
                 policy_audit,
+                flow_capacity,
             })?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",

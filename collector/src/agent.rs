@@ -26,6 +26,8 @@ use crate::datapath::{self, Plan};
 use crate::decoder::{self, Metadata, Record};
 use crate::loader::{self, LoaderError, ProbeOptions, Probes};
 use crate::netns::netns_inode;
+use crate::flow::{FlowBuilder, Store};
+use crate::observer::{self, ObserverState};
 use crate::state::NodeState;
 
 /// Monitor aggregation level (Cilium's names and numbers).
@@ -84,6 +86,11 @@ pub struct AgentOptions {
     pub ct_timeouts: CtTimeouts,
     /// How often expired connections are deleted.
     pub gc_interval: Duration,
+    /// Where to serve the gRPC API (Observer, Peer, health, reflection);
+    /// `None`: not served.
+    pub grpc: Option<std::net::SocketAddr>,
+    /// Flows kept in the store (2^n − 1).
+    pub flow_capacity: usize,
 }
 
 /// Connection lifetimes after a connection's last packet.
@@ -164,6 +171,10 @@ pub enum AgentError {
     Control { path: PathBuf, #[source] source: std::io::Error },
     #[error("ring buffer: {0}")]
     RingBuf(#[source] std::io::Error),
+    #[error("flow store: {0}")]
+    Store(#[from] crate::flow::StoreError),
+    #[error("gRPC address {address}: {source}")]
+    Grpc { address: std::net::SocketAddr, #[source] source: std::io::Error },
 }
 
 struct Inner {
@@ -173,6 +184,9 @@ struct Inner {
 
 struct Shared {
     opts: AgentOptions,
+    observer: Arc<ObserverState>,
+    /// The desired state last applied (for agent events).
+    applied: Mutex<Option<NodeState>>,
     inner: Mutex<Inner>,
     meta: RwLock<Arc<Metadata>>,
     events: broadcast::Sender<Arc<Record>>,
@@ -238,7 +252,22 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         ..Metadata::default()
     };
     let (events, _) = broadcast::channel(65_536);
+    let store = Arc::new(Store::new(opts.flow_capacity)?);
+    let grpc_listener = match opts.grpc {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address).await.map_err(|source| AgentError::Grpc { address, source })?,
+        ),
+        None => None,
+    };
+    let address = grpc_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let observer = Arc::new(ObserverState::new(opts.node_name.clone(), address, store));
+    observer.agent_events.agent_started();
     let shared = Arc::new(Shared {
+        observer: Arc::clone(&observer),
+        applied: Mutex::new(None),
         kernel_drops: !meta.kernel_reasons.is_empty(),
         opts: opts.clone(),
         inner: Mutex::new(Inner { probes, plan: Plan::default() }),
@@ -262,6 +291,13 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         opts.aggregation
     );
 
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    let grpc = grpc_listener.map(|listener| {
+        log::info!("gRPC (Observer, Peer, health, reflection) on {address}");
+        tokio::spawn(observer::serve(Arc::clone(&observer), listener, async {
+            let _ = grpc_stopped.await;
+        }))
+    });
     if notify_ready {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -270,6 +306,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     }
     let consumer = tokio::spawn(consume(Arc::clone(&shared), ring));
     let gc = tokio::spawn(gc(Arc::clone(&shared)));
+    let losses = tokio::spawn(loss_monitor(Arc::clone(&shared)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::RingBuf)?;
     loop {
@@ -284,6 +321,14 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     }
     consumer.abort();
     gc.abort();
+    losses.abort();
+    let _ = stop_grpc.send(());
+    if let Some(grpc) = grpc {
+        match tokio::time::timeout(Duration::from_secs(2), grpc).await {
+            Ok(Ok(Err(err))) => log::warn!("{err}"),
+            _ => {}
+        }
+    }
     let _ = std::fs::remove_file(&opts.control_socket);
     log::info!("collector for {} stopped", opts.node_name);
     Ok(())
@@ -298,27 +343,39 @@ async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Result<(), Agen
         .map_err(|e| AgentError::RingBuf(e.into()))?;
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut builder = FlowBuilder::new();
     loop {
         tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(AgentError::RingBuf)?;
-                drain(&shared, guard.get_inner_mut());
+                drain(&shared, &mut builder, guard.get_inner_mut());
                 guard.clear_ready();
             }
-            _ = tick.tick() => drain(&shared, fd.get_mut()),
+            _ = tick.tick() => drain(&shared, &mut builder, fd.get_mut()),
         }
     }
 }
 
-fn drain(shared: &Shared, ring: &mut RingBuf<MapData>) {
+/// The pipeline for everything pending: decode → build the flow → hooks
+/// (namespaces seen, debug records for control subscribers) → store.
+fn drain(shared: &Shared, builder: &mut FlowBuilder, ring: &mut RingBuf<MapData>) {
     let listeners = shared.events.receiver_count() > 0 || shared.opts.debug_events;
-    let meta = if listeners { Some(Arc::clone(&shared.meta.read().expect("metadata lock"))) } else { None };
+    let meta = Arc::clone(&shared.meta.read().expect("metadata lock"));
+    let store = &shared.observer.store;
+    let mut last_ns = None;
     while let Some(item) = ring.next() {
         match decoder::decode(&item) {
             Ok(ev) => {
                 shared.decoded.fetch_add(1, Ordering::Relaxed);
-                if let Some(meta) = &meta {
-                    let record = Arc::new(Record::new(&ev, meta));
+                let flow = builder.build(&ev, &meta);
+                let names = [&flow.source.pod, &flow.destination.pod];
+                if names.iter().any(|p| p.is_some()) {
+                    shared.observer.saw_namespaces(names.iter().filter_map(|p| p.as_ref().map(|p| p.namespace.as_str())), flow.time_ns);
+                }
+                last_ns = Some(flow.time_ns);
+                store.push(flow);
+                if listeners {
+                    let record = Arc::new(Record::new(&ev, &meta));
                     if shared.opts.debug_events {
                         println!("{}", record.summary());
                     }
@@ -331,6 +388,17 @@ fn drain(shared: &Shared, ring: &mut RingBuf<MapData>) {
                 }
             }
         }
+    }
+    let _ = last_ns;
+}
+
+/// Reports kernel ring-buffer losses to following clients once a second.
+async fn loss_monitor(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let per_cpu = shared.inner.lock().expect("datapath lock").probes.counter_per_cpu(abi::COUNTER_EVENTS_LOST);
+        shared.observer.report_ring_losses(&per_cpu);
     }
 }
 
@@ -383,6 +451,8 @@ fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
         Ok(()) => {
             inner.plan = next.clone();
             *shared.meta.write().expect("metadata lock") = Arc::new(datapath::metadata(state, &next, &base));
+            drop(inner);
+            record_changes(shared, state);
             Ok(())
         }
         Err(err) => {
@@ -394,6 +464,40 @@ fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
             Err(err.to_string())
         }
     }
+}
+
+/// Agent events for what an applied state changed: policies updated or
+/// deleted, endpoints created or deleted.
+fn record_changes(shared: &Shared, state: &NodeState) {
+    let mut applied = shared.applied.lock().expect("applied state");
+    let log = &shared.observer.agent_events;
+    let (no_policies, no_endpoints) = (Vec::new(), Vec::new());
+    let (prev_policies, prev_endpoints) =
+        applied.as_ref().map_or((&no_policies, &no_endpoints), |s| (&s.policies, &s.endpoints));
+    let key = |p: &crate::policy::model::NetworkPolicy| (p.namespace.clone(), p.name.clone());
+    let revision = shared.inner.lock().map(|i| u64::from(i.probes.policy_revision())).unwrap_or(0);
+    for p in &state.policies {
+        if !prev_policies.iter().any(|q| q == p) {
+            log.policy(&p.namespace, &p.name, revision, (p.ingress.len() + p.egress.len()) as i64, false);
+        }
+    }
+    for p in prev_policies {
+        if !state.policies.iter().any(|q| key(q) == key(p)) {
+            log.policy(&p.namespace, &p.name, revision, 0, true);
+        }
+    }
+    let labels = |e: &crate::state::Endpoint| e.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect::<Vec<_>>();
+    for e in &state.endpoints {
+        if !prev_endpoints.iter().any(|q| q.id == e.id && q.name == e.name && q.namespace == e.namespace) {
+            log.endpoint(e.id, &e.namespace, &e.name, labels(e), false);
+        }
+    }
+    for e in prev_endpoints {
+        if !state.endpoints.iter().any(|q| q.id == e.id && q.name == e.name && q.namespace == e.namespace) {
+            log.endpoint(e.id, &e.namespace, &e.name, labels(e), true);
+        }
+    }
+    *applied = Some(state.clone());
 }
 
 fn status(shared: &Shared) -> Status {

@@ -785,7 +785,7 @@ impl KernelLayout {
             narrow(&what, btf.member_path_offset(s, path)?)
         };
 
-        let offsets = KernelOffsets {
+        let mut offsets = KernelOffsets {
             valid: 1,
             tp_skbaddr: field("skbaddr", 8)?,
             tp_protocol: field("protocol", 2)?,
@@ -808,6 +808,13 @@ impl KernelLayout {
             let name = name.strip_prefix(DROP_REASON_PREFIX).unwrap_or(&name);
             drop_reasons.entry(value).or_insert_with(|| name.to_owned());
         }
+        // The datapath's own drops (tc programs) are reported by the
+        // datapath; the kfree_skb probe skips these reasons.
+        let reason_of = |wanted: &str| {
+            drop_reasons.iter().find(|(_, n)| n.as_str() == wanted).and_then(|(v, _)| u16::try_from(*v).ok()).unwrap_or(0)
+        };
+        offsets.reason_tc_ingress = reason_of("TC_INGRESS");
+        offsets.reason_tc_egress = reason_of("TC_EGRESS");
         Ok(KernelLayout {
             offsets,
             drop_reasons,

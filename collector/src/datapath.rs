@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::sync::Arc;
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use sightline_abi as abi;
@@ -255,15 +256,41 @@ pub fn metadata(desired: &NodeState, plan: &Plan, base: &Metadata) -> Metadata {
         mono_to_unix_ns: base.mono_to_unix_ns,
         ..Metadata::default()
     };
+    for id in &desired.identities {
+        meta.identities.insert(id.id, id.labels.clone().into());
+    }
+    let labels_of = |identity: u32| meta.identities.get(&identity).cloned().unwrap_or_else(|| Arc::from(Vec::new()));
+    let mut pods = BTreeMap::new();
     for pod in &desired.pods {
-        meta.pods.insert(pod.ip, PodMeta { namespace: pod.namespace.clone(), name: pod.name.clone(), endpoint_id: 0 });
+        pods.insert(
+            pod.ip,
+            Arc::new(PodMeta {
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                endpoint_id: 0,
+                identity: pod.identity,
+                labels: labels_of(pod.identity),
+                node: pod.node.clone(),
+            }),
+        );
     }
     for ep in &desired.endpoints {
-        meta.pods.insert(ep.ip, PodMeta { namespace: ep.namespace.clone(), name: ep.name.clone(), endpoint_id: ep.id });
+        pods.insert(
+            ep.ip,
+            Arc::new(PodMeta {
+                namespace: ep.namespace.clone(),
+                name: ep.name.clone(),
+                endpoint_id: ep.id,
+                identity: ep.identity,
+                labels: labels_of(ep.identity),
+                node: desired.node_name.clone(),
+            }),
+        );
         if let Some(info) = plan.endpoints.get(&ep.ip.octets()) {
             meta.interfaces.insert(info.ifindex, ep.host_ifname.clone());
         }
     }
+    meta.pods = pods;
     meta.policy_sets = plan.policy.policy_sets.clone();
     for (id, p) in &plan.policy.endpoints {
         meta.selected_by.insert((*id, abi::DIR_INGRESS), p.ingress_selected_by.clone());

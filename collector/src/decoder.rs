@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sightline_abi as abi;
@@ -41,8 +42,10 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 #[derive(Clone, Debug, Default)]
 pub struct Metadata {
     pub node_name: String,
-    /// Pods by IP.
-    pub pods: BTreeMap<Ipv4Addr, PodMeta>,
+    /// Pods by IP (shared: flows keep an `Arc` instead of a copy).
+    pub pods: BTreeMap<Ipv4Addr, Arc<PodMeta>>,
+    /// Identity → its labels (`k8s:key=value`, `reserved:host`, …).
+    pub identities: BTreeMap<u32, Arc<[String]>>,
     /// Interface names by ifindex (node namespace).
     pub interfaces: BTreeMap<u32, String>,
     /// Kernel drop reason names.
@@ -55,11 +58,18 @@ pub struct Metadata {
     pub selected_by: BTreeMap<(u16, u8), Vec<String>>,
 }
 
-#[derive(Clone, Debug, Default)]
+/// What is known about a pod, shared by every flow that involves it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodMeta {
     pub namespace: String,
     pub name: String,
+    /// Endpoint id on this node; 0 for pods of other nodes.
     pub endpoint_id: u16,
+    pub identity: u32,
+    /// Identity labels in Cilium's `k8s:key=value` form, sorted.
+    pub labels: Arc<[String]>,
+    /// The node the pod runs on.
+    pub node: String,
 }
 
 /// One side of a record.
@@ -428,7 +438,10 @@ mod tests {
         let decoded = decode(&bytes_of(&ev)).unwrap();
         assert_eq!(decoded, ev);
         let mut meta = Metadata { node_name: "node-1".into(), mono_to_unix_ns: 1_700_000_000_000_000_000, ..Metadata::default() };
-        meta.pods.insert(Ipv4Addr::new(10, 244, 1, 2), PodMeta { namespace: "x".into(), name: "a".into(), endpoint_id: 1 });
+        meta.pods.insert(
+            Ipv4Addr::new(10, 244, 1, 2),
+            Arc::new(PodMeta { namespace: "x".into(), name: "a".into(), endpoint_id: 1, ..PodMeta::default() }),
+        );
         let r = Record::new(&decoded, &meta);
         assert_eq!(r.kind, "trace");
         assert_eq!(r.observation_point.as_deref(), Some("to-endpoint"));

@@ -224,6 +224,11 @@ impl Probes {
         Ok(())
     }
 
+    /// The current policy revision.
+    pub fn policy_revision(&self) -> u32 {
+        self.current_config.policy_revision
+    }
+
     /// Tells the datapath that policy changed: established connections are
     /// decided again at their next packet.
     pub fn bump_policy_revision(&mut self) -> Result<u32, LoaderError> {

@@ -72,6 +72,9 @@ fn verdicts_name_their_policies_and_denials_are_drops() {
         assert_eq!(d.denied_by, ["x/allow-b"]);
         assert_eq!(d.direction, "ingress");
     }
+    // Reported once, by the datapath: the kernel's own record of the drop
+    // (reason TC_INGRESS) is not repeated as a kernel drop.
+    assert!(!events.iter().any(|r| r.kind == "kernel-drop" && r.destination.port == 81), "policy drops are not reported twice");
     // Every retransmitted SYN is dropped and reported, none reaches b.
     assert!(!events.iter().any(|r| r.kind == "trace"
         && r.observation_point.as_deref() == Some("to-endpoint")

@@ -39,6 +39,9 @@ pub struct Node {
     pub node_ip: Ipv4Addr,
     pub collector_pid: u32,
     pub control_socket: PathBuf,
+    /// The collector's gRPC address (Observer, Peer, health), on loopback.
+    #[serde(default)]
+    pub grpc: Option<String>,
 }
 
 /// A pod as the lab plugged it in.
@@ -378,6 +381,10 @@ fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u
         .arg("--ct-gc-interval")
         .arg(&opts.ct_gc_interval)
         .arg("--notify-ready");
+    if let Some(grpc) = &node.grpc {
+        cmd.arg("--grpc").arg(grpc);
+    }
+    cmd.arg("--flow-capacity").arg(opts.flow_capacity.to_string());
     if opts.debug_events {
         cmd.arg("--debug-events");
     }
@@ -435,6 +442,8 @@ pub struct UpOptions {
     pub ct_gc_interval: String,
     /// Policy audit mode on every node.
     pub policy_audit: bool,
+    /// Flows each collector keeps.
+    pub flow_capacity: usize,
 }
 
 /// `lab up`.
@@ -453,6 +462,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
         .parse::<sightline_collector::agent::CtTimeouts>()
         .map_err(|e| anyhow!("--ct-timeouts: {e}"))?;
     sightline_collector::agent::parse_duration(&opts.ct_gc_interval).map_err(|e| anyhow!("--ct-gc-interval: {e}"))?;
+    sightline_collector::flow::Store::new(opts.flow_capacity).map_err(|e| anyhow!("--flow-capacity: {e}"))?;
     // Bad input fails before anything is created.
     let objects = read_manifests(&opts.files)?;
     let _lock = lock(&opts.name)?;
@@ -476,9 +486,11 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
                 node_ip,
                 collector_pid: 0,
                 control_socket: dir.join(format!("collector-{name}.sock")),
+                grpc: None,
                 name,
             };
             if opts.datapath {
+                node.grpc = Some(free_loopback_port()?);
                 node.collector_pid = start_collector(&opts.name, &node, opts)?;
             }
             nodes.push(node);
@@ -719,6 +731,19 @@ fn stray_collectors(name: &str) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// A loopback address with a port that is free now (the collector binds it
+/// right after; the default 4244 is kept for a real node agent, and labs side
+/// by side need their own).
+fn free_loopback_port() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+/// The gRPC address of a running lab's first collector, if any.
+pub fn default_server(lab_name: &str) -> Option<String> {
+    LabState::load(lab_name).ok()?.nodes.first()?.grpc.clone()
 }
 
 /// `lab down`.

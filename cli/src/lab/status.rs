@@ -18,8 +18,8 @@ pub fn json(state: &LabState) -> Value {
                 "name": n.name,
                 "pod_cidr": n.pod_cidr,
                 "node_ip": n.node_ip.to_string(),
-                // The gRPC Observer and metrics endpoints are not served yet.
-                "collector": {"grpc": Value::Null, "metrics": Value::Null,
+                // The metrics endpoint is not served yet.
+                "collector": {"grpc": n.grpc, "metrics": Value::Null,
                                "control": n.control_socket.display().to_string(),
                                "pid": n.collector_pid,
                                "stats": collector_stats(state, n)},

@@ -232,7 +232,12 @@ pub struct KernelOffsets {
     pub dev_nd_net: u16,
     /// `struct net` → `ns.inum`.
     pub net_ns_inum: u16,
-    pub _pad: [u16; 2],
+    /// Kernel drop reasons of packets dropped by tc programs
+    /// (`TC_INGRESS`, `TC_EGRESS`): the datapath's own drops, already
+    /// reported with their reason, so the kfree_skb program skips them.
+    /// 0 when the kernel has no such reason.
+    pub reason_tc_ingress: u16,
+    pub reason_tc_egress: u16,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28);
 

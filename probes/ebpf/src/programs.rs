@@ -736,6 +736,10 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {
     let skb: u64 = unsafe { ctx.read_at(usize::from(off.tp_skbaddr)) }.map_err(i64::from)?;
     // SAFETY: as above.
     let reason: u32 = unsafe { ctx.read_at(usize::from(off.tp_reason)) }.map_err(i64::from)?;
+    // Drops by tc programs are the datapath's own, reported with their reason.
+    if reason != 0 && (reason == u32::from(off.reason_tc_ingress) || reason == u32::from(off.reason_tc_egress)) {
+        return Ok(());
+    }
     let dev: u64 = read(skb + u64::from(off.skb_dev))?;
     if dev == 0 {
         return Ok(());

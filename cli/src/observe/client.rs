@@ -1,0 +1,297 @@
+//! Reaching the flow API: which address, TLS, dial and request timeouts, and
+//! errors that say what to do.
+
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use sightline_proto::observer::observer_client::ObserverClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use super::args::ConnectionArgs;
+
+/// hubble's default port (the relay's).
+pub const DEFAULT_PORT: u16 = 4245;
+/// Where to look when neither `--server` nor a lab gives an address.
+pub const DEFAULT_SERVER: &str = "localhost:4245";
+
+/// A failure to reach or use the server.
+#[derive(Debug)]
+pub enum ClientError {
+    /// `--server` is not an address.
+    Address { addr: String, reason: String },
+    /// The TLS flags or files.
+    Tls(String),
+    /// The connection could not be made.
+    Unreachable { addr: String, cause: String },
+    /// The server did not answer in time.
+    Timeout { addr: String, what: &'static str, after: Duration },
+    /// The server answered with an error.
+    Rpc { addr: String, what: &'static str, status: tonic::Status },
+}
+
+const HINT: &str = "is a lab running? start one with `sightline lab up`, or point --server at a flow API";
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Address { addr, reason } => write!(f, "--server {addr:?}: {reason}"),
+            Self::Tls(msg) => f.write_str(msg),
+            Self::Unreachable { addr, cause } => write!(f, "cannot reach the flow API at {addr}: {cause}; {HINT}"),
+            Self::Timeout { addr, what, after } => {
+                write!(f, "{what} at {addr}: no answer within {after:?}")?;
+                if *what == "connecting" { write!(f, "; {HINT}") } else { Ok(()) }
+            }
+            Self::Rpc { addr, what, status } => {
+                use tonic::Code;
+                match status.code() {
+                    Code::Unavailable => {
+                        write!(f, "{what} at {addr}: the server is unavailable: {}; {HINT}", status.message())
+                    }
+                    Code::Unimplemented => {
+                        write!(f, "{what} at {addr}: the server does not implement it ({})", status.message())
+                    }
+                    code => write!(f, "{what} at {addr} failed: {} ({code:?})", status.message()),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// The address to use: `--server`, else the lab's collector, else
+/// `localhost:4245`; and how to name it in messages.
+pub fn server_address(conn: &ConnectionArgs) -> (String, String) {
+    if let Some(s) = &conn.server {
+        return (s.clone(), s.clone());
+    }
+    match crate::lab::cluster::default_server(&conn.lab) {
+        Some(addr) => {
+            let label = format!("{addr} (the collector of lab {:?})", conn.lab);
+            (addr, label)
+        }
+        None => {
+            let label =
+                format!("{DEFAULT_SERVER} (the default: lab {:?} is not running or serves no flow API)", conn.lab);
+            (DEFAULT_SERVER.to_owned(), label)
+        }
+    }
+}
+
+/// A parsed `--server`: the URI to dial and whether TLS is implied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub uri: String,
+    pub tls: bool,
+}
+
+/// `host:port`, `[v6]:port`, `host` (port 4245), `http://…`, `https://…`.
+pub fn parse_target(addr: &str, tls_flag: bool) -> Result<Target, ClientError> {
+    let bad = |reason: &str| ClientError::Address { addr: addr.to_owned(), reason: reason.to_owned() };
+    let a = addr.trim();
+    let (rest, scheme_tls) = if let Some(r) = a.strip_prefix("https://") {
+        (r, true)
+    } else if let Some(r) = a.strip_prefix("http://") {
+        (r, false)
+    } else if a.starts_with("unix://") || a.starts_with("unix:") {
+        return Err(bad("Unix sockets are not supported by this client; give host:port"));
+    } else if a.contains("://") {
+        return Err(bad("expected host:port, http://host:port or https://host:port"));
+    } else {
+        (a, false)
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') {
+        return Err(bad("expected host:port"));
+    }
+    let hostport = if let Ok(v6) = rest.parse::<Ipv6Addr>() {
+        format!("[{v6}]:{DEFAULT_PORT}")
+    } else if rest.starts_with('[') {
+        match rest.split_once(']') {
+            Some((_, "")) => format!("{rest}:{DEFAULT_PORT}"),
+            Some((_, p)) if p.starts_with(':') => rest.to_owned(),
+            _ => return Err(bad("expected [IPv6]:port")),
+        }
+    } else {
+        match rest.rsplit_once(':') {
+            None => format!("{rest}:{DEFAULT_PORT}"),
+            Some(("", _)) => return Err(bad("the host is missing")),
+            Some(_) => rest.to_owned(),
+        }
+    };
+    if let Some((_, port)) = hostport.rsplit_once(':') {
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return Err(bad("the port must be 1 to 65535")),
+        }
+    }
+    let tls = tls_flag || scheme_tls;
+    let uri = format!("{}://{hostport}", if tls { "https" } else { "http" });
+    Endpoint::from_shared(uri.clone()).map_err(|e| bad(&e.to_string()))?;
+    Ok(Target { uri, tls })
+}
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|e| ClientError::Tls(format!("reading the {what} {}: {e}", path.display())))
+}
+
+fn tls_config(conn: &ConnectionArgs) -> Result<ClientTlsConfig, ClientError> {
+    let mut tls = ClientTlsConfig::new();
+    if conn.tls_ca_cert_files.is_empty() {
+        tls = tls.with_native_roots();
+    }
+    for path in &conn.tls_ca_cert_files {
+        let pem = read(path, "CA certificate")?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ClientError::Tls(format!("{}: not a PEM certificate", path.display())));
+        }
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    match (&conn.tls_client_cert_file, &conn.tls_client_key_file) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(read(cert, "client certificate")?, read(key, "client key")?));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(ClientError::Tls(
+                "--tls-client-cert-file and --tls-client-key-file go together (mutual TLS needs both)".to_owned(),
+            ));
+        }
+    }
+    if let Some(name) = &conn.tls_server_name {
+        tls = tls.domain_name(name.clone());
+    }
+    Ok(tls)
+}
+
+fn uses_tls_flags(conn: &ConnectionArgs) -> bool {
+    !conn.tls_ca_cert_files.is_empty()
+        || conn.tls_client_cert_file.is_some()
+        || conn.tls_client_key_file.is_some()
+        || conn.tls_server_name.is_some()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// A connected client and the address it talks to.
+pub struct Connected {
+    pub client: ObserverClient<Channel>,
+    /// The address as given.
+    pub addr: String,
+    /// The address and where it came from, for messages.
+    pub label: String,
+    pub request_timeout: Duration,
+}
+
+/// Dials the server (eagerly, so that an unreachable server is reported
+/// before anything else happens).
+pub async fn connect(conn: &ConnectionArgs) -> Result<Connected, ClientError> {
+    let (addr, label) = server_address(conn);
+    connect_to(conn, &addr, &label).await
+}
+
+/// Dials `addr` with the TLS and timeout settings of `conn`; `label` names
+/// it in errors.
+pub async fn connect_to(conn: &ConnectionArgs, addr: &str, label: &str) -> Result<Connected, ClientError> {
+    let target = parse_target(addr, conn.tls)?;
+    if !target.tls && uses_tls_flags(conn) {
+        return Err(ClientError::Tls("the --tls-* flags need --tls (or an https:// server)".to_owned()));
+    }
+    let mut endpoint = Endpoint::from_shared(target.uri.clone())
+        .map_err(|e| ClientError::Address { addr: addr.to_owned(), reason: e.to_string() })?
+        .connect_timeout(conn.timeout)
+        .tcp_nodelay(true);
+    if target.tls {
+        endpoint = endpoint.tls_config(tls_config(conn)?).map_err(|e| ClientError::Tls(error_chain(&e)))?;
+    }
+    let channel = match tokio::time::timeout(conn.timeout, endpoint.connect()).await {
+        Err(_) => return Err(ClientError::Timeout { addr: label.to_owned(), what: "connecting", after: conn.timeout }),
+        Ok(Err(e)) => return Err(ClientError::Unreachable { addr: label.to_owned(), cause: error_chain(&e) }),
+        Ok(Ok(c)) => c,
+    };
+    Ok(Connected {
+        client: ObserverClient::new(channel),
+        addr: addr.to_owned(),
+        label: label.to_owned(),
+        request_timeout: conn.request_timeout,
+    })
+}
+
+impl Connected {
+    /// Runs a request under `--request-timeout`.
+    pub async fn call<T, F>(&self, what: &'static str, fut: F) -> Result<T, ClientError>
+    where
+        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.request_timeout, fut).await {
+            Err(_) => Err(ClientError::Timeout { addr: self.label.clone(), what, after: self.request_timeout }),
+            Ok(Err(status)) => Err(ClientError::Rpc { addr: self.label.clone(), what, status }),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(addr: &str) -> Result<Target, String> {
+        parse_target(addr, false).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_address_says_where_it_came_from() {
+        let mut conn = crate::observe::args::tests::parse(&[]).expect("parses").opts.conn;
+        conn.lab = "no-such-lab-for-tests".into();
+        assert_eq!(
+            server_address(&conn),
+            (
+                "localhost:4245".to_owned(),
+                "localhost:4245 (the default: lab \"no-such-lab-for-tests\" is not running or serves no flow API)"
+                    .to_owned()
+            )
+        );
+        conn.server = Some("10.0.0.1:4244".into());
+        assert_eq!(server_address(&conn), ("10.0.0.1:4244".to_owned(), "10.0.0.1:4244".to_owned()));
+    }
+
+    #[test]
+    fn addresses() {
+        let ok = |uri: &str, tls: bool| Ok(Target { uri: uri.to_owned(), tls });
+        assert_eq!(t("127.0.0.1:4245"), ok("http://127.0.0.1:4245", false));
+        assert_eq!(t("localhost"), ok("http://localhost:4245", false));
+        assert_eq!(t("http://localhost:1234/"), ok("http://localhost:1234", false));
+        assert_eq!(t("https://relay.example:443"), ok("https://relay.example:443", true));
+        assert_eq!(t("[::1]:80"), ok("http://[::1]:80", false));
+        assert_eq!(t("::1"), ok("http://[::1]:4245", false));
+        assert_eq!(t("[fd00::1]"), ok("http://[fd00::1]:4245", false));
+        assert_eq!(parse_target("x:1", true).map_err(|e| e.to_string()), ok("https://x:1", true));
+        for (bad, why) in [
+            ("unix:///var/run/cilium/hubble.sock", "Unix sockets are not supported"),
+            ("grpc://x:1", "expected host:port"),
+            ("x:0", "the port must be 1 to 65535"),
+            ("x:99999", "the port must be 1 to 65535"),
+            ("x:http", "the port must be 1 to 65535"),
+            (":80", "the host is missing"),
+            ("", "expected host:port"),
+            ("x:1/path", "expected host:port"),
+        ] {
+            let e = t(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(e.starts_with(&format!("--server {bad:?}")), "{e}");
+        }
+    }
+}

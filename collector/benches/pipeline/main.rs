@@ -1,0 +1,291 @@
+//! What the collector's user-space pipeline costs per event, on one core:
+//!
+//! - `pipeline/raw_drain`: copying 112-byte event records out of a byte
+//!   buffer — the baseline, what draining the ring buffer costs without any
+//!   processing;
+//! - `pipeline/decode_build_store`: raw bytes → `decode` → `FlowBuilder::build`
+//!   → `Store::push` (a full store of the default capacity, so every push
+//!   also frees the flow it replaces), with the metadata of a node in a
+//!   cluster of a few hundred pods;
+//! - `pipeline/to_proto`: a stored flow → Hubble's `flow.Flow` protobuf, and
+//!   `pipeline/to_proto_masked` with the field mask `hubble observe` asks
+//!   for by default.
+//!
+//! Events are generated deterministically (no randomness crate): mostly
+//! traces between pods, some policy verdicts, drops and traffic to the world.
+
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sightline_abi as abi;
+use sightline_abi::Event;
+use sightline_collector::decoder::{Metadata, PodMeta, decode};
+use sightline_collector::flow::{FieldMask, Flow, FlowBuilder, Store, to_proto};
+
+/// Events per iteration (a ring-buffer drain of ~450 KiB).
+const BATCH: usize = 4096;
+const PODS: u32 = 300;
+const NAMESPACES: u32 = 10;
+/// Pods on the node the collector runs on (the rest are on other nodes).
+const LOCAL_PODS: u32 = 30;
+const EVENT_SIZE: usize = size_of::<Event>();
+
+/// The field mask `hubble observe` requests with its default output.
+const HUBBLE_DEFAULT_MASK: &[&str] = &[
+    "time",
+    "source.identity",
+    "source.namespace",
+    "source.pod_name",
+    "destination.identity",
+    "destination.namespace",
+    "destination.pod_name",
+    "source_service",
+    "destination_service",
+    "l4",
+    "IP",
+    "ethernet",
+    "l7",
+    "Type",
+    "node_name",
+    "is_reply",
+    "event_type",
+    "verdict",
+    "drop_reason_desc",
+    "traffic_direction",
+    "policy_match_type",
+    "trace_observation_point",
+    "Summary",
+];
+
+fn pod_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, (i / 200) as u8 + 1, (i % 200) as u8 + 2)
+}
+
+fn metadata() -> Metadata {
+    let mut meta = Metadata {
+        node_name: "node-1".into(),
+        mono_to_unix_ns: 1_700_000_000_000_000_000,
+        ..Metadata::default()
+    };
+    for i in 0..PODS {
+        let namespace = format!("ns{}", i % NAMESPACES);
+        let app = format!("app{}", i % 37);
+        let identity = 256 + i % 120;
+        let labels: Arc<[String]> = Arc::from([
+            format!("k8s:app={app}"),
+            format!("k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name={namespace}"),
+            format!("k8s:io.kubernetes.pod.namespace={namespace}"),
+        ]);
+        meta.identities.entry(identity).or_insert_with(|| Arc::clone(&labels));
+        let local = i < LOCAL_PODS;
+        meta.pods.insert(
+            pod_ip(i),
+            Arc::new(PodMeta {
+                namespace,
+                name: format!("{app}-{i:05x}-abcde"),
+                endpoint_id: if local { i as u16 + 1 } else { 0 },
+                identity,
+                labels,
+                node: if local { "node-1".into() } else { format!("node-{}", 2 + i % 3) },
+            }),
+        );
+        if local {
+            meta.interfaces.insert(100 + i, format!("lxc{:05}", i + 1));
+        }
+    }
+    for reason in 0..80 {
+        meta.kernel_reasons.insert(reason, format!("SKB_DROP_REASON_{reason}"));
+    }
+    for set in 1..=40 {
+        meta.policy_sets.insert(set, vec![format!("ns{}/allow-{set}", set % NAMESPACES), "ns0/allow-dns".into()]);
+    }
+    for ep in 1..=LOCAL_PODS as u16 {
+        for dir in [abi::DIR_INGRESS, abi::DIR_EGRESS] {
+            meta.selected_by.insert((ep, dir), vec![format!("ns{}/deny-{ep}", ep as u32 % NAMESPACES)]);
+        }
+    }
+    meta
+}
+
+/// Serialises an event field by field, in the layout of docs/ABI.md.
+fn event_bytes(ev: &Event) -> [u8; EVENT_SIZE] {
+    let mut out = Vec::with_capacity(EVENT_SIZE);
+    for v in [ev.ts_ns, ev.fwd_packets, ev.fwd_bytes, ev.rev_packets, ev.rev_bytes] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&ev.src_addr);
+    out.extend_from_slice(&ev.dst_addr);
+    for v in [ev.src_identity, ev.dst_identity, ev.ifindex, ev.pkt_len, ev.reason] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [ev.endpoint_id, ev.src_port, ev.dst_port] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(&[
+        ev.kind,
+        ev.sub_type,
+        ev.ip_version,
+        ev.protocol,
+        ev.tcp_flags,
+        ev.ct_state,
+        ev.direction,
+        ev.verdict,
+        ev.match_type,
+        ev.icmp_type,
+        ev.icmp_code,
+        ev.version,
+        0,
+        0,
+    ]);
+    let mut bytes = [0u8; EVENT_SIZE];
+    bytes.copy_from_slice(&out);
+    bytes
+}
+
+/// A deterministic mix of events, as the ring buffer would hold them.
+fn ring_bytes(n: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut buf = Vec::with_capacity(n * EVENT_SIZE);
+    for i in 0..n {
+        let r = next();
+        let local = (r % u64::from(LOCAL_PODS)) as u32;
+        let peer = ((r >> 8) % u64::from(PODS)) as u32;
+        let to_world = (r >> 20) % 20 == 0;
+        let mut ev = Event {
+            ts_ns: 1_000_000 + i as u64 * 1_000,
+            fwd_packets: r % 1000,
+            fwd_bytes: r % 1_000_000,
+            rev_packets: (r >> 10) % 1000,
+            rev_bytes: (r >> 10) % 1_000_000,
+            src_identity: 256 + local % 120,
+            dst_identity: if to_world { abi::IDENTITY_WORLD } else { 256 + peer % 120 },
+            ifindex: 100 + local,
+            pkt_len: 64 + (r % 1400) as u32,
+            endpoint_id: local as u16 + 1,
+            src_port: 30000 + (r % 30000) as u16,
+            dst_port: [80, 443, 53, 8080, 5432][(r >> 30) as usize % 5],
+            ip_version: 4,
+            protocol: if (r >> 33) % 10 == 0 { abi::IPPROTO_UDP } else { abi::IPPROTO_TCP },
+            tcp_flags: abi::TCP_ACK | if (r >> 36) % 8 == 0 { abi::TCP_SYN } else { abi::TCP_PSH },
+            ct_state: [abi::CT_NEW, abi::CT_ESTABLISHED, abi::CT_ESTABLISHED, abi::CT_REPLY][(r >> 40) as usize % 4],
+            version: abi::ABI_VERSION,
+            ..Event::default()
+        };
+        ev.src_addr[..4].copy_from_slice(&pod_ip(local).octets());
+        let dst = if to_world { Ipv4Addr::new(203, 0, 113, (r >> 44) as u8) } else { pod_ip(peer) };
+        ev.dst_addr[..4].copy_from_slice(&dst.octets());
+        match (r >> 48) % 20 {
+            0 | 1 => {
+                ev.kind = abi::EVENT_POLICY_VERDICT;
+                ev.sub_type = abi::TRACE_NONE;
+                ev.direction = abi::DIR_EGRESS;
+                ev.verdict = if (r >> 52) % 4 == 0 { abi::VERDICT_DROPPED } else { abi::VERDICT_FORWARDED };
+                ev.match_type = abi::MATCH_L3_L4;
+                ev.reason = 1 + ((r >> 54) % 40) as u32;
+            }
+            2 => {
+                ev.kind = abi::EVENT_DROP;
+                ev.sub_type = abi::DROP_POLICY_DENIED;
+                ev.direction = abi::DIR_EGRESS;
+            }
+            3 => {
+                ev.kind = abi::EVENT_KERNEL_DROP;
+                ev.reason = ((r >> 52) % 80) as u32;
+            }
+            p => {
+                ev.kind = abi::EVENT_TRACE;
+                ev.sub_type = [abi::TRACE_FROM_LXC, abi::TRACE_TO_LXC, abi::TRACE_TO_STACK][p as usize % 3];
+            }
+        }
+        buf.extend_from_slice(&event_bytes(&ev));
+    }
+    buf
+}
+
+fn built_flows(meta: &Metadata, bytes: &[u8]) -> Vec<Flow> {
+    let mut builder = FlowBuilder::new();
+    bytes
+        .chunks_exact(EVENT_SIZE)
+        .filter_map(|chunk| decode(chunk).ok())
+        .map(|ev| builder.build(&ev, meta))
+        .collect()
+}
+
+fn raw_drain(c: &mut Criterion) {
+    let bytes = ring_bytes(BATCH);
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("raw_drain", |b| {
+        b.iter(|| {
+            for chunk in black_box(&bytes[..]).chunks_exact(EVENT_SIZE) {
+                let mut record = [0u8; EVENT_SIZE];
+                record.copy_from_slice(chunk);
+                black_box(&record);
+            }
+        });
+    });
+    group.finish();
+}
+
+fn decode_build_store(c: &mut Criterion) {
+    let meta = metadata();
+    let bytes = ring_bytes(BATCH);
+    // Every event decodes (the generator writes valid events).
+    assert_eq!(bytes.chunks_exact(EVENT_SIZE).filter(|c| decode(c).is_ok()).count(), BATCH);
+    let store = Store::default();
+    let mut builder = FlowBuilder::new();
+    // Start full, as in steady state: each push frees the flow it replaces.
+    for flow in built_flows(&meta, &bytes) {
+        store.push(flow);
+    }
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("decode_build_store", |b| {
+        b.iter(|| {
+            for chunk in black_box(&bytes[..]).chunks_exact(EVENT_SIZE) {
+                if let Ok(ev) = decode(chunk) {
+                    store.push(builder.build(&ev, &meta));
+                }
+            }
+        });
+    });
+    group.finish();
+}
+
+fn to_proto_bench(c: &mut Criterion) {
+    const FLOWS: usize = 1024;
+    let meta = metadata();
+    let flows = built_flows(&meta, &ring_bytes(FLOWS));
+    let mask = FieldMask::new(HUBBLE_DEFAULT_MASK).expect("hubble's default mask is valid");
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(FLOWS as u64));
+    // Each protobuf is dropped inside the measurement, as a server drops it
+    // once encoded.
+    group.bench_function("to_proto", |b| {
+        b.iter(|| {
+            for flow in &flows {
+                black_box(to_proto(black_box(flow), "node-1", None));
+            }
+        });
+    });
+    group.bench_function("to_proto_masked", |b| {
+        b.iter(|| {
+            for flow in &flows {
+                black_box(to_proto(black_box(flow), "node-1", Some(&mask)));
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, raw_drain, decode_build_store, to_proto_bench);
+criterion_main!(benches);

@@ -1,0 +1,192 @@
+//! `GetFlows`: validate the request, read the store from the right place,
+//! filter, mask, send; in follow mode, keep reading as flows arrive.
+//!
+//! Each request reads the store on its own task through its own cursor and
+//! sends through a bounded channel: a client that stops reading blocks only
+//! its own task, never the pipeline or other clients. Flows it misses
+//! because the store overwrote them are reported as `LostEvent`
+//! (HUBBLE_RING_BUFFER); losses in the kernel ring buffer reach followers as
+//! `LostEvent` (PERF_EVENT_RING_BUFFER). Lost events are never filtered.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use sightline_proto::flow::{self as pb, LostEventSource};
+use sightline_proto::observer::{GetFlowsRequest, GetFlowsResponse, get_flows_response::ResponseTypes};
+use tokio::sync::{broadcast, mpsc};
+use tonic::Status;
+
+use super::{BoxStream, ObserverState};
+use crate::flow::convert::{FieldMask, lost_event, timestamp, to_proto};
+use crate::flow::filter::FlowFilters;
+use crate::flow::record::Flow;
+use crate::flow::store::{Entry, Start};
+
+/// How many responses may wait for a slow client before its reader pauses.
+const CLIENT_QUEUE: usize = 1024;
+
+fn ns_of(t: &prost_types::Timestamp) -> i64 {
+    t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos))
+}
+
+/// A validated request.
+struct Plan {
+    number: u64,
+    first: bool,
+    follow: bool,
+    since: Option<i64>,
+    until: Option<i64>,
+    filters: FlowFilters,
+    mask: Option<FieldMask>,
+}
+
+fn validate(req: &GetFlowsRequest) -> Result<Plan, Status> {
+    if req.first && req.follow {
+        return Err(Status::invalid_argument("first cannot be combined with follow: first reads the oldest flows, follow waits for new ones"));
+    }
+    if req.number > 0 && (req.since.is_some() || req.until.is_some()) {
+        return Err(Status::invalid_argument("number cannot be combined with since or until: give a count or a time range"));
+    }
+    let since = req.since.as_ref().map(ns_of);
+    let until = req.until.as_ref().map(ns_of);
+    if let (Some(s), Some(u)) = (since, until) {
+        if u < s {
+            return Err(Status::invalid_argument("until is before since"));
+        }
+    }
+    let filters = FlowFilters::new(&req.whitelist, &req.blacklist).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mask = match &req.field_mask {
+        Some(m) if !m.paths.is_empty() => {
+            Some(FieldMask::from_proto(m).map_err(|e| Status::invalid_argument(format!("field_mask: {e}")))?)
+        }
+        _ => None,
+    };
+    Ok(Plan { number: req.number, first: req.first, follow: req.follow, since, until, filters, mask })
+}
+
+fn flow_response(flow: &Flow, node: &str, mask: Option<&FieldMask>) -> GetFlowsResponse {
+    GetFlowsResponse {
+        node_name: node.to_owned(),
+        time: Some(timestamp(flow.time_ns)),
+        response_types: Some(ResponseTypes::Flow(to_proto(flow, node, mask))),
+    }
+}
+
+fn lost_response(lost: pb::LostEvent, node: &str) -> GetFlowsResponse {
+    GetFlowsResponse {
+        node_name: node.to_owned(),
+        time: Some(timestamp(super::events::now_ns())),
+        response_types: Some(ResponseTypes::LostEvents(lost)),
+    }
+}
+
+/// Starts a GetFlows stream.
+pub(super) fn get_flows(state: Arc<ObserverState>, req: GetFlowsRequest) -> Result<BoxStream<GetFlowsResponse>, Status> {
+    let plan = validate(&req)?;
+    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    // Subscribe before reading the backlog so no kernel loss is missed.
+    let losses = plan.follow.then(|| state.losses.subscribe());
+    tokio::spawn(async move {
+        let _ = run(&state, &plan, &tx, losses).await;
+    });
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// Sends; `Err` when the client is gone.
+async fn send(tx: &mpsc::Sender<Result<GetFlowsResponse, Status>>, r: GetFlowsResponse) -> Result<(), ()> {
+    tx.send(Ok(r)).await.map_err(|_| ())
+}
+
+async fn run(
+    state: &ObserverState,
+    plan: &Plan,
+    tx: &mpsc::Sender<Result<GetFlowsResponse, Status>>,
+    losses: Option<broadcast::Receiver<pb::LostEvent>>,
+) -> Result<(), ()> {
+    let node = state.node_name.as_str();
+    let store = &state.store;
+    let in_window = |f: &Flow| plan.since.is_none_or(|s| f.time_ns >= s) && plan.until.is_none_or(|u| f.time_ns <= u);
+    let wanted = |f: &Flow| in_window(f) && plan.filters.matches(f, node);
+    let mask = plan.mask.as_ref();
+    let lost_ring = |n: u64| lost_response(lost_event(LostEventSource::HubbleRingBuffer, n, 0, 0), node);
+
+    // The backlog, read up to what is present now.
+    let end = store.seen();
+    let start = if plan.follow && plan.number == 0 && plan.since.is_none() { Start::Now } else { Start::Oldest };
+    let mut reader = store.reader(start);
+    if plan.first {
+        let mut sent = 0u64;
+        while reader.position() < end && (plan.number == 0 || sent < plan.number) {
+            match reader.next() {
+                Some(Entry::Flow(f)) if wanted(&f) => {
+                    send(tx, flow_response(&f, node, mask)).await?;
+                    sent += 1;
+                }
+                Some(Entry::Flow(_)) => {}
+                Some(Entry::Lost(n)) => send(tx, lost_ring(n)).await?,
+                None => break,
+            }
+        }
+        return Ok(());
+    }
+    // Last N matching (N = 0: all), oldest first.
+    let keep = if plan.number == 0 { usize::MAX } else { usize::try_from(plan.number).unwrap_or(usize::MAX) };
+    let mut backlog: VecDeque<Arc<Flow>> = VecDeque::new();
+    let mut lost_in_backlog = 0u64;
+    while reader.position() < end {
+        match reader.next() {
+            Some(Entry::Flow(f)) if wanted(&f) => {
+                if backlog.len() == keep {
+                    backlog.pop_front();
+                }
+                backlog.push_back(f);
+            }
+            Some(Entry::Flow(_)) => {}
+            Some(Entry::Lost(n)) => lost_in_backlog += n,
+            None => break,
+        }
+    }
+    if lost_in_backlog > 0 {
+        send(tx, lost_ring(lost_in_backlog)).await?;
+    }
+    for f in backlog {
+        send(tx, flow_response(&f, node, mask)).await?;
+    }
+    if !plan.follow {
+        return Ok(());
+    }
+
+    // Follow: new flows as they come, kernel losses as they are counted.
+    let mut losses = losses;
+    loop {
+        let entry = match losses.as_mut() {
+            Some(rx) => tokio::select! {
+                e = reader.next_wait() => e,
+                lost = rx.recv() => {
+                    match lost {
+                        Ok(l) => send(tx, lost_response(l, node)).await?,
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => losses = None,
+                    }
+                    continue;
+                }
+                () = tx.closed() => return Err(()),
+            },
+            None => tokio::select! {
+                e = reader.next_wait() => e,
+                () = tx.closed() => return Err(()),
+            },
+        };
+        match entry {
+            Entry::Flow(f) => {
+                if plan.until.is_some_and(|u| f.time_ns > u) {
+                    return Ok(());
+                }
+                if wanted(&f) {
+                    send(tx, flow_response(&f, node, mask)).await?;
+                }
+            }
+            Entry::Lost(n) => send(tx, lost_ring(n)).await?,
+        }
+    }
+}

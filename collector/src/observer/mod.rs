@@ -1,0 +1,322 @@
+//! The collector's gRPC server: Hubble's `observer.Observer` and
+//! `peer.Peer`, `grpc.health.v1`, and server reflection, on one address.
+//!
+//! The server only reads: flows from the store (each client reads at its own
+//! pace and never slows the pipeline or other clients: a client that stops
+//! reading only stalls its own stream), agent events from their log, and
+//! counters. Requests are validated first; bad ones get INVALID_ARGUMENT with
+//! a message that names what is wrong.
+
+pub mod events;
+mod flows;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use sightline_proto::observer::observer_server::{Observer, ObserverServer};
+use sightline_proto::observer::{
+    GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest, GetDebugEventsResponse, GetFlowsRequest,
+    GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest, GetNodesResponse, Namespace, Node,
+    ServerStatusRequest, ServerStatusResponse,
+};
+use sightline_proto::peer::peer_server::{Peer, PeerServer};
+use sightline_proto::peer::{ChangeNotification, ChangeNotificationType, NotifyRequest};
+use sightline_proto::relay::NodeState;
+use sightline_proto::flow::{LostEvent, LostEventSource};
+use tokio::sync::broadcast;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::flow::store::Store;
+use events::{AgentEventLog, now_ns, timestamp};
+
+/// The version string reported to clients.
+pub const VERSION: &str = concat!("sightline ", env!("CARGO_PKG_VERSION"));
+
+/// Namespaces seen in flows within this long are listed by GetNamespaces.
+const NAMESPACE_WINDOW_NS: i64 = 3600 * 1_000_000_000;
+
+/// Everything the server reads, shared with the agent.
+pub struct ObserverState {
+    pub node_name: String,
+    /// The address clients reach this server on (for Peer and GetNodes).
+    pub address: SocketAddr,
+    pub started: Instant,
+    pub store: Arc<Store>,
+    pub agent_events: AgentEventLog,
+    /// Namespace → last time a flow involved it (Unix ns).
+    pub namespaces: Mutex<BTreeMap<String, i64>>,
+    /// Events the probes could not write (ring buffer full), per CPU, as
+    /// last reported.
+    ring_lost: Mutex<Vec<u64>>,
+    /// Losses for followers (kernel ring buffer).
+    pub losses: broadcast::Sender<LostEvent>,
+    /// Total flows lost to a full kernel ring buffer.
+    pub ring_lost_total: AtomicU64,
+    /// For `flows_rate`: (time, seen) a while ago.
+    rate_mark: Mutex<(Instant, u64)>,
+}
+
+impl ObserverState {
+    #[must_use]
+    pub fn new(node_name: String, address: SocketAddr, store: Arc<Store>) -> Self {
+        Self {
+            node_name,
+            address,
+            started: Instant::now(),
+            store,
+            agent_events: AgentEventLog::new(1024),
+            namespaces: Mutex::new(BTreeMap::new()),
+            ring_lost: Mutex::new(Vec::new()),
+            losses: broadcast::channel(256).0,
+            ring_lost_total: AtomicU64::new(0),
+            rate_mark: Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Notes that a flow involved these namespaces (called by the pipeline).
+    pub fn saw_namespaces<'a>(&self, names: impl IntoIterator<Item = &'a str>, time_ns: i64) {
+        let mut map = self.namespaces.lock().expect("namespaces");
+        for n in names {
+            match map.get_mut(n) {
+                Some(t) => *t = (*t).max(time_ns),
+                None => {
+                    map.insert(n.to_owned(), time_ns);
+                }
+            }
+        }
+    }
+
+    /// Flows per second over the last interval (at least a second).
+    fn flows_rate(&self) -> f64 {
+        let seen = self.store.seen();
+        let mut mark = self.rate_mark.lock().expect("rate mark");
+        let elapsed = mark.0.elapsed().as_secs_f64();
+        let rate = if elapsed > 0.0 { (seen - mark.1) as f64 / elapsed } else { 0.0 };
+        if elapsed >= 1.0 {
+            *mark = (Instant::now(), seen);
+        }
+        rate
+    }
+
+    fn uptime_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The Observer and Peer services over one state.
+#[derive(Clone)]
+pub struct Service {
+    state: Arc<ObserverState>,
+}
+
+impl Service {
+    #[must_use]
+    pub fn new(state: Arc<ObserverState>) -> Self {
+        Self { state }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl Observer for Service {
+    type GetFlowsStream = BoxStream<GetFlowsResponse>;
+    type GetAgentEventsStream = BoxStream<GetAgentEventsResponse>;
+    type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
+
+    async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let stream = flows::get_flows(Arc::clone(&self.state), request.into_inner())?;
+        Ok(Response::new(stream))
+    }
+
+    async fn get_agent_events(
+        &self,
+        request: Request<GetAgentEventsRequest>,
+    ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        let req = request.into_inner();
+        if req.first && req.follow {
+            return Err(Status::invalid_argument("first cannot be combined with follow"));
+        }
+        let since = req.since.map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos));
+        let until = req.until.map(|t| t.seconds * 1_000_000_000 + i64::from(t.nanos));
+        let in_window = move |t: i64| since.is_none_or(|s| t >= s) && until.is_none_or(|u| t <= u);
+        let mut backlog: Vec<_> = self.state.agent_events.recent().into_iter().filter(|r| in_window(r.time_ns)).collect();
+        if req.number > 0 {
+            let n = usize::try_from(req.number).unwrap_or(usize::MAX);
+            if req.first {
+                backlog.truncate(n);
+            } else if backlog.len() > n {
+                backlog.drain(..backlog.len() - n);
+            }
+        }
+        let node = self.state.node_name.clone();
+        let to_response = move |r: events::Recorded| GetAgentEventsResponse {
+            agent_event: Some(r.event),
+            node_name: node.clone(),
+            time: Some(timestamp(r.time_ns)),
+        };
+        let live = req.follow.then(|| self.state.agent_events.subscribe());
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            for r in backlog {
+                if tx.send(Ok(to_response(r))).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(mut live) = live {
+                loop {
+                    match live.recv().await {
+                        Ok(r) if in_window(r.time_ns) => {
+                            if tx.send(Ok(to_response(r))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn get_debug_events(
+        &self,
+        _request: Request<GetDebugEventsRequest>,
+    ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        // The probes emit no debug events: an empty stream, not an error.
+        Ok(Response::new(Box::pin(tokio_stream::empty())))
+    }
+
+    async fn get_nodes(&self, _request: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
+        let s = &self.state;
+        Ok(Response::new(GetNodesResponse {
+            nodes: vec![Node {
+                name: s.node_name.clone(),
+                version: VERSION.to_owned(),
+                address: s.address.to_string(),
+                state: NodeState::NodeConnected as i32,
+                tls: None,
+                uptime_ns: s.uptime_ns(),
+                num_flows: s.store.len() as u64,
+                max_flows: s.store.capacity() as u64,
+                seen_flows: s.store.seen(),
+            }],
+        }))
+    }
+
+    async fn get_namespaces(
+        &self,
+        _request: Request<GetNamespacesRequest>,
+    ) -> Result<Response<GetNamespacesResponse>, Status> {
+        let cutoff = now_ns() - NAMESPACE_WINDOW_NS;
+        let map = self.state.namespaces.lock().expect("namespaces");
+        // Sorted by cluster, then namespace (one cluster: "default").
+        let namespaces = map
+            .iter()
+            .filter(|(_, t)| **t >= cutoff)
+            .map(|(n, _)| Namespace { cluster: "default".to_owned(), namespace: n.clone() })
+            .collect();
+        Ok(Response::new(GetNamespacesResponse { namespaces }))
+    }
+
+    async fn server_status(
+        &self,
+        _request: Request<ServerStatusRequest>,
+    ) -> Result<Response<ServerStatusResponse>, Status> {
+        let s = &self.state;
+        Ok(Response::new(ServerStatusResponse {
+            num_flows: s.store.len() as u64,
+            max_flows: s.store.capacity() as u64,
+            seen_flows: s.store.seen(),
+            uptime_ns: s.uptime_ns(),
+            num_connected_nodes: Some(1),
+            num_unavailable_nodes: Some(0),
+            unavailable_nodes: Vec::new(),
+            version: VERSION.to_owned(),
+            flows_rate: s.flows_rate(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for Service {
+    type NotifyStream = BoxStream<ChangeNotification>;
+
+    /// This node, then nothing until the client goes away (a collector knows
+    /// only itself; the relay learns the cluster from every node).
+    async fn notify(&self, _request: Request<NotifyRequest>) -> Result<Response<Self::NotifyStream>, Status> {
+        let me = ChangeNotification {
+            name: self.state.node_name.clone(),
+            address: self.state.address.to_string(),
+            r#type: ChangeNotificationType::PeerAdded as i32,
+            tls: None,
+        };
+        let stream = tokio_stream::StreamExt::chain(tokio_stream::once(Ok(me)), tokio_stream::pending());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("binding the gRPC address {address}: {source}")]
+    Bind { address: SocketAddr, #[source] source: std::io::Error },
+    #[error("gRPC server reflection: {0}")]
+    Reflection(String),
+    #[error("gRPC server on {address}: {source}")]
+    Serve { address: SocketAddr, #[source] source: tonic::transport::Error },
+}
+
+/// Binds `listener` and serves until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<ObserverState>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let address = state.address;
+    let service = Service::new(state);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ObserverServer<Service>>().await;
+    health.set_serving::<PeerServer<Service>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sightline_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ObserverServer::new(service.clone()))
+        .add_service(PeerServer::new(service))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|source| ServeError::Serve { address, source })
+}
+
+impl ObserverState {
+    /// Reports the probes' per-CPU lost-event counters: what grew since the
+    /// last report goes to following clients as `LostEvent`s
+    /// (PERF_EVENT_RING_BUFFER, with the CPU).
+    pub fn report_ring_losses(&self, per_cpu: &[u64]) {
+        let mut last = self.ring_lost.lock().expect("ring losses");
+        if last.len() < per_cpu.len() {
+            last.resize(per_cpu.len(), 0);
+        }
+        let now = now_ns();
+        for (cpu, (&total, seen)) in per_cpu.iter().zip(last.iter_mut()).enumerate() {
+            let new = total.saturating_sub(*seen);
+            *seen = total;
+            if new > 0 {
+                self.ring_lost_total.fetch_add(new, Ordering::Relaxed);
+                let mut lost = crate::flow::convert::lost_event(LostEventSource::PerfEventRingBuffer, new, now, now);
+                lost.cpu = i32::try_from(cpu).ok();
+                let _ = self.losses.send(lost);
+            }
+        }
+    }
+}
