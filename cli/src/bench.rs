@@ -46,6 +46,44 @@ pub struct RrArgs {
 }
 
 #[derive(Args)]
+pub struct ObserveArgs {
+    /// Flows in the store and streamed per run (at most 65535).
+    #[arg(long, default_value_t = 65_535)]
+    flows: usize,
+    #[arg(long, default_value_t = 5)]
+    repeat: u32,
+    /// Record the figures in this Markdown file (between bench markers).
+    #[arg(long)]
+    write: Option<PathBuf>,
+}
+
+/// `bench observe`: GetFlows streaming rate to one client over loopback.
+pub fn observe(args: &ObserveArgs) -> anyhow::Result<()> {
+    let rt = crate::runtime()?;
+    let f = rt.block_on(sightline_collector::bench::stream_rate(args.flows, args.repeat))?;
+    let report = format!(
+        "| what | per second | vs raw copy |\n|---|---|---|\n\
+         | raw 112-byte event records copied (no processing) | {:.0} | 1× |\n\
+         | GetFlows, full flows, one client over loopback | {:.0} | {:.4}× |\n\
+         | GetFlows with `hubble observe`'s field mask | {:.0} | {:.4}× |\n",
+        f.raw_copy_per_sec,
+        f.full_per_sec,
+        f.full_per_sec / f.raw_copy_per_sec,
+        f.masked_per_sec,
+        f.masked_per_sec / f.raw_copy_per_sec,
+    );
+    print!("{report}");
+    if let Some(path) = &args.write {
+        let section = format!(
+            "<!-- bench:observe:start -->\nMeasured by `sightline bench observe --flows {} --repeat {}` (medians, same run; the client and the server share the machine's 2 cores).\n\n{report}<!-- bench:observe:end -->",
+            f.flows, args.repeat
+        );
+        write_section(path, "observe", &section)?;
+    }
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct PolicyArgs {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
@@ -251,6 +289,7 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
         ct_gc_interval: "5s".into(),
         policy_audit: false,
         flow_capacity: 4095,
+        metrics: Vec::new(),
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

@@ -132,6 +132,7 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
         ct_gc_interval: "5s".into(),
         policy_audit: false,
         flow_capacity: 4095,
+        metrics: Vec::new(),
     })?;
     let _ = std::fs::remove_dir_all(&dir);
     for p in state.pods.values() {

@@ -100,6 +100,10 @@ enum LabCommand {
         /// Flows each collector keeps for clients (2^n − 1).
         #[arg(long, default_value_t = 4095)]
         flow_capacity: usize,
+        /// Hubble metrics handlers for the collectors, Hubble's syntax, e.g.
+        /// `flow:sourceContext=pod;destinationContext=pod,drop,policy`.
+        #[arg(long = "metrics")]
+        metrics: Vec<String>,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -229,6 +233,14 @@ struct CollectorArgs {
     /// Flows kept for clients (2^n − 1).
     #[arg(long, default_value_t = 4095)]
     flow_capacity: usize,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long)]
+    metrics_address: Option<std::net::SocketAddr>,
+    /// Hubble metrics handlers and their options, Hubble's syntax, e.g.
+    /// `flow:sourceContext=pod;destinationContext=pod,drop,policy`
+    /// (repeatable; default: drop, tcp, flow, port-distribution, icmp).
+    #[arg(long = "metrics")]
+    metrics: Vec<String>,
     /// Print `ready` on stdout once the control socket accepts requests.
     #[arg(long, hide = true)]
     notify_ready: bool,
@@ -243,6 +255,9 @@ enum BenchCommand {
     /// per-packet (in the kernel), TCP throughput and connection rate,
     /// against the same rules as iptables in the same topology.
     Policy(bench::PolicyArgs),
+    /// GetFlows streaming rate to one client over loopback, against copying
+    /// raw event records.
+    Observe(bench::ObserveArgs),
     /// (internal) request/response client and server used by `datapath`.
     #[command(hide = true)]
     Rr(bench::RrArgs),
@@ -309,6 +324,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 gc_interval: args.ct_gc_interval,
                 grpc: args.grpc,
                 flow_capacity: args.flow_capacity,
+                metrics: args.metrics_address,
+                metrics_config: sightline_collector::metrics::MetricsConfig::from_entries(&args.metrics)?,
             };
             let notify = args.notify_ready;
             runtime()?.block_on(agent::run(opts, notify))?;
@@ -317,6 +334,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { command } => match command {
             BenchCommand::Datapath(args) => bench::datapath(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Policy(args) => bench::policy(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Observe(args) => bench::observe(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Rr(args) => bench::rr(&args).map(|()| ExitCode::SUCCESS),
         },
         Command::Observe(args) => observe::observe(args).map(|()| ExitCode::SUCCESS),
@@ -349,6 +367,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             ct_gc_interval,
             policy_audit,
             flow_capacity,
+            metrics,
         } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
@@ -361,6 +380,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 ct_gc_interval,
                 policy_audit,
                 flow_capacity,
+                metrics,
             })?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",

@@ -26,7 +26,10 @@ use crate::datapath::{self, Plan};
 use crate::decoder::{self, Metadata, Record};
 use crate::loader::{self, LoaderError, ProbeOptions, Probes};
 use crate::netns::netns_inode;
+use crate::agent_metrics::AgentMetrics;
 use crate::flow::{FlowBuilder, Store};
+use crate::metrics::{Metrics, PodDeletions};
+use sightline_proto::flow::LostEventSource;
 use crate::observer::{self, ObserverState};
 use crate::state::NodeState;
 
@@ -91,6 +94,10 @@ pub struct AgentOptions {
     pub grpc: Option<std::net::SocketAddr>,
     /// Flows kept in the store (2^n − 1).
     pub flow_capacity: usize,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None`: not served.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Which Hubble metrics handlers run, with their options.
+    pub metrics_config: crate::metrics::MetricsConfig,
 }
 
 /// Connection lifetimes after a connection's last packet.
@@ -175,6 +182,8 @@ pub enum AgentError {
     Store(#[from] crate::flow::StoreError),
     #[error("gRPC address {address}: {source}")]
     Grpc { address: std::net::SocketAddr, #[source] source: std::io::Error },
+    #[error("metrics: {0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 struct Inner {
@@ -185,6 +194,11 @@ struct Inner {
 struct Shared {
     opts: AgentOptions,
     observer: Arc<ObserverState>,
+    metrics: Arc<Metrics>,
+    own_metrics: AgentMetrics,
+    pod_deletions: PodDeletions,
+    /// Monotonic time of the last pipeline run (liveness).
+    last_drain_ns: AtomicU64,
     /// The desired state last applied (for agent events).
     applied: Mutex<Option<NodeState>>,
     inner: Mutex<Inner>,
@@ -265,7 +279,18 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let observer = Arc::new(ObserverState::new(opts.node_name.clone(), address, store));
     observer.agent_events.agent_started();
+    let mut metrics = Metrics::new(&opts.metrics_config, crate::metrics::DEFAULT_MAX_SERIES_PER_METRIC)?;
+    let own_metrics = AgentMetrics::register(metrics.registry_mut());
+    let metrics = Arc::new(metrics);
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
+        pod_deletions: PodDeletions::new(Arc::clone(&metrics), PodDeletions::DEFAULT_GRACE)?,
+        metrics,
+        own_metrics,
+        last_drain_ns: AtomicU64::new(monotonic_ns()),
         observer: Arc::clone(&observer),
         applied: Mutex::new(None),
         kernel_drops: !meta.kernel_reasons.is_empty(),
@@ -298,6 +323,23 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
             let _ = grpc_stopped.await;
         }))
     });
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = metrics_listener.map(|listener| {
+        let live = Arc::clone(&shared);
+        let ready = Arc::clone(&shared);
+        let health = crate::metrics::Health::new(
+            // Live: the pipeline ran within the last 5 s (it runs every 10 ms).
+            move || monotonic_ns().saturating_sub(live.last_drain_ns.load(Ordering::Relaxed)) < 5_000_000_000,
+            // Ready: the probes are loaded and a desired state is in force.
+            move || ready.applied.lock().is_ok_and(|a| a.is_some()),
+        );
+        if let Ok(addr) = listener.local_addr() {
+            log::info!("metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(crate::metrics::serve(listener, Arc::clone(&shared.metrics), health, async {
+            let _ = metrics_stopped.await;
+        }))
+    });
     if notify_ready {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -323,6 +365,10 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     gc.abort();
     losses.abort();
     let _ = stop_grpc.send(());
+    let _ = stop_metrics.send(());
+    if let Some(m) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
+    }
     if let Some(grpc) = grpc {
         match tokio::time::timeout(Duration::from_secs(2), grpc).await {
             Ok(Ok(Err(err))) => log::warn!("{err}"),
@@ -362,6 +408,7 @@ fn drain(shared: &Shared, builder: &mut FlowBuilder, ring: &mut RingBuf<MapData>
     let listeners = shared.events.receiver_count() > 0 || shared.opts.debug_events;
     let meta = Arc::clone(&shared.meta.read().expect("metadata lock"));
     let store = &shared.observer.store;
+    shared.last_drain_ns.store(monotonic_ns(), Ordering::Relaxed);
     let mut last_ns = None;
     while let Some(item) = ring.next() {
         match decoder::decode(&item) {
@@ -373,6 +420,7 @@ fn drain(shared: &Shared, builder: &mut FlowBuilder, ring: &mut RingBuf<MapData>
                     shared.observer.saw_namespaces(names.iter().filter_map(|p| p.as_ref().map(|p| p.namespace.as_str())), flow.time_ns);
                 }
                 last_ns = Some(flow.time_ns);
+                shared.metrics.observe(&flow);
                 store.push(flow);
                 if listeners {
                     let record = Arc::new(Record::new(&ev, &meta));
@@ -392,13 +440,47 @@ fn drain(shared: &Shared, builder: &mut FlowBuilder, ring: &mut RingBuf<MapData>
     let _ = last_ns;
 }
 
-/// Reports kernel ring-buffer losses to following clients once a second.
+/// Once a second: kernel ring-buffer losses to following clients and to
+/// `hubble_lost_events_total`, store overwrites likewise, and the
+/// collector's own metrics from the probes' counters.
 async fn loss_monitor(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let (mut ring_lost, mut overwritten) = (0u64, 0u64);
     loop {
         tick.tick().await;
-        let per_cpu = shared.inner.lock().expect("datapath lock").probes.counter_per_cpu(abi::COUNTER_EVENTS_LOST);
-        shared.observer.report_ring_losses(&per_cpu);
+        let shared2 = Arc::clone(&shared);
+        let Ok(reading) = tokio::task::spawn_blocking(move || {
+            let inner = shared2.inner.lock().expect("datapath lock");
+            let p = &inner.probes;
+            let store = &shared2.observer.store;
+            crate::agent_metrics::Reading {
+                forwarded: p.counter(abi::COUNTER_PACKETS_FORWARDED),
+                dropped: p.counter(abi::COUNTER_PACKETS_DROPPED),
+                policy_denied: p.counter(abi::COUNTER_POLICY_DENIED),
+                kernel_drops: p.counter(abi::COUNTER_KERNEL_DROPS_SEEN),
+                events_written: p.counter(abi::COUNTER_EVENTS_WRITTEN),
+                events_lost_per_cpu: p.counter_per_cpu(abi::COUNTER_EVENTS_LOST),
+                events_decoded: shared2.decoded.load(Ordering::Relaxed),
+                ct_entries: p.ct.keys().filter(Result::is_ok).count() as u64,
+                ct_created: p.counter(abi::COUNTER_CT_CREATED),
+                endpoints: inner.plan.endpoints.len() as u64,
+                flows_stored: store.len() as u64,
+                flows_seen: store.seen(),
+                store_overwritten: store.overwritten(),
+                grpc_clients: 0,
+            }
+        })
+        .await
+        else {
+            continue;
+        };
+        shared.observer.report_ring_losses(&reading.events_lost_per_cpu);
+        let lost: u64 = reading.events_lost_per_cpu.iter().sum();
+        shared.metrics.lost(LostEventSource::PerfEventRingBuffer, lost.saturating_sub(ring_lost));
+        ring_lost = ring_lost.max(lost);
+        shared.metrics.lost(LostEventSource::HubbleRingBuffer, reading.store_overwritten.saturating_sub(overwritten));
+        overwritten = overwritten.max(reading.store_overwritten);
+        shared.own_metrics.update(&reading);
     }
 }
 
@@ -495,6 +577,19 @@ fn record_changes(shared: &Shared, state: &NodeState) {
     for e in prev_endpoints {
         if !state.endpoints.iter().any(|q| q.id == e.id && q.name == e.name && q.namespace == e.namespace) {
             log.endpoint(e.id, &e.namespace, &e.name, labels(e), true);
+        }
+    }
+    // Metric series of pods that are gone go after a grace period (and stay
+    // if the pod comes back in time).
+    let prev_pods = applied.as_ref().map(|s| s.pods.clone()).unwrap_or_default();
+    for p in &prev_pods {
+        if !state.pods.iter().any(|q| q.namespace == p.namespace && q.name == p.name) {
+            shared.pod_deletions.pod_deleted(&p.namespace, &p.name);
+        }
+    }
+    for p in &state.pods {
+        if !prev_pods.iter().any(|q| q.namespace == p.namespace && q.name == p.name) {
+            shared.pod_deletions.pod_added(&p.namespace, &p.name);
         }
     }
     *applied = Some(state.clone());

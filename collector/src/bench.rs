@@ -220,3 +220,135 @@ pub fn packet_cost(fillers: usize, repeat: u32) -> Result<PacketCost, BenchError
     let denied_syn_ns = test_run(&mut probes, &tcp_packet(40_001, 9999, abi::TCP_SYN), repeat)?;
     Ok(PacketCost { policy_entries: plan.policy.len() + plan.cidr.len(), denied_syn_ns, established_ns, no_policy_ns })
 }
+
+/// Flows per second that `GetFlows` streams to one client over loopback,
+/// against copying the same number of raw event records (the cost of
+/// draining the ring buffer without processing), in the same run.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamFigures {
+    pub flows: usize,
+    /// Full flows (no field mask).
+    pub full_per_sec: f64,
+    /// With the field mask `hubble observe` asks for by default.
+    pub masked_per_sec: f64,
+    /// Raw 112-byte records copied per second.
+    pub raw_copy_per_sec: f64,
+}
+
+/// Fills a store with `flows` synthetic flows (capacity 65535), serves it
+/// on 127.0.0.1, and times `GetFlows` streaming all of it to one client,
+/// `repeat` times (median).
+pub async fn stream_rate(flows: usize, repeat: u32) -> Result<StreamFigures, BenchError> {
+    use sightline_proto::observer::GetFlowsRequest;
+    use sightline_proto::observer::observer_client::ObserverClient;
+    use tokio_stream::StreamExt as _;
+
+    use crate::decoder::{Metadata, PodMeta};
+    use crate::flow::{FlowBuilder, Store};
+    use crate::observer::{ObserverState, serve};
+
+    let io = |e: std::io::Error| BenchError::TestRun(e);
+    let flows = flows.clamp(1, 65_535);
+    let mut meta = Metadata { node_name: "node-1".into(), mono_to_unix_ns: 1_700_000_000_000_000_000, ..Metadata::default() };
+    for i in 0..200u32 {
+        let ns = format!("ns{}", i % 8);
+        let labels: std::sync::Arc<[String]> =
+            std::sync::Arc::from([format!("k8s:app=app{}", i % 20), format!("k8s:io.kubernetes.pod.namespace={ns}")]);
+        meta.identities.insert(256 + i, std::sync::Arc::clone(&labels));
+        meta.pods.insert(
+            Ipv4Addr::new(10, 244, 1, i as u8 + 2),
+            std::sync::Arc::new(PodMeta {
+                namespace: ns,
+                name: format!("app{}-{i:05x}", i % 20),
+                endpoint_id: i as u16 + 1,
+                identity: 256 + i,
+                labels,
+                node: "node-1".into(),
+            }),
+        );
+    }
+    let store = std::sync::Arc::new(Store::new(65_535).map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?);
+    let mut builder = FlowBuilder::new();
+    let mut raw = Vec::with_capacity(flows);
+    for i in 0..flows {
+        let mut ev = sightline_abi::Event {
+            ts_ns: i as u64 * 1000,
+            kind: abi::EVENT_TRACE,
+            sub_type: abi::TRACE_TO_LXC,
+            ip_version: 4,
+            protocol: abi::IPPROTO_TCP,
+            tcp_flags: abi::TCP_ACK,
+            ct_state: abi::CT_ESTABLISHED,
+            src_port: 40_000 + (i % 1000) as u16,
+            dst_port: 80,
+            src_identity: 256 + (i % 200) as u32,
+            dst_identity: 256 + ((i + 1) % 200) as u32,
+            fwd_packets: i as u64,
+            version: abi::ABI_VERSION,
+            ..sightline_abi::Event::default()
+        };
+        ev.src_addr[..4].copy_from_slice(&[10, 244, 1, (i % 200) as u8 + 2]);
+        ev.dst_addr[..4].copy_from_slice(&[10, 244, 1, ((i + 1) % 200) as u8 + 2]);
+        raw.push(ev);
+        store.push(builder.build(&ev, &meta));
+    }
+
+    // The baseline: copying the raw records.
+    let mut copies = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let start = std::time::Instant::now();
+        let mut sink: Vec<sightline_abi::Event> = Vec::with_capacity(raw.len());
+        for ev in &raw {
+            sink.push(*std::hint::black_box(ev));
+        }
+        std::hint::black_box(&sink);
+        copies.push(raw.len() as f64 / start.elapsed().as_secs_f64());
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+    let address = listener.local_addr().map_err(io)?;
+    let state = std::sync::Arc::new(ObserverState::new("node-1".into(), address, store));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(state, listener, async {
+        let _ = stopped.await;
+    }));
+    let mut client = ObserverClient::connect(format!("http://{address}"))
+        .await
+        .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
+        .max_decoding_message_size(64 << 20);
+    let mask = prost_types::FieldMask {
+        paths: [
+            "time", "source.identity", "source.namespace", "source.pod_name", "destination.identity",
+            "destination.namespace", "destination.pod_name", "l4", "IP", "Type", "node_name", "is_reply", "event_type",
+            "verdict", "drop_reason_desc", "traffic_direction", "policy_match_type", "trace_observation_point",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect(),
+    };
+    let mut rates = [Vec::new(), Vec::new()];
+    for _ in 0..repeat.max(1) {
+        for (i, field_mask) in [None, Some(mask.clone())].into_iter().enumerate() {
+            let start = std::time::Instant::now();
+            let mut stream = client
+                .get_flows(GetFlowsRequest { number: flows as u64, field_mask, ..GetFlowsRequest::default() })
+                .await
+                .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
+                .into_inner();
+            let mut n = 0usize;
+            while let Some(r) = stream.next().await {
+                r.map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?;
+                n += 1;
+            }
+            rates[i].push(n as f64 / start.elapsed().as_secs_f64());
+        }
+    }
+    let _ = stop.send(());
+    let _ = server.await;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [full, masked] = rates;
+    Ok(StreamFigures { flows, full_per_sec: median(full), masked_per_sec: median(masked), raw_copy_per_sec: median(copies) })
+}

@@ -15,6 +15,7 @@
 //! that is the caller's business; it receives a [`state::NodeState`].
 
 pub mod agent;
+pub mod agent_metrics;
 pub mod bench;
 pub mod btf;
 pub mod control;
@@ -22,6 +23,7 @@ pub mod datapath;
 pub mod decoder;
 pub mod flow;
 pub mod loader;
+pub mod metrics;
 pub mod netns;
 pub mod observer;
 pub mod policy;

@@ -57,7 +57,10 @@ fn protoc() -> PathBuf {
 
 /// Compiles the upstream files into a descriptor set (imports included).
 fn upstream_descriptors(root: &Path) -> FileDescriptorSet {
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hubble-upstream.pb");
+    // One file per call: tests run in parallel and each compiles its own.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hubble-upstream-{}-{n}.pb", std::process::id()));
     let status = Command::new(protoc())
         .arg("-I")
         .arg(root)
@@ -68,6 +71,7 @@ fn upstream_descriptors(root: &Path) -> FileDescriptorSet {
         .expect("run protoc (install protobuf-compiler)");
     assert!(status.success(), "protoc failed on the upstream files");
     let bytes = std::fs::read(&out).expect("read upstream descriptor set");
+    let _ = std::fs::remove_file(&out);
     FileDescriptorSet::decode(bytes.as_slice()).expect("decode upstream descriptor set")
 }
 

@@ -120,33 +120,28 @@ impl Lab {
         serde_json::from_str(&sightline_ok(&["lab", "status", "-o", "json", "--name", &self.name])).expect("status JSON")
     }
 
-    /// A pod's IP address.
-    #[must_use]
-    pub fn pod_ip(&self, pod: &str) -> String {
+    /// One pod's entry of `lab status -o json`.
+    fn pod_entry(&self, pod: &str) -> Value {
         let (ns, name) = pod.split_once('/').expect("ns/name");
         self.status()["pods"]
             .as_array()
             .expect("pods")
             .iter()
             .find(|p| p["namespace"] == ns && p["name"] == name)
-            .unwrap_or_else(|| panic!("no pod {pod}"))["ip"]
-            .as_str()
-            .expect("ip")
-            .to_owned()
+            .unwrap_or_else(|| panic!("no pod {pod}"))
+            .clone()
+    }
+
+    /// A pod's IP address.
+    #[must_use]
+    pub fn pod_ip(&self, pod: &str) -> String {
+        self.pod_entry(pod)["ip"].as_str().expect("ip").to_owned()
     }
 
     /// A pod's identity.
     #[must_use]
     pub fn pod_identity(&self, pod: &str) -> u64 {
-        let (ns, name) = pod.split_once('/').expect("ns/name");
-        self.status()["pods"]
-            .as_array()
-            .expect("pods")
-            .iter()
-            .find(|p| p["namespace"] == ns && p["name"] == name)
-            .unwrap_or_else(|| panic!("no pod {pod}"))["identity"]
-            .as_u64()
-            .expect("identity")
+        self.pod_entry(pod)["identity"].as_u64().expect("identity")
     }
 
     /// Subscribes to node-1's decoded events.

@@ -42,6 +42,9 @@ pub struct Node {
     /// The collector's gRPC address (Observer, Peer, health), on loopback.
     #[serde(default)]
     pub grpc: Option<String>,
+    /// The collector's metrics address (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 /// A pod as the lab plugged it in.
@@ -385,6 +388,12 @@ fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u
         cmd.arg("--grpc").arg(grpc);
     }
     cmd.arg("--flow-capacity").arg(opts.flow_capacity.to_string());
+    if let Some(metrics) = &node.metrics {
+        cmd.arg("--metrics-address").arg(metrics);
+    }
+    for m in &opts.metrics {
+        cmd.arg("--metrics").arg(m);
+    }
     if opts.debug_events {
         cmd.arg("--debug-events");
     }
@@ -444,6 +453,8 @@ pub struct UpOptions {
     pub policy_audit: bool,
     /// Flows each collector keeps.
     pub flow_capacity: usize,
+    /// Hubble metrics handlers (`--metrics`), empty for the defaults.
+    pub metrics: Vec<String>,
 }
 
 /// `lab up`.
@@ -463,6 +474,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
         .map_err(|e| anyhow!("--ct-timeouts: {e}"))?;
     sightline_collector::agent::parse_duration(&opts.ct_gc_interval).map_err(|e| anyhow!("--ct-gc-interval: {e}"))?;
     sightline_collector::flow::Store::new(opts.flow_capacity).map_err(|e| anyhow!("--flow-capacity: {e}"))?;
+    sightline_collector::metrics::MetricsConfig::from_entries(&opts.metrics).map_err(|e| anyhow!("--metrics: {e}"))?;
     // Bad input fails before anything is created.
     let objects = read_manifests(&opts.files)?;
     let _lock = lock(&opts.name)?;
@@ -487,10 +499,12 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
                 collector_pid: 0,
                 control_socket: dir.join(format!("collector-{name}.sock")),
                 grpc: None,
+                metrics: None,
                 name,
             };
             if opts.datapath {
                 node.grpc = Some(free_loopback_port()?);
+                node.metrics = Some(free_loopback_port()?);
                 node.collector_pid = start_collector(&opts.name, &node, opts)?;
             }
             nodes.push(node);

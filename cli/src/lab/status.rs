@@ -18,8 +18,7 @@ pub fn json(state: &LabState) -> Value {
                 "name": n.name,
                 "pod_cidr": n.pod_cidr,
                 "node_ip": n.node_ip.to_string(),
-                // The metrics endpoint is not served yet.
-                "collector": {"grpc": n.grpc, "metrics": Value::Null,
+                "collector": {"grpc": n.grpc, "metrics": n.metrics,
                                "control": n.control_socket.display().to_string(),
                                "pid": n.collector_pid,
                                "stats": collector_stats(state, n)},

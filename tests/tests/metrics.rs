@@ -1,0 +1,126 @@
+//! The collector's metrics endpoint: Hubble-compatible metrics whose policy
+//! drop counts equal what the datapath itself counted, `promtool check
+//! metrics`, health endpoints, and bad metric options.
+
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use sightline_e2e::{Lab, require_root, sightline, write_temp, xyz_manifests};
+
+/// `GET path` on a loopback address; (status code, body).
+fn http_get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_owned())
+}
+
+/// Sum of the samples of `metric` whose labels contain every `key="value"` in `with`.
+fn sum(text: &str, metric: &str, with: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{metric}{{")) || l.starts_with(&format!("{metric} ")))
+        .filter(|l| with.iter().all(|w| l.contains(w)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn label_names(text: &str, metric: &str) -> Vec<String> {
+    let line = text.lines().find(|l| l.starts_with(&format!("{metric}{{"))).unwrap_or_else(|| panic!("no {metric} sample"));
+    let inner = &line[line.find('{').unwrap() + 1..line.rfind('}').unwrap()];
+    inner.split("\",").map(|kv| kv.split('=').next().unwrap().trim_matches(',').to_owned()).collect()
+}
+
+#[test]
+fn metrics_count_what_the_datapath_dropped() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up(
+        "e2e-metrics",
+        &xyz_manifests(),
+        &["--metrics", "flow:sourceContext=pod;destinationContext=pod,drop:sourceContext=namespace;destinationContext=pod,tcp,policy,port-distribution,icmp,flows-to-world"],
+    );
+    let addr = lab.status()["nodes"][0]["collector"]["metrics"].as_str().expect("metrics address").to_owned();
+    let policy = write_temp(
+        "metrics-only-80.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-80, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - ports: [{port: 80}]\n",
+    );
+    assert!(sightline(&["lab", "apply", "--name", &lab.name, "-f", policy.to_str().unwrap()]).status.success());
+    assert!(lab.probe("x/a", "x/b", 80, "TCP"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let (code, before) = http_get(&addr, "/metrics", None);
+    assert_eq!(code, 200);
+
+    const DENIED: usize = 5;
+    for _ in 0..DENIED {
+        assert!(!lab.probe("x/a", "x/b", 81, "TCP"));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, after) = http_get(&addr, "/metrics", None);
+
+    // Hubble's drop counter grows by exactly what the datapath counted.
+    let hubble = |t: &str| sum(t, "hubble_drop_total", &["reason=\"POLICY_DENIED\""]);
+    let kernel = |t: &str| sum(t, "sightline_datapath_policy_denied_packets_total", &[]);
+    let (hubble_delta, kernel_delta) = (hubble(&after) - hubble(&before), kernel(&after) - kernel(&before));
+    assert!(kernel_delta >= DENIED as f64, "{DENIED} denied connections, the datapath counted {kernel_delta}");
+    assert_eq!(hubble_delta, kernel_delta, "hubble_drop_total{{POLICY_DENIED}} grows by what the datapath dropped");
+    // … and the policy handler saw the denied verdicts.
+    assert!(sum(&after, "hubble_policy_verdicts_total", &["action=\"dropped\""]) >= DENIED as f64);
+    assert_eq!(label_names(&after, "hubble_policy_verdicts_total"), ["direction", "match", "action"]);
+    // Hubble's names, label names and order.
+    assert_eq!(label_names(&after, "hubble_flows_processed_total"), ["protocol", "type", "subtype", "verdict", "source", "destination"]);
+    assert_eq!(label_names(&after, "hubble_drop_total"), ["source", "destination", "reason", "protocol"]);
+    assert!(sum(&after, "hubble_flows_processed_total", &["source=\"x/a\"", "destination=\"x/b\"", "subtype=\"to-endpoint\""]) > 0.0);
+    assert!(sum(&after, "hubble_drop_total", &["source=\"x\"", "destination=\"x/b\"", "protocol=\"TCP\""]) >= DENIED as f64);
+    assert!(sum(&after, "hubble_tcp_flags_total", &["flag=\"SYN\"", "family=\"IPv4\""]) > 0.0);
+    assert!(after.contains("hubble_lost_events_total{source=\"perf_event_ring_buffer\"}"));
+    assert!(sum(&after, "sightline_endpoints", &[]) == 9.0);
+
+    // promtool accepts the output.
+    if std::path::Path::new("/usr/bin/promtool").exists() {
+        let mut child = std::process::Command::new("/usr/bin/promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(after.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!("promtool not installed: skipping `promtool check metrics`");
+    }
+    // OpenMetrics when asked for it.
+    let (_, om) = http_get(&addr, "/metrics", Some("application/openmetrics-text; version=1.0.0"));
+    assert!(om.trim_end().ends_with("# EOF"));
+    // Health.
+    assert_eq!(http_get(&addr, "/healthz", None).0, 200);
+    assert_eq!(http_get(&addr, "/readyz", None).0, 200);
+}
+
+#[test]
+fn unknown_metric_options_are_refused_with_the_valid_ones() {
+    if !require_root() {
+        return;
+    }
+    for (bad, needle) in [("nope", "flow"), ("flow:sourceContext=planet", "pod-short"), ("drop:labelsContext=shoe", "source_namespace")] {
+        let file = write_temp("metrics-bad.yaml", &xyz_manifests());
+        let out = sightline(&["lab", "up", "--name", "e2e-metrics-bad", "--metrics", bad, "-f", file.to_str().unwrap()]);
+        assert!(!out.status.success(), "{bad} accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{bad}: the error lists the valid values: {err}");
+        assert!(sightline_e2e::netns_names().iter().all(|n| !n.starts_with("e2e-metrics-bad.")));
+    }
+}
