@@ -20,7 +20,7 @@ use super::{BoxStream, ObserverState};
 use crate::flow::convert::{FieldMask, lost_event, timestamp, to_proto};
 use crate::flow::filter::FlowFilters;
 use crate::flow::record::Flow;
-use crate::flow::store::{Entry, Start};
+use crate::flow::store::{Entry, Reader, Start};
 
 /// How many responses may wait for a slow client before its reader pauses.
 const CLIENT_QUEUE: usize = 1024;
@@ -80,16 +80,36 @@ fn lost_response(lost: pb::LostEvent, node: &str) -> GetFlowsResponse {
     }
 }
 
-/// Starts a GetFlows stream.
+/// What the backlog holds, in order.
+enum Item {
+    Flow(Arc<Flow>),
+    Lost(u64),
+}
+
+/// Starts a GetFlows stream. The backlog (what the store holds now) is
+/// selected at once and converted lazily as tonic polls the stream, on the
+/// connection's own task; only follow mode needs a task of its own.
 pub(super) fn get_flows(state: Arc<ObserverState>, req: GetFlowsRequest) -> Result<BoxStream<GetFlowsResponse>, Status> {
     let plan = validate(&req)?;
-    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
     // Subscribe before reading the backlog so no kernel loss is missed.
     let losses = plan.follow.then(|| state.losses.subscribe());
-    tokio::spawn(async move {
-        let _ = run(&state, &plan, &tx, losses).await;
+    let (backlog, reader) = backlog(&state, &plan);
+    let node = state.node_name.clone();
+    let mask = plan.mask.clone();
+    let head = tokio_stream::StreamExt::map(tokio_stream::iter(backlog), move |item| {
+        Ok(match item {
+            Item::Flow(f) => flow_response(&f, &node, mask.as_ref()),
+            Item::Lost(n) => lost_response(lost_event(LostEventSource::HubbleRingBuffer, n, 0, 0), &node),
+        })
     });
-    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    if !plan.follow {
+        return Ok(Box::pin(head));
+    }
+    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+    tokio::spawn(async move {
+        let _ = follow(&state, &plan, reader, &tx, losses).await;
+    });
+    Ok(Box::pin(tokio_stream::StreamExt::chain(head, tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
 
 /// Sends; `Err` when the client is gone.
@@ -97,67 +117,67 @@ async fn send(tx: &mpsc::Sender<Result<GetFlowsResponse, Status>>, r: GetFlowsRe
     tx.send(Ok(r)).await.map_err(|_| ())
 }
 
-async fn run(
-    state: &ObserverState,
-    plan: &Plan,
-    tx: &mpsc::Sender<Result<GetFlowsResponse, Status>>,
-    losses: Option<broadcast::Receiver<pb::LostEvent>>,
-) -> Result<(), ()> {
-    let node = state.node_name.as_str();
-    let store = &state.store;
-    let in_window = |f: &Flow| plan.since.is_none_or(|s| f.time_ns >= s) && plan.until.is_none_or(|u| f.time_ns <= u);
-    let wanted = |f: &Flow| in_window(f) && plan.filters.matches(f, node);
-    let mask = plan.mask.as_ref();
-    let lost_ring = |n: u64| lost_response(lost_event(LostEventSource::HubbleRingBuffer, n, 0, 0), node);
+fn wanted(plan: &Plan, f: &Flow, node: &str) -> bool {
+    plan.since.is_none_or(|s| f.time_ns >= s) && plan.until.is_none_or(|u| f.time_ns <= u) && plan.filters.matches(f, node)
+}
 
-    // The backlog, read up to what is present now.
-    let end = store.seen();
+/// The backlog a request asks for, read up to what is present now, and a
+/// reader positioned after it (for follow mode).
+fn backlog(state: &ObserverState, plan: &Plan) -> (Vec<Item>, Reader) {
+    let node = state.node_name.as_str();
+    let end = state.store.seen();
     let start = if plan.follow && plan.number == 0 && plan.since.is_none() { Start::Now } else { Start::Oldest };
-    let mut reader = store.reader(start);
+    let mut reader = state.store.reader(start);
+    let mut out = Vec::new();
     if plan.first {
         let mut sent = 0u64;
         while reader.position() < end && (plan.number == 0 || sent < plan.number) {
             match reader.next() {
-                Some(Entry::Flow(f)) if wanted(&f) => {
-                    send(tx, flow_response(&f, node, mask)).await?;
+                Some(Entry::Flow(f)) if wanted(plan, &f, node) => {
+                    out.push(Item::Flow(f));
                     sent += 1;
                 }
                 Some(Entry::Flow(_)) => {}
-                Some(Entry::Lost(n)) => send(tx, lost_ring(n)).await?,
+                Some(Entry::Lost(n)) => out.push(Item::Lost(n)),
                 None => break,
             }
         }
-        return Ok(());
+        return (out, reader);
     }
     // Last N matching (N = 0: all), oldest first.
     let keep = if plan.number == 0 { usize::MAX } else { usize::try_from(plan.number).unwrap_or(usize::MAX) };
-    let mut backlog: VecDeque<Arc<Flow>> = VecDeque::new();
-    let mut lost_in_backlog = 0u64;
+    let mut flows: VecDeque<Arc<Flow>> = VecDeque::new();
+    let mut lost = 0u64;
     while reader.position() < end {
         match reader.next() {
-            Some(Entry::Flow(f)) if wanted(&f) => {
-                if backlog.len() == keep {
-                    backlog.pop_front();
+            Some(Entry::Flow(f)) if wanted(plan, &f, node) => {
+                if flows.len() == keep {
+                    flows.pop_front();
                 }
-                backlog.push_back(f);
+                flows.push_back(f);
             }
             Some(Entry::Flow(_)) => {}
-            Some(Entry::Lost(n)) => lost_in_backlog += n,
+            Some(Entry::Lost(n)) => lost += n,
             None => break,
         }
     }
-    if lost_in_backlog > 0 {
-        send(tx, lost_ring(lost_in_backlog)).await?;
+    if lost > 0 {
+        out.push(Item::Lost(lost));
     }
-    for f in backlog {
-        send(tx, flow_response(&f, node, mask)).await?;
-    }
-    if !plan.follow {
-        return Ok(());
-    }
+    out.extend(flows.into_iter().map(Item::Flow));
+    (out, reader)
+}
 
-    // Follow: new flows as they come, kernel losses as they are counted.
-    let mut losses = losses;
+/// Follow mode: new flows as they come, kernel losses as they are counted.
+async fn follow(
+    state: &ObserverState,
+    plan: &Plan,
+    mut reader: Reader,
+    tx: &mpsc::Sender<Result<GetFlowsResponse, Status>>,
+    mut losses: Option<broadcast::Receiver<pb::LostEvent>>,
+) -> Result<(), ()> {
+    let node = state.node_name.as_str();
+    let mask = plan.mask.as_ref();
     loop {
         let entry = match losses.as_mut() {
             Some(rx) => tokio::select! {
@@ -182,11 +202,11 @@ async fn run(
                 if plan.until.is_some_and(|u| f.time_ns > u) {
                     return Ok(());
                 }
-                if wanted(&f) {
+                if wanted(plan, &f, node) {
                     send(tx, flow_response(&f, node, mask)).await?;
                 }
             }
-            Entry::Lost(n) => send(tx, lost_ring(n)).await?,
+            Entry::Lost(n) => send(tx, lost_response(lost_event(LostEventSource::HubbleRingBuffer, n, 0, 0), node)).await?,
         }
     }
 }
