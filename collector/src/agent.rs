@@ -421,6 +421,7 @@ fn drain(shared: &Shared, builder: &mut FlowBuilder, ring: &mut RingBuf<MapData>
                 }
                 last_ns = Some(flow.time_ns);
                 shared.metrics.observe(&flow);
+                shared.own_metrics.observe_flow(&flow);
                 store.push(flow);
                 if listeners {
                     let record = Arc::new(Record::new(&ev, &meta));

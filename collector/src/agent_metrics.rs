@@ -33,6 +33,9 @@ pub struct AgentMetrics {
     flows_seen: Count,
     store_overwritten: Count,
     grpc_clients: Level,
+    policy_verdicts: Family<Vec<(String, String)>, Count>,
+    policy_drops: Family<Vec<(String, String)>, Count>,
+    endpoint_verdicts: Family<Vec<(String, String)>, Count>,
     last: Mutex<Last>,
 }
 
@@ -88,6 +91,9 @@ impl AgentMetrics {
             flows_seen: Count::default(),
             store_overwritten: Count::default(),
             grpc_clients: Level::default(),
+            policy_verdicts: Family::default(),
+            policy_drops: Family::default(),
+            endpoint_verdicts: Family::default(),
             last: Mutex::new(Last::default()),
         };
         r.register("datapath_forwarded_packets", "Packets the datapath forwarded (kernel counters)", m.forwarded.clone());
@@ -104,7 +110,80 @@ impl AgentMetrics {
         r.register("flow_store_seen_flows", "Flows pushed into the store", m.flows_seen.clone());
         r.register("flow_store_overwritten_flows", "Flows readers found overwritten before they read them", m.store_overwritten.clone());
         r.register("grpc_flow_clients", "GetFlows streams being served", m.grpc_clients.clone());
+        r.register(
+            "policy_verdicts",
+            "New connections decided by NetworkPolicy, per policy (allowed: the policies that allowed it; denied/audit: the policies selecting the endpoint)",
+            m.policy_verdicts.clone(),
+        );
+        r.register("policy_dropped_packets", "Packets dropped by NetworkPolicy, per policy selecting the endpoint", m.policy_drops.clone());
+        r.register("endpoint_policy_verdicts", "New connections decided by NetworkPolicy, per endpoint", m.endpoint_verdicts.clone());
         m
+    }
+
+    /// Per-policy and per-endpoint accounting of one flow (policy verdicts
+    /// and policy drops only; other flows cost a comparison).
+    pub fn observe_flow(&self, flow: &crate::flow::Flow) {
+        const POLICY_VERDICT: u8 = 5;
+        const DROP: u8 = 1;
+        const POLICY_DENIED: u16 = 133;
+        let is_verdict = flow.event_type == POLICY_VERDICT;
+        let is_policy_drop = flow.event_type == DROP && flow.drop_reason == POLICY_DENIED;
+        if !is_verdict && !is_policy_drop {
+            return;
+        }
+        let direction = match flow.traffic_direction {
+            1 => "ingress",
+            2 => "egress",
+            _ => "unknown",
+        };
+        // The endpoint whose policy decided: the destination for ingress,
+        // the source for egress.
+        let endpoint = if direction == "ingress" { &flow.destination } else { &flow.source };
+        let endpoint = endpoint.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
+        let split = |name: &str| {
+            let (ns, n) = name.split_once('/').unwrap_or(("", name));
+            (ns.to_owned(), n.to_owned())
+        };
+        if is_policy_drop {
+            for p in flow.denied_by.iter().flat_map(|d| d.iter()) {
+                let (ns, n) = split(p);
+                self.policy_drops
+                    .get_or_create(&vec![("policy".into(), n), ("namespace".into(), ns), ("direction".into(), direction.into())])
+                    .inc();
+            }
+            return;
+        }
+        let action = match flow.verdict {
+            1 => "allowed",
+            2 => "denied",
+            4 => "audit",
+            _ => "unknown",
+        };
+        let matched = match flow.policy_match_type {
+            1 => "l3-only",
+            2 => "l3-l4",
+            3 => "l4-only",
+            4 => "all",
+            _ => "none",
+        };
+        let names = if action == "allowed" { &flow.allowed_by } else { &flow.denied_by };
+        for p in names.iter().flat_map(|d| d.iter()) {
+            let (ns, n) = split(p);
+            self.policy_verdicts
+                .get_or_create(&vec![
+                    ("policy".into(), n),
+                    ("namespace".into(), ns),
+                    ("direction".into(), direction.into()),
+                    ("match".into(), matched.into()),
+                    ("action".into(), action.into()),
+                ])
+                .inc();
+        }
+        if !endpoint.is_empty() {
+            self.endpoint_verdicts
+                .get_or_create(&vec![("endpoint".into(), endpoint), ("direction".into(), direction.into()), ("action".into(), action.into())])
+                .inc();
+        }
     }
 
     /// Brings every metric to `reading`.

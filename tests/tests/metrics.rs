@@ -70,6 +70,14 @@ fn metrics_count_what_the_datapath_dropped() {
     let (hubble_delta, kernel_delta) = (hubble(&after) - hubble(&before), kernel(&after) - kernel(&before));
     assert!(kernel_delta >= DENIED as f64, "{DENIED} denied connections, the datapath counted {kernel_delta}");
     assert_eq!(hubble_delta, kernel_delta, "hubble_drop_total{{POLICY_DENIED}} grows by what the datapath dropped");
+    // Per-policy accounting of our own: the denying policy's drop counter
+    // grows by the same amount; its allowed and denied connections are
+    // counted per policy and per endpoint.
+    let per_policy = |t: &str| sum(t, "sightline_policy_dropped_packets_total", &["policy=\"only-80\"", "namespace=\"x\"", "direction=\"ingress\""]);
+    assert_eq!(per_policy(&after) - per_policy(&before), kernel_delta);
+    assert!(sum(&after, "sightline_policy_verdicts_total", &["policy=\"only-80\"", "action=\"allowed\"", "match=\"l4-only\""]) >= 1.0);
+    assert!(sum(&after, "sightline_policy_verdicts_total", &["policy=\"only-80\"", "action=\"denied\""]) >= DENIED as f64);
+    assert!(sum(&after, "sightline_endpoint_policy_verdicts_total", &["endpoint=\"x/b\"", "action=\"denied\""]) >= DENIED as f64);
     // … and the policy handler saw the denied verdicts.
     assert!(sum(&after, "hubble_policy_verdicts_total", &["action=\"dropped\""]) >= DENIED as f64);
     assert_eq!(label_names(&after, "hubble_policy_verdicts_total"), ["direction", "match", "action"]);
