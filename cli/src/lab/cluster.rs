@@ -423,7 +423,7 @@ fn kill(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         // SAFETY: signal 0 only checks existence.
-        if unsafe { libc::kill(pid as i32, 0) } != 0 {
+        if unsafe { libc::kill(pid as i32, 0) } != 0 || is_zombie(pid) {
             return;
         }
         // Reap it if it is our child (it is not, normally).
@@ -433,6 +433,15 @@ fn kill(pid: u32) {
     }
     // SAFETY: plain kill(2).
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// Whether `pid` has exited and only waits to be reaped (by init: lab
+/// processes are detached, so they are not our children).
+fn is_zombie(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 /// Options of `lab up`.
