@@ -261,6 +261,41 @@ fn decode_build_store(c: &mut Criterion) {
     group.finish();
 }
 
+/// The same pipeline with the metrics hook of the default metric set (and
+/// the collector's policy accounting) on every flow, as the agent runs it:
+/// the hook's cost is the ratio to `decode_build_store`.
+fn decode_build_metrics_store(c: &mut Criterion) {
+    use sightline_collector::metrics::{DEFAULT_MAX_SERIES_PER_METRIC, Metrics, MetricsConfig};
+    let meta = metadata();
+    let bytes = ring_bytes(BATCH);
+    let mut metrics = Metrics::new(&MetricsConfig::parse("").expect("the default set"), DEFAULT_MAX_SERIES_PER_METRIC)
+        .expect("metrics");
+    let own = sightline_collector::agent_metrics::AgentMetrics::register(metrics.registry_mut());
+    let store = Store::default();
+    let mut builder = FlowBuilder::new();
+    // Warm: every series exists and the store is full, as in steady state.
+    for flow in built_flows(&meta, &bytes) {
+        metrics.observe(&flow);
+        own.observe_flow(&flow);
+        store.push(flow);
+    }
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("decode_build_metrics_store", |b| {
+        b.iter(|| {
+            for chunk in black_box(&bytes[..]).chunks_exact(EVENT_SIZE) {
+                if let Ok(ev) = decode(chunk) {
+                    let flow = builder.build(&ev, &meta);
+                    metrics.observe(&flow);
+                    own.observe_flow(&flow);
+                    store.push(flow);
+                }
+            }
+        });
+    });
+    group.finish();
+}
+
 fn to_proto_bench(c: &mut Criterion) {
     const FLOWS: usize = 1024;
     let meta = metadata();
@@ -287,5 +322,5 @@ fn to_proto_bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, raw_drain, decode_build_store, to_proto_bench);
+criterion_group!(benches, raw_drain, decode_build_store, decode_build_metrics_store, to_proto_bench);
 criterion_main!(benches);
