@@ -290,6 +290,7 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
         policy_audit: false,
         flow_capacity: 4095,
         metrics: Vec::new(),
+        prometheus: false,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

@@ -133,10 +133,24 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
         policy_audit: false,
         flow_capacity: 4095,
         metrics: Vec::new(),
+        // Where Debian's Prometheus is installed, the demo shows its metrics too.
+        prometheus: std::path::Path::new(cluster::PROMETHEUS_BIN).exists(),
     })?;
     let _ = std::fs::remove_dir_all(&dir);
     for p in state.pods.values() {
         eprintln!("demo:   pod {}/{} at {} (identity {})", p.namespace, p.name, p.ip, p.identity);
+    }
+    let node = &state.nodes[0];
+    eprintln!(
+        "demo: flows: `sightline observe --lab {name} -f` (gRPC {}); metrics: http://{}/metrics",
+        node.grpc.as_deref().unwrap_or("?"),
+        node.metrics.as_deref().unwrap_or("?")
+    );
+    if let Some(p) = &state.prometheus {
+        eprintln!(
+            "demo: Prometheus: http://{}/graph (try `rate(hubble_flows_processed_total[1m])`); Grafana dashboards to import: dashboards/*.json",
+            p.address
+        );
     }
     eprintln!(
         "demo: traffic: {}; events follow (Ctrl-C to stop{})",

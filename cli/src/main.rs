@@ -104,6 +104,9 @@ enum LabCommand {
         /// `flow:sourceContext=pod;destinationContext=pod,drop,policy`.
         #[arg(long = "metrics")]
         metrics: Vec<String>,
+        /// Also run Debian's Prometheus on loopback, scraping the collectors.
+        #[arg(long)]
+        prometheus: bool,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -368,6 +371,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             policy_audit,
             flow_capacity,
             metrics,
+            prometheus,
         } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
@@ -381,6 +385,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 policy_audit,
                 flow_capacity,
                 metrics,
+                prometheus,
             })?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",

@@ -132,3 +132,32 @@ fn unknown_metric_options_are_refused_with_the_valid_ones() {
         assert!(sightline_e2e::netns_names().iter().all(|n| !n.starts_with("e2e-metrics-bad.")));
     }
 }
+
+#[test]
+fn lab_prometheus_scrapes_the_collectors() {
+    if !require_root() {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/prometheus").exists() {
+        eprintln!("skipped: Debian's prometheus is not installed (scripts/setup.sh installs it)");
+        return;
+    }
+    let prometheus;
+    {
+        let lab = Lab::up("e2e-prom", &xyz_manifests(), &["--prometheus"]);
+        prometheus = lab.status()["prometheus"].as_str().expect("the lab reports its Prometheus").to_owned();
+        let metrics = lab.status()["nodes"][0]["collector"]["metrics"].as_str().unwrap().to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut up = String::new();
+        while std::time::Instant::now() < deadline {
+            up = http_get(&prometheus, "/api/v1/query?query=up%7Bjob%3D%22sightline%22%7D", None).1;
+            if up.contains(&format!("\"instance\":\"{metrics}\"")) && up.contains("\"1\"]") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(up.contains("\"1\"]"), "Prometheus scrapes the collector: {up}");
+    }
+    // `lab down` stopped it.
+    assert!(std::net::TcpStream::connect(&prometheus).is_err(), "Prometheus still answers after lab down");
+}

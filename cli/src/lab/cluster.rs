@@ -47,6 +47,14 @@ pub struct Node {
     pub metrics: Option<String>,
 }
 
+/// A Prometheus server the lab runs, scraping its collectors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Prometheus {
+    pub pid: u32,
+    /// `127.0.0.1:PORT`.
+    pub address: String,
+}
+
 /// A pod as the lab plugged it in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodRuntime {
@@ -71,6 +79,9 @@ pub struct LabState {
     /// Policy audit mode: report what would be denied, drop nothing.
     #[serde(default)]
     pub policy_audit: bool,
+    /// The lab's Prometheus, when started with `--prometheus`.
+    #[serde(default)]
+    pub prometheus: Option<Prometheus>,
     pub nodes: Vec<Node>,
     pub objects: ObjectStore,
     /// `ns/name` → runtime.
@@ -464,6 +475,8 @@ pub struct UpOptions {
     pub flow_capacity: usize,
     /// Hubble metrics handlers (`--metrics`), empty for the defaults.
     pub metrics: Vec<String>,
+    /// Start Debian's Prometheus scraping the collectors.
+    pub prometheus: bool,
 }
 
 /// `lab up`.
@@ -484,6 +497,12 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     sightline_collector::agent::parse_duration(&opts.ct_gc_interval).map_err(|e| anyhow!("--ct-gc-interval: {e}"))?;
     sightline_collector::flow::Store::new(opts.flow_capacity).map_err(|e| anyhow!("--flow-capacity: {e}"))?;
     sightline_collector::metrics::MetricsConfig::from_entries(&opts.metrics).map_err(|e| anyhow!("--metrics: {e}"))?;
+    if opts.prometheus && !opts.datapath {
+        bail!("--prometheus needs the datapath: without collectors there is nothing to scrape");
+    }
+    if opts.prometheus && !Path::new(PROMETHEUS_BIN).exists() {
+        bail!("--prometheus needs Debian's prometheus at {PROMETHEUS_BIN} (scripts/setup.sh installs it)");
+    }
     // Bad input fails before anything is created.
     let objects = read_manifests(&opts.files)?;
     let _lock = lock(&opts.name)?;
@@ -523,6 +542,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             aggregation: opts.aggregation.clone(),
             datapath: opts.datapath,
             policy_audit: opts.policy_audit,
+            prometheus: None,
             nodes,
             objects: ObjectStore::new(),
             pods: BTreeMap::new(),
@@ -530,6 +550,10 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             service_ips: BTreeMap::new(),
         };
         state.save()?;
+        if opts.prometheus {
+            state.prometheus = Some(start_prometheus(&state)?);
+            state.save()?;
+        }
         converge(&mut state, store.clone())?;
         Ok(state)
     })();
@@ -708,6 +732,9 @@ pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<manifest::ApplyRe
 pub fn teardown(name: &str) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     if let Ok(state) = LabState::load(name) {
+        if let Some(p) = &state.prometheus {
+            kill(p.pid);
+        }
         for node in &state.nodes {
             kill(node.collector_pid);
         }
@@ -739,21 +766,87 @@ pub fn teardown(name: &str) -> anyhow::Result<()> {
     if errors.is_empty() { Ok(()) } else { bail!("lab {name} was not removed completely:\n{}", errors.join("\n")) }
 }
 
-/// PIDs of collector processes started for lab `name`.
+/// PIDs of collector and Prometheus processes started for lab `name`.
 fn stray_collectors(name: &str) -> Vec<u32> {
     let marker = Path::new(PIN_ROOT).join(name);
     let marker = marker.to_string_lossy().into_owned();
+    let prometheus_config = format!("--config.file={}", lab_dir(name).join("prometheus.yml").display());
     let mut pids = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else { return pids };
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
         let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        if args.iter().any(|a| a == "collector") && args.iter().any(|a| a.starts_with(&format!("{marker}/"))) {
+        let collector = args.iter().any(|a| a == "collector") && args.iter().any(|a| a.starts_with(&format!("{marker}/")));
+        let prometheus = args.iter().any(|a| *a == prometheus_config);
+        if collector || prometheus {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// Where Debian's prometheus package puts the server.
+pub const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
+
+/// Starts Prometheus on loopback, scraping every collector's `/metrics`
+/// every 5 s, with its data in the lab's directory; waits until it is ready.
+fn start_prometheus(state: &LabState) -> anyhow::Result<Prometheus> {
+    let dir = lab_dir(&state.name);
+    let targets: Vec<String> = state.nodes.iter().filter_map(|n| n.metrics.clone()).map(|m| format!("'{m}'")).collect();
+    let config = dir.join("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nscrape_configs:\n  - job_name: sightline\n    static_configs:\n      - targets: [{}]\n        labels: {{lab: '{}'}}\n",
+            targets.join(", "),
+            state.name
+        ),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
+    let address = free_loopback_port()?;
+    let log = dir.join("prometheus.log");
+    let out = fs::OpenOptions::new().create(true).append(true).open(&log)?;
+    let mut cmd = Command::new(PROMETHEUS_BIN);
+    cmd.arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()))
+        .arg(format!("--web.listen-address={address}"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: setsid is async-signal-safe; detaches it like the collectors.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting prometheus")?;
+    let pid = child.id();
+    std::mem::forget(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http_ok(&address, "/-/ready") {
+            return Ok(Prometheus { pid, address });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill(pid);
+    bail!("prometheus did not become ready on {address} (log {})", log.display())
+}
+
+/// Whether `GET path` on a loopback address answers 200.
+fn http_ok(address: &str, path: &str) -> bool {
+    use std::io::Write as _;
+    let Ok(mut s) = std::net::TcpStream::connect(address) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
 /// A loopback address with a port that is free now (the collector binds it

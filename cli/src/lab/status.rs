@@ -55,6 +55,7 @@ pub fn json(state: &LabState) -> Value {
         "aggregation": state.aggregation,
         "nodes": nodes,
         "relay": Value::Null,
+        "prometheus": state.prometheus.as_ref().map(|p| p.address.clone()),
         "pods": pods,
         "services": services,
         "policies": policies,
