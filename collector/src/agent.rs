@@ -468,7 +468,7 @@ async fn loss_monitor(shared: Arc<Shared>) {
                 flows_stored: store.len() as u64,
                 flows_seen: store.seen(),
                 store_overwritten: store.overwritten(),
-                grpc_clients: 0,
+                grpc_clients: shared2.observer.flow_clients.load(Ordering::Relaxed),
             }
         })
         .await

@@ -57,6 +57,8 @@ pub struct ObserverState {
     pub losses: broadcast::Sender<LostEvent>,
     /// Total flows lost to a full kernel ring buffer.
     pub ring_lost_total: AtomicU64,
+    /// GetFlows streams open now.
+    pub flow_clients: Arc<AtomicU64>,
     /// For `flows_rate`: (time, seen) a while ago.
     rate_mark: Mutex<(Instant, u64)>,
 }
@@ -74,6 +76,7 @@ impl ObserverState {
             ring_lost: Mutex::new(Vec::new()),
             losses: broadcast::channel(256).0,
             ring_lost_total: AtomicU64::new(0),
+            flow_clients: Arc::new(AtomicU64::new(0)),
             rate_mark: Mutex::new((Instant::now(), 0)),
         }
     }
@@ -123,6 +126,32 @@ impl Service {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// A stream counted in a gauge for as long as it lives.
+struct Counted<S> {
+    inner: S,
+    gauge: Arc<AtomicU64>,
+}
+
+impl<S> Counted<S> {
+    fn new(inner: S, gauge: Arc<AtomicU64>) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self { inner, gauge }
+    }
+}
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        self.gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S: Stream + Unpin> Stream for Counted<S> {
+    type Item = S::Item;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        Pin::new(&mut self.inner).poll_next(cx)
+    }
+}
+
 #[tonic::async_trait]
 impl Observer for Service {
     type GetFlowsStream = BoxStream<GetFlowsResponse>;
@@ -131,7 +160,7 @@ impl Observer for Service {
 
     async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
         let stream = flows::get_flows(Arc::clone(&self.state), request.into_inner())?;
-        Ok(Response::new(stream))
+        Ok(Response::new(Box::pin(Counted::new(stream, Arc::clone(&self.state.flow_clients)))))
     }
 
     async fn get_agent_events(
@@ -318,5 +347,22 @@ impl ObserverState {
                 let _ = self.losses.send(lost);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_streams_are_counted_while_they_live() {
+        let gauge = Arc::new(AtomicU64::new(0));
+        let a = Counted::new(tokio_stream::empty::<()>(), Arc::clone(&gauge));
+        let b = Counted::new(tokio_stream::empty::<()>(), Arc::clone(&gauge));
+        assert_eq!(gauge.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(gauge.load(Ordering::Relaxed), 1);
+        drop(b);
+        assert_eq!(gauge.load(Ordering::Relaxed), 0);
     }
 }
