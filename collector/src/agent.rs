@@ -409,7 +409,6 @@ fn drain(shared: &Shared, builder: &mut FlowBuilder, ring: &mut RingBuf<MapData>
     let meta = Arc::clone(&shared.meta.read().expect("metadata lock"));
     let store = &shared.observer.store;
     shared.last_drain_ns.store(monotonic_ns(), Ordering::Relaxed);
-    let mut last_ns = None;
     while let Some(item) = ring.next() {
         match decoder::decode(&item) {
             Ok(ev) => {
@@ -419,7 +418,6 @@ fn drain(shared: &Shared, builder: &mut FlowBuilder, ring: &mut RingBuf<MapData>
                 if names.iter().any(|p| p.is_some()) {
                     shared.observer.saw_namespaces(names.iter().filter_map(|p| p.as_ref().map(|p| p.namespace.as_str())), flow.time_ns);
                 }
-                last_ns = Some(flow.time_ns);
                 shared.metrics.observe(&flow);
                 shared.own_metrics.observe_flow(&flow);
                 store.push(flow);
@@ -438,7 +436,6 @@ fn drain(shared: &Shared, builder: &mut FlowBuilder, ring: &mut RingBuf<MapData>
             }
         }
     }
-    let _ = last_ns;
 }
 
 /// Once a second: kernel ring-buffer losses to following clients and to
@@ -462,7 +459,7 @@ async fn loss_monitor(shared: Arc<Shared>) {
                 events_written: p.counter(abi::COUNTER_EVENTS_WRITTEN),
                 events_lost_per_cpu: p.counter_per_cpu(abi::COUNTER_EVENTS_LOST),
                 events_decoded: shared2.decoded.load(Ordering::Relaxed),
-                ct_entries: p.ct.keys().filter(Result::is_ok).count() as u64,
+                ct_entries: p.ct_entries(),
                 ct_created: p.counter(abi::COUNTER_CT_CREATED),
                 endpoints: inner.plan.endpoints.len() as u64,
                 flows_stored: store.len() as u64,
@@ -609,7 +606,7 @@ fn status(shared: &Shared) -> Status {
         events_written: p.counter(abi::COUNTER_EVENTS_WRITTEN),
         packets_forwarded: p.counter(abi::COUNTER_PACKETS_FORWARDED),
         packets_dropped: p.counter(abi::COUNTER_PACKETS_DROPPED),
-        ct_entries: p.ct.keys().filter(Result::is_ok).count() as u64,
+        ct_entries: p.ct_entries(),
         ct_created: p.counter(abi::COUNTER_CT_CREATED),
         kernel_drops_seen: p.counter(abi::COUNTER_KERNEL_DROPS_SEEN),
         kernel_drops_enabled: shared.kernel_drops,

@@ -302,6 +302,12 @@ impl Probes {
         }
     }
 
+    /// Connections in the conntrack map (expired ones included until the
+    /// collector's garbage collection deletes them).
+    pub fn ct_entries(&self) -> u64 {
+        self.ct.keys().filter(Result::is_ok).count() as u64
+    }
+
     /// Sum over CPUs of one per-CPU counter.
     pub fn counter(&self, index: u32) -> u64 {
         self.counters.get(&index, 0).map(|v| v.iter().sum()).unwrap_or(0)

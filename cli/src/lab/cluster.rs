@@ -297,15 +297,16 @@ fn pod_key(ns: &str, name: &str) -> String {
 }
 
 /// Starts a detached process that survives this command, logging to `log`.
-fn spawn_detached(cmd: &mut Command, log: &Path) -> anyhow::Result<std::process::Child> {
+/// With `ready_pipe`, its stdout is a pipe for [`wait_ready`]; otherwise it
+/// goes to the log too.
+fn spawn_detached(cmd: &mut Command, log: &Path, ready_pipe: bool) -> anyhow::Result<std::process::Child> {
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .with_context(|| format!("opening {}", log.display()))?;
-    let err = out.try_clone()?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
-    let _ = out;
+    let stdout = if ready_pipe { Stdio::piped() } else { Stdio::from(out.try_clone()?) };
+    cmd.stdin(Stdio::null()).stdout(stdout).stderr(out);
     // SAFETY: setsid is async-signal-safe; it detaches the child from our
     // session so that Ctrl-C on this command does not reach it.
     unsafe {
@@ -408,7 +409,7 @@ fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u
     if opts.debug_events {
         cmd.arg("--debug-events");
     }
-    let child = spawn_detached(&mut cmd, &log)?;
+    let child = spawn_detached(&mut cmd, &log, true)?;
     wait_ready(child, &log, &format!("the collector of {}", node.name), Duration::from_secs(60))
 }
 
@@ -421,7 +422,7 @@ fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
     for p in &rt.ports {
         cmd.args(["--port", p]);
     }
-    let child = spawn_detached(&mut cmd, &log)?;
+    let child = spawn_detached(&mut cmd, &log, true)?;
     wait_ready(child, &log, &format!("the responder of pod {}/{}", rt.namespace, rt.name), Duration::from_secs(20))
 }
 
@@ -806,24 +807,11 @@ fn start_prometheus(state: &LabState) -> anyhow::Result<Prometheus> {
     .with_context(|| format!("writing {}", config.display()))?;
     let address = free_loopback_port()?;
     let log = dir.join("prometheus.log");
-    let out = fs::OpenOptions::new().create(true).append(true).open(&log)?;
     let mut cmd = Command::new(PROMETHEUS_BIN);
     cmd.arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()))
-        .arg(format!("--web.listen-address={address}"))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
-    // SAFETY: setsid is async-signal-safe; detaches it like the collectors.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd.spawn().context("starting prometheus")?;
+        .arg(format!("--web.listen-address={address}"));
+    let child = spawn_detached(&mut cmd, &log, false)?;
     let pid = child.id();
     std::mem::forget(child);
     let deadline = Instant::now() + Duration::from_secs(30);
