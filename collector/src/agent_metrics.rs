@@ -6,15 +6,22 @@
 //! Updated once a second by the agent from absolute values; counters only
 //! ever grow by the difference.
 
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::flow::Flow;
+use crate::metrics::tally::{self, Keep, Tally, Target, address};
+
 type Count = Counter<u64, AtomicU64>;
+type Labels = Vec<(String, String)>;
 type Level = Gauge<i64, std::sync::atomic::AtomicI64>;
 
 /// Registered handles.
@@ -24,7 +31,7 @@ pub struct AgentMetrics {
     policy_denied: Count,
     kernel_drops: Count,
     events_written: Count,
-    events_lost: Family<Vec<(String, String)>, Count>,
+    events_lost: Family<Labels, Count>,
     events_decoded: Count,
     conntrack_entries: Level,
     conntrack_created: Count,
@@ -33,9 +40,12 @@ pub struct AgentMetrics {
     flows_seen: Count,
     store_overwritten: Count,
     grpc_clients: Level,
-    policy_verdicts: Family<Vec<(String, String)>, Count>,
-    policy_drops: Family<Vec<(String, String)>, Count>,
-    endpoint_verdicts: Family<Vec<(String, String)>, Count>,
+    batch_seconds: Histogram,
+    batch_events: Histogram,
+    delay_seconds: Histogram,
+    policy_verdicts: Family<Labels, Count>,
+    policy_drops: Family<Labels, Count>,
+    endpoint_verdicts: Family<Labels, Count>,
     last: Mutex<Last>,
 }
 
@@ -91,6 +101,12 @@ impl AgentMetrics {
             flows_seen: Count::default(),
             store_overwritten: Count::default(),
             grpc_clients: Level::default(),
+            // 10 µs … 2.6 s.
+            batch_seconds: Histogram::new(exponential_buckets(1e-5, 4.0, 10)),
+            // 1 … 65 536 events.
+            batch_events: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
+            // 100 µs … 5.9 s (the probes hold events back up to 10 ms).
+            delay_seconds: Histogram::new(exponential_buckets(1e-4, 3.0, 11)),
             policy_verdicts: Family::default(),
             policy_drops: Family::default(),
             endpoint_verdicts: Family::default(),
@@ -110,6 +126,19 @@ impl AgentMetrics {
         r.register("flow_store_seen_flows", "Flows pushed into the store", m.flows_seen.clone());
         r.register("flow_store_overwritten_flows", "Flows readers found overwritten before they read them", m.store_overwritten.clone());
         r.register("grpc_flow_clients", "GetFlows streams being served", m.grpc_clients.clone());
+        r.register_with_unit(
+            "pipeline_batch_duration",
+            "Time to decode, enrich, count and store one drain of the ring buffer",
+            prometheus_client::registry::Unit::Seconds,
+            m.batch_seconds.clone(),
+        );
+        r.register("pipeline_batch_events", "Events per drain of the ring buffer", m.batch_events.clone());
+        r.register_with_unit(
+            "pipeline_delay",
+            "Age of the oldest event of a drain when its flow reached the store (datapath to store)",
+            prometheus_client::registry::Unit::Seconds,
+            m.delay_seconds.clone(),
+        );
         r.register(
             "policy_verdicts",
             "New connections decided by NetworkPolicy, per policy (allowed: the policies that allowed it; denied/audit: the policies selecting the endpoint)",
@@ -120,70 +149,28 @@ impl AgentMetrics {
         m
     }
 
-    /// Per-policy and per-endpoint accounting of one flow (policy verdicts
-    /// and policy drops only; other flows cost a comparison).
-    pub fn observe_flow(&self, flow: &crate::flow::Flow) {
-        const POLICY_VERDICT: u8 = 5;
-        const DROP: u8 = 1;
-        const POLICY_DENIED: u16 = 133;
-        let is_verdict = flow.event_type == POLICY_VERDICT;
-        let is_policy_drop = flow.event_type == DROP && flow.drop_reason == POLICY_DENIED;
-        if !is_verdict && !is_policy_drop {
+    /// The per-policy and per-endpoint accounting, for the pipeline thread
+    /// that owns it.
+    #[must_use]
+    pub fn policy_recorder(&self) -> PolicyRecorder {
+        PolicyRecorder {
+            tally: Tally::new(tally::DEFAULT_LIMIT),
+            verdicts: self.policy_verdicts.clone(),
+            drops: self.policy_drops.clone(),
+            endpoints: self.endpoint_verdicts.clone(),
+        }
+    }
+
+    /// One drain of the ring buffer: how many events, how long they took
+    /// from decoding to the store, and how old the oldest of them was when
+    /// it got there (the datapath-to-store delay).
+    pub fn observe_batch(&self, events: u64, took: Duration, oldest_delay: Duration) {
+        if events == 0 {
             return;
         }
-        let direction = match flow.traffic_direction {
-            1 => "ingress",
-            2 => "egress",
-            _ => "unknown",
-        };
-        // The endpoint whose policy decided: the destination for ingress,
-        // the source for egress.
-        let endpoint = if direction == "ingress" { &flow.destination } else { &flow.source };
-        let endpoint = endpoint.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
-        let split = |name: &str| {
-            let (ns, n) = name.split_once('/').unwrap_or(("", name));
-            (ns.to_owned(), n.to_owned())
-        };
-        if is_policy_drop {
-            for p in flow.denied_by.iter().flat_map(|d| d.iter()) {
-                let (ns, n) = split(p);
-                self.policy_drops
-                    .get_or_create(&vec![("policy".into(), n), ("namespace".into(), ns), ("direction".into(), direction.into())])
-                    .inc();
-            }
-            return;
-        }
-        let action = match flow.verdict {
-            1 => "allowed",
-            2 => "denied",
-            4 => "audit",
-            _ => "unknown",
-        };
-        let matched = match flow.policy_match_type {
-            1 => "l3-only",
-            2 => "l3-l4",
-            3 => "l4-only",
-            4 => "all",
-            _ => "none",
-        };
-        let names = if action == "allowed" { &flow.allowed_by } else { &flow.denied_by };
-        for p in names.iter().flat_map(|d| d.iter()) {
-            let (ns, n) = split(p);
-            self.policy_verdicts
-                .get_or_create(&vec![
-                    ("policy".into(), n),
-                    ("namespace".into(), ns),
-                    ("direction".into(), direction.into()),
-                    ("match".into(), matched.into()),
-                    ("action".into(), action.into()),
-                ])
-                .inc();
-        }
-        if !endpoint.is_empty() {
-            self.endpoint_verdicts
-                .get_or_create(&vec![("endpoint".into(), endpoint), ("direction".into(), direction.into()), ("action".into(), action.into())])
-                .inc();
-        }
+        self.batch_seconds.observe(took.as_secs_f64());
+        self.batch_events.observe(events as f64);
+        self.delay_seconds.observe(oldest_delay.as_secs_f64());
     }
 
     /// Brings every metric to `reading`.
@@ -217,5 +204,277 @@ impl AgentMetrics {
         level(&self.endpoints, reading.endpoints);
         level(&self.flows_stored, reading.flows_stored);
         level(&self.grpc_clients, reading.grpc_clients);
+    }
+}
+
+/// `namespace/name` → (`namespace`, `name`).
+fn split(name: &str) -> (&str, &str) {
+    name.split_once('/').unwrap_or(("", name))
+}
+
+/// Labels of one policy accounting series.
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+/// Everything of a flow the policy accounting reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+struct PolicySig {
+    /// Event type, verdict, direction, match type, policy-denied drop.
+    fields: u64,
+    /// Address of the deciding endpoint's pod metadata.
+    endpoint: usize,
+    /// Address of the policy name list counted.
+    names: usize,
+}
+
+/// Counts policy verdicts and policy drops per policy and per endpoint on
+/// the pipeline thread ([`tally`]): the label strings of a kind of verdict
+/// are built once. Counts reach the metrics on [`flush`](Self::flush).
+pub struct PolicyRecorder {
+    tally: Tally<PolicySig>,
+    verdicts: Family<Labels, Count>,
+    drops: Family<Labels, Count>,
+    endpoints: Family<Labels, Count>,
+}
+
+impl std::fmt::Debug for PolicyRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyRecorder").field("signatures", &self.tally.len()).finish_non_exhaustive()
+    }
+}
+
+const POLICY_VERDICT: u8 = 5;
+const DROP: u8 = 1;
+const POLICY_DENIED: u16 = 133;
+const INGRESS: u8 = 1;
+const ALLOWED: u8 = 1;
+
+impl PolicyRecorder {
+    /// Counts a policy verdict or policy drop; other flows cost a
+    /// comparison.
+    #[inline]
+    pub fn record(&mut self, flow: &Flow) {
+        let is_verdict = flow.event_type == POLICY_VERDICT;
+        let is_policy_drop = flow.event_type == DROP && flow.drop_reason == POLICY_DENIED;
+        if !is_verdict && !is_policy_drop {
+            return;
+        }
+        // Only what `resolve` reads: the endpoint that decided (the
+        // destination for ingress, the source for egress) and the policy
+        // names it counts.
+        let endpoint = if flow.traffic_direction == INGRESS { &flow.destination } else { &flow.source };
+        let names = if is_verdict && flow.verdict == ALLOWED { &flow.allowed_by } else { &flow.denied_by };
+        let sig = PolicySig {
+            fields: u64::from_le_bytes([
+                flow.event_type,
+                flow.verdict,
+                flow.traffic_direction,
+                flow.policy_match_type,
+                u8::from(is_policy_drop),
+                0,
+                0,
+                0,
+            ]),
+            endpoint: if is_policy_drop { 0 } else { address(endpoint.pod.as_ref()) },
+            names: address(names.as_ref()),
+        };
+        if !self.tally.count(&sig) {
+            let targets = self.resolve(flow, is_policy_drop);
+            let keep = endpoint
+                .pod
+                .iter()
+                .filter(|_| !is_policy_drop)
+                .map(|p| Keep::Pod(Arc::clone(p)))
+                .chain(names.iter().map(|n| Keep::Strings(Arc::clone(n))))
+                .collect();
+            self.tally.insert(sig, targets, keep);
+        }
+    }
+
+    /// Adds the pending counts to the metrics.
+    pub fn flush(&mut self) {
+        self.tally.flush();
+    }
+
+    /// The series a kind of verdict counts in.
+    fn resolve(&self, flow: &Flow, is_policy_drop: bool) -> Vec<Target> {
+        let direction = match flow.traffic_direction {
+            INGRESS => "ingress",
+            2 => "egress",
+            _ => "unknown",
+        };
+        let mut targets = Vec::new();
+        if is_policy_drop {
+            for p in flow.denied_by.iter().flat_map(|d| d.iter()) {
+                let (ns, n) = split(p);
+                let series = labels(&[("policy", n), ("namespace", ns), ("direction", direction)]);
+                targets.push(Target::Counter(self.drops.get_or_create(&series).clone()));
+            }
+            return targets;
+        }
+        let action = match flow.verdict {
+            ALLOWED => "allowed",
+            2 => "denied",
+            4 => "audit",
+            _ => "unknown",
+        };
+        let matched = match flow.policy_match_type {
+            1 => "l3-only",
+            2 => "l3-l4",
+            3 => "l4-only",
+            4 => "all",
+            _ => "none",
+        };
+        let names = if action == "allowed" { &flow.allowed_by } else { &flow.denied_by };
+        for p in names.iter().flat_map(|d| d.iter()) {
+            let (ns, n) = split(p);
+            let series = labels(&[("policy", n), ("namespace", ns), ("direction", direction), ("match", matched), ("action", action)]);
+            targets.push(Target::Counter(self.verdicts.get_or_create(&series).clone()));
+        }
+        // The endpoint whose policy decided: the destination for ingress,
+        // the source for egress.
+        let endpoint = if direction == "ingress" { &flow.destination } else { &flow.source };
+        if let Some(pod) = &endpoint.pod {
+            let name = format!("{}/{}", pod.namespace, pod.name);
+            let series = labels(&[("endpoint", &name), ("direction", direction), ("action", action)]);
+            targets.push(Target::Counter(self.endpoints.get_or_create(&series).clone()));
+        }
+        targets
+    }
+}
+
+impl Drop for PolicyRecorder {
+    fn drop(&mut self) {
+        self.tally.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::decoder::PodMeta;
+    use crate::flow::Side;
+
+    fn side(pod: Option<Arc<PodMeta>>) -> Side {
+        Side {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
+            port: 80,
+            identity: 1000,
+            pod,
+            identity_labels: None,
+        }
+    }
+
+    fn sorted(registry: &Registry) -> Vec<String> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        let mut lines: Vec<String> = out.lines().filter(|l| l.starts_with("sightline_policy") || l.starts_with("sightline_endpoint")).map(str::to_owned).collect();
+        lines.sort();
+        lines
+    }
+
+    /// Every field the accounting reads, varied one at a time around a few
+    /// base flows: the recorder (signatures, pending counts) must count
+    /// exactly what resolving every flow counts.
+    #[test]
+    fn the_policy_recorder_counts_exactly_what_resolving_every_flow_counts() {
+        let pods: Vec<Arc<PodMeta>> = (0..4)
+            .map(|i| Arc::new(PodMeta { namespace: format!("ns{i}"), name: format!("p{i}"), ..PodMeta::default() }))
+            .collect();
+        let sets: Vec<Arc<[String]>> = vec![
+            Arc::from(vec!["ns0/allow-a".to_owned()]),
+            Arc::from(vec!["ns1/allow-b".to_owned(), "ns0/allow-c".to_owned()]),
+            Arc::from(vec!["deny-all".to_owned()]),
+        ];
+        let mut state = 0x1234_5678_9abc_def1_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut base: Vec<Flow> = Vec::new();
+        let mut flows = Vec::new();
+        for i in 0..6000 {
+            let r = next();
+            let mut f = if i < 12 { None } else { Some(base[i % base.len()].clone()) }.unwrap_or_else(|| Flow {
+                time_ns: 0,
+                seq: 0,
+                source: side(None),
+                destination: side(None),
+                verdict: 1,
+                drop_reason: 0,
+                kernel_drop_reason: 0,
+                kernel_drop_reason_name: None,
+                event_type: 5,
+                event_sub_type: 0,
+                trace_observation_point: 0,
+                trace_reason: 0,
+                is_reply: None,
+                traffic_direction: 1,
+                policy_match_type: 2,
+                protocol: 6,
+                tcp_flags: 0,
+                icmp_type: 0,
+                icmp_code: 0,
+                ip_version: 4,
+                ifindex: 0,
+                interface: None,
+                allowed_by: None,
+                denied_by: None,
+                counters: [0; 4],
+            });
+            let pod = || Some(Arc::clone(&pods[(r >> 8) as usize % pods.len()]));
+            let set = || Some(Arc::clone(&sets[(r >> 16) as usize % sets.len()]));
+            match if i < 12 { 99 } else { r % 10 } {
+                0 => f.event_type = [1, 4, 5][(r >> 4) as usize % 3],
+                1 => f.verdict = [1, 2, 4, 5][(r >> 4) as usize % 4],
+                2 => f.drop_reason = [0, 133, 181][(r >> 4) as usize % 3],
+                3 => f.traffic_direction = (r >> 4) as u8 % 3,
+                4 => f.policy_match_type = (r >> 4) as u8 % 6,
+                5 => f.source.pod = pod(),
+                6 => f.destination.pod = pod(),
+                7 => f.allowed_by = set(),
+                8 => f.denied_by = set(),
+                _ => {
+                    f.source.pod = pod();
+                    f.destination.pod = Some(Arc::clone(&pods[(r >> 24) as usize % pods.len()]));
+                    f.allowed_by = set();
+                    f.denied_by = Some(Arc::clone(&sets[(r >> 32) as usize % sets.len()]));
+                    f.event_type = [1, 5][(r >> 40) as usize % 2];
+                    f.drop_reason = if f.event_type == 1 { 133 } else { 0 };
+                    f.verdict = [1, 2, 4][(r >> 44) as usize % 3];
+                    f.traffic_direction = [1, 2][(r >> 48) as usize % 2];
+                }
+            }
+            if i < 12 {
+                base.push(f.clone());
+            }
+            flows.push(f);
+        }
+        let (mut cached_registry, mut reference_registry) = (Registry::default(), Registry::default());
+        let (cached, reference) = (AgentMetrics::register(&mut cached_registry), AgentMetrics::register(&mut reference_registry));
+        let mut recorder = cached.policy_recorder();
+        let resolver = reference.policy_recorder();
+        for (i, f) in flows.iter().enumerate() {
+            recorder.record(f);
+            if i % 500 == 0 {
+                recorder.flush();
+            }
+            let is_verdict = f.event_type == POLICY_VERDICT;
+            let is_drop = f.event_type == DROP && f.drop_reason == POLICY_DENIED;
+            if is_verdict || is_drop {
+                for target in resolver.resolve(f, is_drop) {
+                    target.add(1);
+                }
+            }
+        }
+        drop(recorder);
+        let (got, want) = (sorted(&cached_registry), sorted(&reference_registry));
+        assert!(want.len() > 20, "{want:#?}");
+        assert_eq!(got, want);
     }
 }

@@ -89,6 +89,11 @@ fn metrics_count_what_the_datapath_dropped() {
     assert!(sum(&after, "hubble_tcp_flags_total", &["flag=\"SYN\"", "family=\"IPv4\""]) > 0.0);
     assert!(after.contains("hubble_lost_events_total{source=\"perf_event_ring_buffer\"}"));
     assert!(sum(&after, "sightline_endpoints", &[]) == 9.0);
+    // Pipeline throughput and latency histograms saw the drains.
+    for histogram in ["sightline_pipeline_delay_seconds", "sightline_pipeline_batch_duration_seconds", "sightline_pipeline_batch_events"] {
+        assert!(sum(&after, &format!("{histogram}_count"), &[]) > 0.0, "{histogram} observed nothing");
+        assert!(after.contains(&format!("{histogram}_bucket{{le=\"+Inf\"}}")), "{histogram} has no +Inf bucket");
+    }
 
     // promtool accepts the output.
     if std::path::Path::new("/usr/bin/promtool").exists() {

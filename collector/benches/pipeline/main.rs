@@ -7,6 +7,10 @@
 //!   → `Store::push` (a full store of the default capacity, so every push
 //!   also frees the flow it replaces), with the metadata of a node in a
 //!   cluster of a few hundred pods;
+//! - `pipeline/decode_build_metrics_store`: the same with the metrics hooks
+//!   of the default metric set and the policy accounting, as the agent runs
+//!   them; `…_hubble_metrics_store` with the Hubble handlers only, and
+//!   `…_flush_per_flow` through `Metrics::observe`;
 //! - `pipeline/to_proto`: a stored flow → Hubble's `flow.Flow` protobuf, and
 //!   `pipeline/to_proto_masked` with the field mask `hubble observe` asks
 //!   for by default.
@@ -261,9 +265,14 @@ fn decode_build_store(c: &mut Criterion) {
     group.finish();
 }
 
-/// The same pipeline with the metrics hook of the default metric set (and
-/// the collector's policy accounting) on every flow, as the agent runs it:
-/// the hook's cost is the ratio to `decode_build_store`.
+/// The same pipeline with the metrics hooks of the default metric set and
+/// the collector's policy accounting on every flow, as the agent runs them
+/// (the flow built into its `Arc` first, so that the hooks read it where
+/// the store will keep it; per-thread recorders, flushed once per drain):
+/// the hooks' cost is the
+/// ratio to `decode_build_store`. `…_hubble_…` is without the policy
+/// accounting, and `…_flush_per_flow` is `Metrics::observe` (the shared
+/// recorder behind a lock, flushed after every flow), for comparison.
 fn decode_build_metrics_store(c: &mut Criterion) {
     use sightline_collector::metrics::{DEFAULT_MAX_SERIES_PER_METRIC, Metrics, MetricsConfig};
     let meta = metadata();
@@ -271,23 +280,68 @@ fn decode_build_metrics_store(c: &mut Criterion) {
     let mut metrics = Metrics::new(&MetricsConfig::parse("").expect("the default set"), DEFAULT_MAX_SERIES_PER_METRIC)
         .expect("metrics");
     let own = sightline_collector::agent_metrics::AgentMetrics::register(metrics.registry_mut());
+    let mut recorder = metrics.recorder();
+    let mut policy = own.policy_recorder();
     let store = Store::default();
     let mut builder = FlowBuilder::new();
     // Warm: every series exists and the store is full, as in steady state.
     for flow in built_flows(&meta, &bytes) {
-        metrics.observe(&flow);
-        own.observe_flow(&flow);
+        recorder.record(&flow);
+        policy.record(&flow);
         store.push(flow);
     }
+    recorder.flush();
+    policy.flush();
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_function("decode_build_metrics_store", |b| {
+    // The agent flushes the recorders' pending counts at most every
+    // `FLUSH_INTERVAL` (50 ms); at this rate that is several hundred
+    // thousand events. Flushing every 8 batches (32 768 events) is pessimistic.
+    const FLUSH_EVERY: u64 = 8;
+    for (name, hubble, accounting, flush_every) in [
+        ("decode_build_metrics_store", true, true, FLUSH_EVERY),
+        ("decode_build_hubble_metrics_store", true, false, FLUSH_EVERY),
+        ("decode_build_policy_store", false, true, FLUSH_EVERY),
+        ("decode_build_metrics_store_flush_per_batch", true, true, 1),
+    ] {
+        let mut batches = 0u64;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut previous: Option<Arc<Flow>> = None;
+                let mut hooks = |flow: Arc<Flow>| {
+                    if hubble {
+                        recorder.record(&flow);
+                    }
+                    if accounting {
+                        policy.record(&flow);
+                    }
+                    store.push(flow);
+                };
+                for chunk in black_box(&bytes[..]).chunks_exact(EVENT_SIZE) {
+                    if let Ok(ev) = decode(chunk) {
+                        let flow = Arc::new(builder.build(&ev, &meta));
+                        if let Some(flow) = previous.replace(flow) {
+                            hooks(flow);
+                        }
+                    }
+                }
+                if let Some(flow) = previous.take() {
+                    hooks(flow);
+                }
+                batches += 1;
+                if batches % flush_every == 0 {
+                    recorder.flush();
+                    policy.flush();
+                }
+            });
+        });
+    }
+    group.bench_function("decode_build_metrics_store_flush_per_flow", |b| {
         b.iter(|| {
             for chunk in black_box(&bytes[..]).chunks_exact(EVENT_SIZE) {
                 if let Ok(ev) = decode(chunk) {
                     let flow = builder.build(&ev, &meta);
                     metrics.observe(&flow);
-                    own.observe_flow(&flow);
                     store.push(flow);
                 }
             }

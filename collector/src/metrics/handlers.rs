@@ -16,6 +16,7 @@ use super::context::{Text, View};
 use super::names;
 use super::options::{HandlerConfig, HandlerKind};
 use super::series::Family;
+use super::tally::{Keep, address};
 use crate::flow::Flow;
 
 /// More than any handler needs: 3 own labels + 11 `labelsContext` labels +
@@ -131,6 +132,9 @@ fn forwarded(flow: &Flow) -> bool {
     )
 }
 
+/// Receives a family and the label values of one series to count in.
+pub(crate) type Sink<'s> = dyn FnMut(&Family, &[&str]) + 's;
+
 /// One enabled handler and its metric.
 pub(crate) struct Handler {
     config: HandlerConfig,
@@ -206,11 +210,12 @@ impl Handler {
         }
     }
 
-    /// Counts the flow if this handler is interested in it.
-    pub(crate) fn process(&self, view: &View<'_>) {
+    /// Passes the label values of every series the flow counts in (none
+    /// when the handler is not interested in it) to `sink`.
+    pub(crate) fn process(&self, view: &View<'_>, sink: &mut Sink<'_>) {
         let flow = view.flow;
         match self.config.kind {
-            HandlerKind::Flow => self.flow(view),
+            HandlerKind::Flow => self.flow(view, sink),
             HandlerKind::Drop => {
                 // Dropped packets: drop events only. A denied policy
                 // verdict describes the same packet as its drop event, so
@@ -231,7 +236,7 @@ impl Handler {
                 self.push_context(view, &mut labels);
                 labels.push(reason);
                 labels.push(flow_protocol(flow));
-                self.family.inc(labels.as_slice());
+                sink(&self.family, labels.as_slice());
             }
             HandlerKind::Tcp => {
                 if !forwarded(flow) || flow.protocol != abi::IPPROTO_TCP {
@@ -244,7 +249,7 @@ impl Handler {
                 let bits = flow.tcp_flags;
                 let mut count = |flag: &'static str| {
                     labels.set(0, flag);
-                    self.family.inc(labels.as_slice());
+                    sink(&self.family, labels.as_slice());
                 };
                 if bits & abi::TCP_FIN != 0 {
                     count(names::FLAG_FIN);
@@ -279,7 +284,7 @@ impl Handler {
                 labels.push(protocol);
                 labels.push(port);
                 self.push_context(view, &mut labels);
-                self.family.inc(labels.as_slice());
+                sink(&self.family, labels.as_slice());
             }
             HandlerKind::Icmp => {
                 let (family, v6) = match flow.protocol {
@@ -294,7 +299,7 @@ impl Handler {
                 labels.push(family);
                 labels.push(icmp_type_code(v6, flow.icmp_type, flow.icmp_code, &mut buf));
                 self.push_context(view, &mut labels);
-                self.family.inc(labels.as_slice());
+                sink(&self.family, labels.as_slice());
             }
             HandlerKind::Policy => {
                 if flow.event_type != names::MESSAGE_POLICY_VERDICT
@@ -322,13 +327,13 @@ impl Handler {
                 labels.push(matched);
                 labels.push(action);
                 self.push_context(view, &mut labels);
-                self.family.inc(labels.as_slice());
+                sink(&self.family, labels.as_slice());
             }
-            HandlerKind::FlowsToWorld => self.flows_to_world(view),
+            HandlerKind::FlowsToWorld => self.flows_to_world(view, sink),
         }
     }
 
-    fn flow(&self, view: &View<'_>) {
+    fn flow(&self, view: &View<'_>, sink: &mut Sink<'_>) {
         let flow = view.flow;
         let number;
         let (kind, subtype) = match flow.event_type {
@@ -360,10 +365,10 @@ impl Handler {
         labels.push(subtype);
         labels.push(verdict);
         self.push_context(view, &mut labels);
-        self.family.inc(labels.as_slice());
+        sink(&self.family, labels.as_slice());
     }
 
-    fn flows_to_world(&self, view: &View<'_>) {
+    fn flows_to_world(&self, view: &View<'_>, sink: &mut Sink<'_>) {
         let flow = view.flow;
         let to_world = flow.destination.identity == names::IDENTITY_WORLD
             || view
@@ -407,7 +412,177 @@ impl Handler {
             });
         }
         self.push_context(view, &mut labels);
-        self.family.inc(labels.as_slice());
+        sink(&self.family, labels.as_slice());
+    }
+}
+
+/// What a flow's signature is made of: every flow field any enabled
+/// handler (or its context labels) reads. Two flows with equal signatures
+/// get the same label values from every handler, which is what lets
+/// [`super::tally`] count them without building labels. **A handler that
+/// starts reading another field must add it here**; the `signatures` test
+/// in `metrics/tests.rs` compares cached and uncached counting over random
+/// flows to catch a forgotten one.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Reads {
+    /// Port-distribution: the destination port of forwarded requests.
+    port_distribution: bool,
+    /// Flows-to-world with `port`: the destination port.
+    world_port: bool,
+    /// Context labels (or flows-to-world's `reserved:world` test) read the
+    /// sides' metadata: pod, identity labels.
+    sides: bool,
+    /// Context labels read the sides' addresses.
+    ips: bool,
+}
+
+/// A flow's signature (see [`Reads`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Sig {
+    /// Event type, sub-type, verdict, protocol, TCP flags, IP version,
+    /// traffic direction, reply-ness.
+    fields: u64,
+    /// Drop reason, destination port (when read), ICMP type and code,
+    /// policy match type, source-is-host and destination-is-world marks.
+    more: u64,
+    /// Addresses of the sides' pod metadata and identity labels, when read.
+    sides: [usize; 4],
+    /// The sides' addresses, when read.
+    ips: Option<[std::net::IpAddr; 2]>,
+}
+
+impl std::hash::Hash for Sig {
+    /// Only the parts in use: most configurations read no sides.
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.fields);
+        h.write_u64(self.more);
+        if self.sides != [0; 4] {
+            for side in self.sides {
+                h.write_usize(side);
+            }
+        }
+        if let Some(ips) = &self.ips {
+            ips.hash(h);
+        }
+    }
+}
+
+impl Reads {
+    pub(crate) fn new(handlers: &[Handler], ips: bool) -> Self {
+        let mut reads = Self {
+            ips,
+            ..Self::default()
+        };
+        for h in handlers {
+            let c = &h.config.context;
+            if !c.source.is_empty() || !c.destination.is_empty() || !c.labels.is_empty() {
+                reads.sides = true;
+            }
+            match h.config.kind {
+                HandlerKind::PortDistribution => reads.port_distribution = true,
+                HandlerKind::FlowsToWorld => {
+                    reads.sides = true;
+                    reads.world_port |= h.config.port;
+                }
+                _ => {}
+            }
+        }
+        reads
+    }
+
+    /// Whether any handler reads the destination port of this flow. Only
+    /// then is it in the signature: replies to many clients would otherwise
+    /// make one signature per ephemeral port.
+    fn reads_port(&self, flow: &Flow) -> bool {
+        let l4 = matches!(
+            flow.protocol,
+            abi::IPPROTO_TCP | abi::IPPROTO_UDP | abi::IPPROTO_SCTP
+        );
+        (self.port_distribution && l4 && forwarded(flow) && flow.is_reply == Some(false))
+            || (self.world_port && l4)
+    }
+
+    /// Whether signatures read only the flow's own fields (no sides), as
+    /// in most configurations, the default one included: they are then
+    /// just [`Reads::words`].
+    #[inline]
+    pub(crate) fn plain(&self) -> bool {
+        !self.sides && !self.ips
+    }
+
+    /// The flow's own fields every handler reads, in two words.
+    #[inline]
+    pub(crate) fn words(&self, flow: &Flow) -> (u64, u64) {
+        let reply = match flow.is_reply {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
+        let fields = u64::from_le_bytes([
+            flow.event_type,
+            flow.event_sub_type,
+            flow.verdict,
+            flow.protocol,
+            flow.tcp_flags,
+            flow.ip_version,
+            flow.traffic_direction,
+            reply,
+        ]);
+        let port = if self.reads_port(flow) {
+            flow.destination.port
+        } else {
+            0
+        };
+        let marks = u64::from(flow.source.identity == names::IDENTITY_HOST)
+            | u64::from(flow.destination.identity == names::IDENTITY_WORLD) << 1;
+        let more = u64::from(flow.drop_reason)
+            | u64::from(port) << 16
+            | u64::from(flow.icmp_type) << 32
+            | u64::from(flow.icmp_code) << 40
+            | u64::from(flow.policy_match_type) << 48
+            | marks << 56;
+        (fields, more)
+    }
+
+    /// The full signature, for configurations that read the sides.
+    pub(crate) fn signature(&self, flow: &Flow) -> Sig {
+        let (fields, more) = self.words(flow);
+        let sides = if self.sides {
+            let (s, d) = (&flow.source, &flow.destination);
+            [
+                address(s.pod.as_ref()),
+                address(s.identity_labels.as_ref()),
+                address(d.pod.as_ref()),
+                address(d.identity_labels.as_ref()),
+            ]
+        } else {
+            [0; 4]
+        };
+        let ips = self.ips.then_some([flow.source.ip, flow.destination.ip]);
+        Sig {
+            fields,
+            more,
+            sides,
+            ips,
+        }
+    }
+
+    /// The metadata a signature holds the address of, to keep it alive.
+    pub(crate) fn keep(&self, flow: &Flow) -> Vec<Keep> {
+        if !self.sides {
+            return Vec::new();
+        }
+        let mut keep = Vec::new();
+        for side in [&flow.source, &flow.destination] {
+            if let Some(pod) = &side.pod {
+                keep.push(Keep::Pod(Arc::clone(pod)));
+            }
+            if let Some(labels) = &side.identity_labels {
+                keep.push(Keep::Strings(Arc::clone(labels)));
+            }
+        }
+        keep
     }
 }
 

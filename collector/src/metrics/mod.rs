@@ -20,13 +20,17 @@
 //! [`Registry`] is shared: the agent registers its own `sightline_*`
 //! metrics in it ([`Metrics::registry_mut`]) and one scrape returns both.
 //!
-//! **Cost per flow.** `observe` allocates nothing once a flow's series
-//! exist: label values are `&str`s borrowed from the flow, from static
-//! tables, from stack buffers (IPs, ports, ICMP codes) or from a cache of
-//! the per-pod strings (`ns/pod`, joined identity labels) keyed by the
-//! address of the flow's shared `Arc<PodMeta>`/`Arc<[String]>`; series are
-//! looked up by those borrowed values and incremented with one atomic add
-//! under a read lock. Only a new series allocates its key.
+//! **Cost per flow.** The pipeline counts flows through its own
+//! [`Recorder`] ([`Metrics::recorder`]): a flow is reduced to a
+//! *signature* of the fields the enabled handlers read (`handlers::Reads`),
+//! and only the first flow of a signature builds label strings and looks
+//! its series up; later ones cost one probe of a small table and a
+//! thread-local increment ([`tally`]), flushed to the shared series by the
+//! agent every 50 ms. Resolving (the slow path, and [`Metrics::observe`])
+//! allocates nothing either once a flow's series exist: label values are
+//! `&str`s borrowed from the flow, from static tables, from stack buffers
+//! or from a cache of the per-pod strings (`ns/pod`, joined identity
+//! labels) keyed by the address of the flow's shared metadata.
 //!
 //! This module must not decode events, store flows, or know where pods
 //! come from: it receives flows and pod deletions from the agent.
@@ -39,11 +43,13 @@ pub mod server;
 mod context;
 mod handlers;
 mod series;
+pub(crate) mod tally;
 #[cfg(test)]
 mod tests;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus_client::metrics::counter::Counter;
@@ -61,8 +67,9 @@ pub use server::{Check, Health, bind, router, serve};
 
 use crate::flow::Flow;
 use context::{Cache, IpText, Needs, Resolved, SideView, View};
-use handlers::Handler;
+use handlers::{Handler, Reads, Sig, Sink};
 use series::{Families, Family};
+use tally::Tally;
 
 /// The default cap on series per metric.
 pub const DEFAULT_MAX_SERIES_PER_METRIC: usize = 10_000;
@@ -129,12 +136,145 @@ type RefusedCounters = CounterFamily<[(&'static str, &'static str); 1], Counter>
 pub struct Metrics {
     config: MetricsConfig,
     registry: Registry,
-    handlers: Vec<Handler>,
-    needs: Needs,
-    cache: Mutex<Cache>,
+    core: Arc<Core>,
+    /// The recorder behind [`Metrics::observe`].
+    recorder: Mutex<Recorder>,
     /// `hubble_lost_events_total{source}`: encoded with the handlers'
     /// families (the registry would append a period to Hubble's help text).
     lost: Arc<Family>,
+}
+
+/// What recorders share: the handlers and their families.
+struct Core {
+    handlers: Vec<Handler>,
+    needs: Needs,
+    reads: Reads,
+    cache: Mutex<Cache>,
+    /// Bumped whenever series are removed: recorders then forget the
+    /// targets they resolved.
+    generation: AtomicU64,
+}
+
+impl Core {
+    /// Every series the flow counts in.
+    #[cold]
+    fn targets(&self, flow: &Flow) -> Vec<tally::Target> {
+        let mut targets = Vec::new();
+        self.resolve(flow, &mut |family, labels| targets.push(family.resolve(labels)));
+        targets
+    }
+
+    /// The slow path: every handler's label values for the flow, built from
+    /// the flow and the per-pod string cache.
+    fn resolve(&self, flow: &Flow, sink: &mut Sink<'_>) {
+        let resolved = if self.needs.pod_strings || self.needs.identity {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            Resolved::new(&mut cache, self.needs, flow)
+        } else {
+            Resolved::default()
+        };
+        let (source_ip, destination_ip) = if self.needs.ip {
+            (
+                IpText::format(format_args!("{}", flow.source.ip)),
+                IpText::format(format_args!("{}", flow.destination.ip)),
+            )
+        } else {
+            (IpText::new(), IpText::new())
+        };
+        let view = View {
+            flow,
+            source: SideView::new(
+                &flow.source,
+                source_ip.as_str(),
+                resolved.source_pod.as_ref(),
+                resolved.source_identity.as_ref(),
+            ),
+            destination: SideView::new(
+                &flow.destination,
+                destination_ip.as_str(),
+                resolved.destination_pod.as_ref(),
+                resolved.destination_identity.as_ref(),
+            ),
+        };
+        for handler in &self.handlers {
+            handler.process(&view, sink);
+        }
+    }
+}
+
+/// Counts flows for the pipeline thread that owns it: the first flow of a
+/// kind (its [`Sig`]nature) is resolved into series, later ones cost a
+/// hash probe and a thread-local increment ([`tally`]). Counts reach the
+/// shared series on [`Recorder::flush`] (and when dropped).
+pub struct Recorder {
+    core: Arc<Core>,
+    /// Signatures without sides, as most configurations (the default one
+    /// included) have them: a compact key keeps the table small and cached.
+    plain: Tally<(u64, u64)>,
+    full: Tally<Sig>,
+    generation: u64,
+}
+
+impl fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recorder")
+            .field("signatures", &(self.plain.len() + self.full.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    fn new(core: Arc<Core>) -> Self {
+        let generation = core.generation.load(Ordering::Acquire);
+        Self {
+            core,
+            plain: Tally::new(tally::DEFAULT_LIMIT),
+            full: Tally::new(tally::DEFAULT_LIMIT),
+            generation,
+        }
+    }
+
+    /// Counts one flow in every handler interested in it (pending until
+    /// [`flush`](Self::flush)). Allocates nothing for a kind of flow seen
+    /// before.
+    #[inline]
+    pub fn record(&mut self, flow: &Flow) {
+        if self.core.handlers.is_empty() {
+            return;
+        }
+        let generation = self.core.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.plain.clear();
+            self.full.clear();
+            self.generation = generation;
+        }
+        let reads = &self.core.reads;
+        if reads.plain() {
+            let key = reads.words(flow);
+            if !self.plain.count(&key) {
+                let targets = self.core.targets(flow);
+                self.plain.insert(key, targets, Vec::new());
+            }
+        } else {
+            let sig = reads.signature(flow);
+            if !self.full.count(&sig) {
+                let targets = self.core.targets(flow);
+                self.full.insert(sig, targets, reads.keep(flow));
+            }
+        }
+    }
+
+    /// Adds the pending counts to the shared series.
+    pub fn flush(&mut self) {
+        self.plain.flush();
+        self.full.flush();
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.flush();
+    }
 }
 
 impl fmt::Debug for Metrics {
@@ -214,12 +354,19 @@ impl Metrics {
             .collect();
         registry.register_collector(Box::new(Families(families)));
 
+        let reads = Reads::new(&handlers, needs.ip);
+        let core = Arc::new(Core {
+            handlers,
+            needs,
+            reads,
+            cache: Mutex::new(Cache::default()),
+            generation: AtomicU64::new(0),
+        });
         Ok(Self {
             config: config.clone(),
             registry,
-            handlers,
-            needs,
-            cache: Mutex::new(Cache::default()),
+            recorder: Mutex::new(Recorder::new(Arc::clone(&core))),
+            core,
             lost,
         })
     }
@@ -230,45 +377,26 @@ impl Metrics {
         &self.config
     }
 
-    /// Counts one flow in every handler interested in it. Never fails, and
-    /// allocates nothing once the flow's series exist and its pods have been
-    /// seen (their `ns/pod` strings are built once per pod).
+    /// A recorder for a pipeline thread: the fast way to count flows.
+    #[must_use]
+    pub fn recorder(&self) -> Recorder {
+        Recorder::new(Arc::clone(&self.core))
+    }
+
+    /// Counts one flow in every handler interested in it, at once (through
+    /// a shared recorder: a pipeline should own a [`Recorder`]). Never
+    /// fails, and allocates nothing for a kind of flow seen before.
     pub fn observe(&self, flow: &Flow) {
-        if self.handlers.is_empty() {
-            return;
-        }
-        let resolved = if self.needs.pod_strings || self.needs.identity {
-            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            Resolved::new(&mut cache, self.needs, flow)
-        } else {
-            Resolved::default()
-        };
-        let (source_ip, destination_ip) = if self.needs.ip {
-            (
-                IpText::format(format_args!("{}", flow.source.ip)),
-                IpText::format(format_args!("{}", flow.destination.ip)),
-            )
-        } else {
-            (IpText::new(), IpText::new())
-        };
-        let view = View {
-            flow,
-            source: SideView::new(
-                &flow.source,
-                source_ip.as_str(),
-                resolved.source_pod.as_ref(),
-                resolved.source_identity.as_ref(),
-            ),
-            destination: SideView::new(
-                &flow.destination,
-                destination_ip.as_str(),
-                resolved.destination_pod.as_ref(),
-                resolved.destination_identity.as_ref(),
-            ),
-        };
-        for handler in &self.handlers {
-            handler.process(&view);
-        }
+        let mut recorder = self.recorder.lock().unwrap_or_else(PoisonError::into_inner);
+        recorder.record(flow);
+        recorder.flush();
+    }
+
+    /// Counts one flow the slow way, label strings and all (the reference
+    /// the recorder is checked against).
+    #[cfg(test)]
+    fn observe_uncached(&self, flow: &Flow) {
+        self.core.resolve(flow, &mut |family, labels| family.inc(labels));
     }
 
     /// Adds `n` to `hubble_lost_events_total{source}`.
@@ -307,17 +435,24 @@ impl Metrics {
         } else {
             format!("{namespace}/{pod}")
         };
-        self.handlers
+        let removed = self
+            .core
+            .handlers
             .iter()
             .map(|h| h.family().delete_pod(namespace, pod, &namespaced))
-            .sum()
+            .sum();
+        if removed > 0 {
+            self.core.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        removed
     }
 
     /// The number of series of a metric (`hubble_drop_total`, …), `None`
     /// when it is not enabled.
     #[must_use]
     pub fn series_count(&self, metric: &str) -> Option<usize> {
-        self.handlers
+        self.core
+            .handlers
             .iter()
             .map(Handler::family)
             .find(|f| f.metric() == metric)
@@ -327,7 +462,8 @@ impl Metrics {
     /// The label names of a metric, in order, `None` when it is not enabled.
     #[must_use]
     pub fn label_names(&self, metric: &str) -> Option<Vec<&'static str>> {
-        self.handlers
+        self.core
+            .handlers
             .iter()
             .map(Handler::family)
             .find(|f| f.metric() == metric)

@@ -30,6 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::Exemplar;
 
 use super::names;
+use super::tally::Target;
 use super::options::{ContextLabel, ContextOptions};
 
 /// Label values, owned or borrowed, hashed and compared by content
@@ -126,7 +127,7 @@ pub(crate) struct Family {
     pods: PodLabels,
     cap: usize,
     refused: Counter,
-    series: RwLock<HashMap<Key, AtomicU64>>,
+    series: RwLock<HashMap<Key, Arc<AtomicU64>>>,
 }
 
 impl fmt::Debug for Family {
@@ -198,6 +199,12 @@ impl Family {
     /// Adds `n` to the series with these label values (one per label, in
     /// order), creating it if the cap allows. Allocates only when creating.
     pub(crate) fn add(&self, values: &[&str], n: u64) {
+        self.resolve(values).add(n);
+    }
+
+    /// Where observations with these label values count: their series,
+    /// created (at 0) if the cap allows, else the refusal counter.
+    pub(crate) fn resolve(&self, values: &[&str]) -> Target {
         if values.len() != self.labels.len() {
             // A handler bug; never worth a panic in the flow path.
             debug_assert!(
@@ -207,32 +214,31 @@ impl Family {
                 values.len(),
                 self.labels.len()
             );
-            return;
+            return Target::Nowhere;
         }
         let probe = Probe(values);
         let probe: &dyn ValueList = &probe;
         {
             let series = self.series.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(counter) = series.get(probe) {
-                counter.fetch_add(n, Ordering::Relaxed);
-                return;
+                return Target::Series(Arc::clone(counter));
             }
         }
         let mut series = self.series.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(counter) = series.get(probe) {
-            counter.fetch_add(n, Ordering::Relaxed);
-            return;
+            return Target::Series(Arc::clone(counter));
         }
         if series.len() >= self.cap {
-            drop(series);
-            self.refused.inc();
-            return;
+            return Target::Counter(self.refused.clone());
         }
         let key = Key(values.iter().map(|v| Box::from(*v)).collect());
-        series.insert(key, AtomicU64::new(n));
+        let counter = Arc::new(AtomicU64::new(0));
+        series.insert(key, Arc::clone(&counter));
+        Target::Series(counter)
     }
 
     /// Adds 1.
+    #[cfg(test)]
     pub(crate) fn inc(&self, values: &[&str]) {
         self.add(values, 1);
     }
@@ -287,7 +293,7 @@ impl Family {
         )?;
         let series = self.series.read().unwrap_or_else(PoisonError::into_inner);
         // Sorted, so that scrapes are stable and diffable.
-        let mut sorted: Vec<(&Key, &AtomicU64)> = series.iter().collect();
+        let mut sorted: Vec<(&Key, &Arc<AtomicU64>)> = series.iter().collect();
         sorted.sort_unstable_by(|a, b| a.0.0.cmp(&b.0.0));
         for (key, value) in sorted {
             let labels = Pairs {
