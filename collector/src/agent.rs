@@ -487,28 +487,37 @@ impl Pipeline {
     }
 }
 
+/// How often (in seconds) the map fill and conntrack entries are read.
+const MAP_FILL_EVERY: u64 = 5;
+
 /// Once a second: kernel ring-buffer losses to following clients and to
 /// `hubble_lost_events_total`, store overwrites likewise, and the
 /// collector's own metrics from the probes' counters.
 async fn loss_monitor(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let (mut ring_lost, mut overwritten) = (0u64, 0u64);
-    loop {
+    for ticks in 0u64.. {
         tick.tick().await;
         let shared2 = Arc::clone(&shared);
         let Ok(reading) = tokio::task::spawn_blocking(move || {
+            let identities = shared2.meta.read().expect("metadata lock").identities.len() as u64;
             let inner = shared2.inner.lock().expect("datapath lock");
             let p = &inner.probes;
             let store = &shared2.observer.store;
+            // Walking the maps costs a system call per entry: every
+            // MAP_FILL_EVERY seconds only.
+            let map_fill = if ticks % MAP_FILL_EVERY == 0 { p.map_fill() } else { Vec::new() };
+            let ct_entries = map_fill.iter().find(|f| f.map == abi::maps::CT).map(|f| f.entries);
             crate::agent_metrics::Reading {
-                forwarded: p.counter(abi::COUNTER_PACKETS_FORWARDED),
-                dropped: p.counter(abi::COUNTER_PACKETS_DROPPED),
+                traffic: p.traffic(),
+                map_fill,
+                identities,
                 policy_denied: p.counter(abi::COUNTER_POLICY_DENIED),
                 kernel_drops: p.counter(abi::COUNTER_KERNEL_DROPS_SEEN),
                 events_written: p.counter(abi::COUNTER_EVENTS_WRITTEN),
                 events_lost_per_cpu: p.counter_per_cpu(abi::COUNTER_EVENTS_LOST),
                 events_decoded: shared2.decoded.load(Ordering::Relaxed),
-                ct_entries: p.ct_entries(),
+                ct_entries,
                 ct_created: p.counter(abi::COUNTER_CT_CREATED),
                 endpoints: inner.plan.endpoints.len() as u64,
                 flows_stored: store.len() as u64,

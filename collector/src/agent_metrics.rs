@@ -17,7 +17,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use std::ops::Deref;
+
+use sightline_abi as abi;
+use sightline_abi::{TrafficCount, TrafficKey};
+
 use crate::flow::Flow;
+use crate::loader::MapFill;
 use crate::metrics::tally::{self, Keep, Tally, Target, address};
 
 type Count = Counter<u64, AtomicU64>;
@@ -26,8 +32,13 @@ type Level = Gauge<i64, std::sync::atomic::AtomicI64>;
 
 /// Registered handles.
 pub struct AgentMetrics {
-    forwarded: Count,
-    dropped: Count,
+    forwarded: Family<Labels, Count>,
+    forwarded_bytes: Family<Labels, Count>,
+    dropped: Family<Labels, Count>,
+    dropped_bytes: Family<Labels, Count>,
+    map_entries: Family<Labels, Level>,
+    map_capacity: Family<Labels, Level>,
+    identities: Level,
     policy_denied: Count,
     kernel_drops: Count,
     events_written: Count,
@@ -51,8 +62,7 @@ pub struct AgentMetrics {
 
 #[derive(Default)]
 struct Last {
-    forwarded: u64,
-    dropped: u64,
+    traffic: std::collections::HashMap<TrafficKey, TrafficCount>,
     policy_denied: u64,
     kernel_drops: u64,
     written: u64,
@@ -66,14 +76,20 @@ struct Last {
 /// Absolute values read by the agent.
 #[derive(Default)]
 pub struct Reading {
-    pub forwarded: u64,
-    pub dropped: u64,
+    /// Packets and bytes forwarded and dropped per (reason, direction),
+    /// from the probes' `TRAFFIC` map.
+    pub traffic: Vec<(TrafficKey, TrafficCount)>,
+    /// How full the maps are; empty when not read this time (walking the
+    /// maps costs a system call per entry, so it is done less often).
+    pub map_fill: Vec<MapFill>,
+    pub identities: u64,
     pub policy_denied: u64,
     pub kernel_drops: u64,
     pub events_written: u64,
     pub events_lost_per_cpu: Vec<u64>,
     pub events_decoded: u64,
-    pub ct_entries: u64,
+    /// `None` when not read this time (it comes with `map_fill`).
+    pub ct_entries: Option<u64>,
     pub ct_created: u64,
     pub endpoints: u64,
     pub flows_stored: u64,
@@ -87,8 +103,13 @@ impl AgentMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let r = registry.sub_registry_with_prefix("sightline");
         let m = Self {
-            forwarded: Count::default(),
-            dropped: Count::default(),
+            forwarded: Family::default(),
+            forwarded_bytes: Family::default(),
+            dropped: Family::default(),
+            dropped_bytes: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            identities: Level::default(),
             policy_denied: Count::default(),
             kernel_drops: Count::default(),
             events_written: Count::default(),
@@ -112,8 +133,23 @@ impl AgentMetrics {
             endpoint_verdicts: Family::default(),
             last: Mutex::new(Last::default()),
         };
-        r.register("datapath_forwarded_packets", "Packets the datapath forwarded (kernel counters)", m.forwarded.clone());
-        r.register("datapath_dropped_packets", "Packets the datapath dropped, any reason (kernel counters)", m.dropped.clone());
+        r.register("datapath_forwarded_packets", "Packets the datapath forwarded, by direction (kernel counters)", m.forwarded.clone());
+        r.register_with_unit(
+            "datapath_forwarded",
+            "Bytes the datapath forwarded, by direction (kernel counters)",
+            prometheus_client::registry::Unit::Bytes,
+            m.forwarded_bytes.clone(),
+        );
+        r.register("datapath_dropped_packets", "Packets the datapath dropped, by reason and direction (kernel counters)", m.dropped.clone());
+        r.register_with_unit(
+            "datapath_dropped",
+            "Bytes the datapath dropped, by reason and direction (kernel counters)",
+            prometheus_client::registry::Unit::Bytes,
+            m.dropped_bytes.clone(),
+        );
+        r.register("bpf_map_entries", "Entries in each eBPF map that can fill up", m.map_entries.clone());
+        r.register("bpf_map_capacity", "Maximum entries of each eBPF map that can fill up", m.map_capacity.clone());
+        r.register("identities", "Security identities known to this node", m.identities.clone());
         r.register("datapath_policy_denied_packets", "Packets dropped because NetworkPolicy denied them (kernel counters)", m.policy_denied.clone());
         r.register("datapath_kernel_drops", "Packets the kernel dropped in the lab's namespaces (kfree_skb)", m.kernel_drops.clone());
         r.register("ringbuf_events_written", "Events the probes wrote to the ring buffer", m.events_written.clone());
@@ -180,8 +216,24 @@ impl AgentMetrics {
             c.inc_by(now.saturating_sub(*prev));
             *prev = (*prev).max(now);
         };
-        grow(&self.forwarded, reading.forwarded, &mut last.forwarded);
-        grow(&self.dropped, reading.dropped, &mut last.dropped);
+        for (key, now) in &reading.traffic {
+            let prev = last.traffic.entry(*key).or_default();
+            let direction = direction_name(key.direction).to_owned();
+            let (packets, bytes) = if key.reason == abi::REASON_FORWARDED {
+                let labels = vec![("direction".to_owned(), direction)];
+                (self.forwarded.get_or_create(&labels).clone(), self.forwarded_bytes.get_or_create(&labels).clone())
+            } else {
+                let labels = vec![("reason".to_owned(), drop_reason_name(key.reason)), ("direction".to_owned(), direction)];
+                (self.dropped.get_or_create(&labels).clone(), self.dropped_bytes.get_or_create(&labels).clone())
+            };
+            grow(&packets, now.packets, &mut prev.packets);
+            grow(&bytes, now.bytes, &mut prev.bytes);
+        }
+        for fill in &reading.map_fill {
+            let labels = vec![("map".to_owned(), fill.map.to_owned())];
+            level_of(self.map_entries.get_or_create(&labels).deref(), fill.entries);
+            level_of(self.map_capacity.get_or_create(&labels).deref(), u64::from(fill.capacity));
+        }
         grow(&self.policy_denied, reading.policy_denied, &mut last.policy_denied);
         grow(&self.kernel_drops, reading.kernel_drops, &mut last.kernel_drops);
         grow(&self.events_written, reading.events_written, &mut last.written);
@@ -197,14 +249,33 @@ impl AgentMetrics {
             c.inc_by(now.saturating_sub(*prev));
             *prev = (*prev).max(now);
         }
-        let level = |g: &Level, v: u64| {
-            g.set(i64::try_from(v).unwrap_or(i64::MAX));
-        };
-        level(&self.conntrack_entries, reading.ct_entries);
+        let level = level_of;
+        if let Some(entries) = reading.ct_entries {
+            level(&self.conntrack_entries, entries);
+        }
+        level(&self.identities, reading.identities);
         level(&self.endpoints, reading.endpoints);
         level(&self.flows_stored, reading.flows_stored);
         level(&self.grpc_clients, reading.grpc_clients);
     }
+}
+
+fn level_of(gauge: &Level, value: u64) {
+    gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+}
+
+/// `ingress`, `egress`, or `unknown`.
+fn direction_name(direction: u8) -> &'static str {
+    match direction {
+        abi::DIR_INGRESS => "ingress",
+        abi::DIR_EGRESS => "egress",
+        _ => "unknown",
+    }
+}
+
+/// Hubble's name of a datapath drop reason (its number when unnamed).
+fn drop_reason_name(reason: u8) -> String {
+    crate::metrics::names::drop_reason(u16::from(reason)).map_or_else(|| reason.to_string(), str::to_owned)
 }
 
 /// `namespace/name` → (`namespace`, `name`).

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{SchedClassifier, TcAttachType, TracePoint, tc::SchedClassifierLinkId};
 use aya::{Ebpf, EbpfLoader};
 
@@ -17,7 +17,7 @@ use crate::netns::in_netns;
 use sightline_abi as abi;
 use sightline_abi::{
     Config, CtEntry, CtKey, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, KernelOffsets, PolicyCidrKey,
-    PolicyCidrValue, PolicyKey, PolicyValue,
+    PolicyCidrValue, PolicyKey, PolicyValue, TrafficCount, TrafficKey,
 };
 
 
@@ -83,6 +83,14 @@ pub fn default_config(aggregation: u32) -> Config {
 }
 
 /// The loaded probes and typed handles on their maps.
+/// How full one map is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u32,
+}
+
 pub struct Probes {
     ebpf: Ebpf,
     pub events: Option<RingBuf<MapData>>,
@@ -93,6 +101,7 @@ pub struct Probes {
     pub lab_netns: HashMap<MapData, u32, u32>,
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     pub policy_cidr: LpmTrie<MapData, PolicyCidrKey, PolicyCidrValue>,
+    traffic: PerCpuHashMap<MapData, TrafficKey, TrafficCount>,
     config: Array<MapData, Config>,
     /// What `config` holds.
     current_config: Config,
@@ -136,7 +145,7 @@ where
     T::try_from(map).map_err(|source| LoaderError::MapType { name, source })
 }
 
-const ALL_MAPS: [&str; 10] = [
+const ALL_MAPS: [&str; 11] = [
     abi::maps::EVENTS,
     abi::maps::CONFIG,
     abi::maps::COUNTERS,
@@ -147,6 +156,7 @@ const ALL_MAPS: [&str; 10] = [
     abi::maps::LAB_NETNS,
     abi::maps::POLICY,
     abi::maps::POLICY_CIDR,
+    abi::maps::TRAFFIC,
 ];
 
 impl Probes {
@@ -207,6 +217,7 @@ impl Probes {
             lab_netns: take(&mut ebpf, abi::maps::LAB_NETNS)?,
             policy: take(&mut ebpf, abi::maps::POLICY)?,
             policy_cidr: take(&mut ebpf, abi::maps::POLICY_CIDR)?,
+            traffic: take(&mut ebpf, abi::maps::TRAFFIC)?,
             config,
             current_config: opts.config,
             ebpf,
@@ -306,6 +317,39 @@ impl Probes {
     /// collector's garbage collection deletes them).
     pub fn ct_entries(&self) -> u64 {
         self.ct.keys().filter(Result::is_ok).count() as u64
+    }
+
+    /// Entries and capacity of every map that can fill up (the hash and
+    /// LPM maps), by map name. Walks every key: O(entries) system calls.
+    pub fn map_fill(&self) -> Vec<MapFill> {
+        fn count<K>(keys: impl Iterator<Item = Result<K, aya::maps::MapError>>) -> u64 {
+            keys.filter(Result::is_ok).count() as u64
+        }
+        vec![
+            MapFill { map: abi::maps::CT, entries: count(self.ct.keys()), capacity: abi::CT_MAP_SIZE },
+            MapFill { map: abi::maps::ENDPOINTS, entries: count(self.endpoints.keys()), capacity: abi::ENDPOINTS_MAP_SIZE },
+            MapFill { map: abi::maps::IPCACHE, entries: count(self.ipcache.keys()), capacity: abi::IPCACHE_MAP_SIZE },
+            MapFill { map: abi::maps::POLICY, entries: count(self.policy.keys()), capacity: abi::POLICY_MAP_SIZE },
+            MapFill { map: abi::maps::POLICY_CIDR, entries: count(self.policy_cidr.keys()), capacity: abi::POLICY_CIDR_MAP_SIZE },
+            MapFill { map: abi::maps::LAB_NETNS, entries: count(self.lab_netns.keys()), capacity: abi::LAB_NETNS_MAP_SIZE },
+            MapFill { map: abi::maps::TRAFFIC, entries: count(self.traffic.keys()), capacity: abi::TRAFFIC_MAP_SIZE },
+        ]
+    }
+
+    /// Packets and bytes forwarded and dropped, per (reason, direction),
+    /// summed over CPUs.
+    pub fn traffic(&self) -> Vec<(TrafficKey, TrafficCount)> {
+        self.traffic
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, per_cpu)| {
+                let sum = per_cpu.iter().fold(TrafficCount::default(), |a, v| TrafficCount {
+                    packets: a.packets.wrapping_add(v.packets),
+                    bytes: a.bytes.wrapping_add(v.bytes),
+                });
+                (key, sum)
+            })
+            .collect()
     }
 
     /// Sum over CPUs of one per-CPU counter.

@@ -73,6 +73,14 @@ fn metrics_count_what_the_datapath_dropped() {
     // Per-policy accounting of our own: the denying policy's drop counter
     // grows by the same amount; its allowed and denied connections are
     // counted per policy and per endpoint.
+    // … and so does the kernel's per-reason, per-direction breakdown, with
+    // the bytes of those packets.
+    let by_reason = |t: &str, metric: &str| sum(t, metric, &["reason=\"POLICY_DENIED\"", "direction=\"ingress\""]);
+    assert_eq!(by_reason(&after, "sightline_datapath_dropped_packets_total") - by_reason(&before, "sightline_datapath_dropped_packets_total"), kernel_delta);
+    let dropped_bytes = by_reason(&after, "sightline_datapath_dropped_bytes_total") - by_reason(&before, "sightline_datapath_dropped_bytes_total");
+    assert!(dropped_bytes >= 40.0 * kernel_delta, "{kernel_delta} dropped packets of {dropped_bytes} bytes");
+    assert!(sum(&after, "sightline_datapath_forwarded_packets_total", &["direction=\"egress\""]) > 0.0);
+    assert!(sum(&after, "sightline_datapath_forwarded_bytes_total", &["direction=\"egress\""]) > 0.0);
     let per_policy = |t: &str| sum(t, "sightline_policy_dropped_packets_total", &["policy=\"only-80\"", "namespace=\"x\"", "direction=\"ingress\""]);
     assert_eq!(per_policy(&after) - per_policy(&before), kernel_delta);
     assert!(sum(&after, "sightline_policy_verdicts_total", &["policy=\"only-80\"", "action=\"allowed\"", "match=\"l4-only\""]) >= 1.0);
@@ -89,6 +97,18 @@ fn metrics_count_what_the_datapath_dropped() {
     assert!(sum(&after, "hubble_tcp_flags_total", &["flag=\"SYN\"", "family=\"IPv4\""]) > 0.0);
     assert!(after.contains("hubble_lost_events_total{source=\"perf_event_ring_buffer\"}"));
     assert!(sum(&after, "sightline_endpoints", &[]) == 9.0);
+    assert!(sum(&after, "sightline_identities", &[]) >= 3.0, "x, y, z pods have identities");
+    // Map fill (read every few seconds): 9 endpoints, and capacities.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut text = after.clone();
+    while sum(&text, "sightline_bpf_map_entries", &["map=\"ENDPOINTS\""]) != 9.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        text = http_get(&addr, "/metrics", None).1;
+    }
+    assert_eq!(sum(&text, "sightline_bpf_map_entries", &["map=\"ENDPOINTS\""]), 9.0);
+    assert!(sum(&text, "sightline_bpf_map_entries", &["map=\"IPCACHE\""]) >= 9.0);
+    assert!(sum(&text, "sightline_bpf_map_entries", &["map=\"POLICY\""]) >= 1.0, "only-80 is programmed");
+    assert_eq!(sum(&text, "sightline_bpf_map_capacity", &["map=\"CT\""]), 65536.0);
     // Pipeline throughput and latency histograms saw the drains.
     for histogram in ["sightline_pipeline_delay_seconds", "sightline_pipeline_batch_duration_seconds", "sightline_pipeline_batch_events"] {
         assert!(sum(&after, &format!("{histogram}_count"), &[]) > 0.0, "{histogram} observed nothing");

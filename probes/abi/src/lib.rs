@@ -439,6 +439,31 @@ pub const COUNTER_KERNEL_DROPS_SEEN: u32 = 6;
 pub const COUNTER_POLICY_DENIED: u32 = 7;
 pub const COUNTER_MAX: u32 = 8;
 
+/// Key of the `TRAFFIC` per-CPU hash map: what the datapath did with
+/// packets, per reason and direction. `reason` is [`REASON_FORWARDED`] for
+/// forwarded packets, else the drop reason (`DROP_*`); `direction` is
+/// [`DIR_INGRESS`] (towards a pod) or [`DIR_EGRESS`] (from a pod).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TrafficKey {
+    pub reason: u8,
+    pub direction: u8,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<TrafficKey>() == 4);
+
+/// Value of the `TRAFFIC` map (per CPU): packets and their bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<TrafficCount>() == 16);
+
+/// `TrafficKey::reason` of forwarded packets.
+pub const REASON_FORWARDED: u8 = 0;
+
 /// Map names, shared by the probes and the loader.
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
@@ -451,6 +476,7 @@ pub mod maps {
     pub const LAB_NETNS: &str = "LAB_NETNS";
     pub const POLICY: &str = "POLICY";
     pub const POLICY_CIDR: &str = "POLICY_CIDR";
+    pub const TRAFFIC: &str = "TRAFFIC";
 }
 
 /// Program names, shared by the probes and the loader.
@@ -468,12 +494,15 @@ pub const LAB_NETNS_MAP_SIZE: u32 = 4096;
 pub const EVENTS_RING_BYTES: u32 = 1 << 22;
 pub const POLICY_MAP_SIZE: u32 = 65536;
 pub const POLICY_CIDR_MAP_SIZE: u32 = 16384;
+/// (reason, direction) pairs: 256 reasons × 3 directions fit.
+pub const TRAFFIC_MAP_SIZE: u32 = 1024;
 
 #[cfg(feature = "user")]
 mod user {
     use super::{
         Config, CtEntry, CtKey, EndpointInfo, EndpointKey, Event, IpcacheKey, IpcacheValue,
-        KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue,
+        KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue, TrafficCount,
+        TrafficKey,
     };
     // SAFETY: every type is `repr(C)`, `Copy`, made of integers and byte
     // arrays with explicit padding, so any bit pattern is valid.
@@ -490,4 +519,6 @@ mod user {
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for PolicyCidrKey {}
     unsafe impl aya::Pod for PolicyCidrValue {}
+    unsafe impl aya::Pod for TrafficKey {}
+    unsafe impl aya::Pod for TrafficCount {}
 }

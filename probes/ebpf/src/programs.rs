@@ -4,7 +4,7 @@ use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_redirect_peer},
     macros::{classifier, map, tracepoint},
     maps::{
-        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf,
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
         lpm_trie::Key as LpmKey,
     },
     programs::{TcContext, TracePointContext},
@@ -12,7 +12,8 @@ use aya_ebpf::{
 use sightline_abi as abi;
 use sightline_abi::{
     Config, CtEntry, CtKey, EndpointInfo, EndpointKey, Event, IpcacheKey, IpcacheValue,
-    KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue,
+    KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue, TrafficCount,
+    TrafficKey,
 };
 
 #[map(name = "EVENTS")]
@@ -23,6 +24,10 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(abi::COUNTER_MAX, 0);
+
+#[map(name = "TRAFFIC")]
+static TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCount> =
+    PerCpuHashMap::with_max_entries(abi::TRAFFIC_MAP_SIZE, 0);
 
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
@@ -108,6 +113,29 @@ fn count(index: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *p += 1 };
+    }
+}
+
+/// Counts a forwarded (`REASON_FORWARDED`) or dropped packet and its
+/// bytes under its reason and direction.
+#[inline(always)]
+fn account(reason: u8, direction: u8, len: u32) {
+    let key = TrafficKey { reason, direction, pad: [0; 2] };
+    let slot = match TRAFFIC.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => {
+            // BPF_NOEXIST: another CPU may have created it meanwhile.
+            let _ = TRAFFIC.insert(&key, &TrafficCount::default(), 1);
+            match TRAFFIC.get_ptr_mut(&key) {
+                Some(p) => p,
+                None => return,
+            }
+        }
+    };
+    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+    unsafe {
+        (*slot).packets += 1;
+        (*slot).bytes += u64::from(len);
     }
 }
 
@@ -394,6 +422,7 @@ fn ifindex(ctx: &TcContext) -> u32 {
 #[inline(always)]
 fn drop_packet(cfg: &Config, pkt: &Packet, ct: &CtResult, reason: u8, ifindex: u32, ids: (u32, u32), ep: u16, dir: u8) -> i32 {
     count(abi::COUNTER_PACKETS_DROPPED);
+    account(reason, dir, pkt.len);
     let mut ev = base_event(pkt, ct, now());
     ev.kind = abi::EVENT_DROP;
     ev.sub_type = reason;
@@ -664,6 +693,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
     let Some(dst_ep) = dst_ep else {
         // To the node itself or beyond it: the node's stack routes it.
         count(abi::COUNTER_PACKETS_FORWARDED);
+        account(abi::REASON_FORWARDED, abi::DIR_EGRESS, pkt.len);
         trace(&cfg, &pkt, &ct, abi::TRACE_TO_STACK, ifx, ids, src_ep.endpoint_id, now);
         return TC_ACT_OK as i32;
     };
@@ -673,6 +703,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
         return drop_packet(&cfg, &pkt, &ct, abi::DROP_INVALID_PACKET, ifx, ids, src_ep.endpoint_id, abi::DIR_EGRESS);
     }
     count(abi::COUNTER_PACKETS_FORWARDED);
+    account(abi::REASON_FORWARDED, abi::DIR_EGRESS, pkt.len);
     trace(&cfg, &pkt, &ct, abi::TRACE_TO_LXC, dst_ep.ifindex, ids, dst_ep.endpoint_id, now);
     // SAFETY: plain helper call.
     let rc = unsafe { bpf_redirect_peer(dst_ep.ifindex, 0) };
@@ -705,6 +736,7 @@ pub fn to_container(ctx: TcContext) -> i32 {
         return drop_packet(&cfg, &pkt, &ct, abi::DROP_POLICY_DENIED, ep_ifindex, ids, ep_id, dir);
     }
     count(abi::COUNTER_PACKETS_FORWARDED);
+    account(abi::REASON_FORWARDED, abi::DIR_INGRESS, pkt.len);
     trace(&cfg, &pkt, &ct, abi::TRACE_TO_LXC, ifx, ids, dst_ep.endpoint_id, now);
     TC_ACT_OK as i32
 }
