@@ -500,7 +500,7 @@ async fn loss_monitor(shared: Arc<Shared>) {
         tick.tick().await;
         let shared2 = Arc::clone(&shared);
         let Ok(reading) = tokio::task::spawn_blocking(move || {
-            let identities = shared2.meta.read().expect("metadata lock").identities.len() as u64;
+            let meta = Arc::clone(&shared2.meta.read().expect("metadata lock"));
             let inner = shared2.inner.lock().expect("datapath lock");
             let p = &inner.probes;
             let store = &shared2.observer.store;
@@ -511,9 +511,13 @@ async fn loss_monitor(shared: Arc<Shared>) {
             crate::agent_metrics::Reading {
                 traffic: p.traffic(),
                 map_fill,
-                identities,
+                identities: meta.identities.len() as u64,
                 policy_denied: p.counter(abi::COUNTER_POLICY_DENIED),
-                kernel_drops: p.counter(abi::COUNTER_KERNEL_DROPS_SEEN),
+                kernel_drops: p
+                    .kernel_drops()
+                    .into_iter()
+                    .map(|(reason, count)| (meta.kernel_reasons.get(&reason).cloned().unwrap_or_else(|| reason.to_string()), count))
+                    .collect(),
                 events_written: p.counter(abi::COUNTER_EVENTS_WRITTEN),
                 events_lost_per_cpu: p.counter_per_cpu(abi::COUNTER_EVENTS_LOST),
                 events_decoded: shared2.decoded.load(Ordering::Relaxed),

@@ -40,7 +40,8 @@ pub struct AgentMetrics {
     map_capacity: Family<Labels, Level>,
     identities: Level,
     policy_denied: Count,
-    kernel_drops: Count,
+    kernel_drops: Family<Labels, Count>,
+    kernel_dropped_bytes: Family<Labels, Count>,
     events_written: Count,
     events_lost: Family<Labels, Count>,
     events_decoded: Count,
@@ -64,7 +65,7 @@ pub struct AgentMetrics {
 struct Last {
     traffic: std::collections::HashMap<TrafficKey, TrafficCount>,
     policy_denied: u64,
-    kernel_drops: u64,
+    kernel_drops: std::collections::HashMap<String, TrafficCount>,
     written: u64,
     decoded: u64,
     ct_created: u64,
@@ -84,7 +85,8 @@ pub struct Reading {
     pub map_fill: Vec<MapFill>,
     pub identities: u64,
     pub policy_denied: u64,
-    pub kernel_drops: u64,
+    /// Packets and bytes the kernel dropped, by kernel drop reason name.
+    pub kernel_drops: Vec<(String, TrafficCount)>,
     pub events_written: u64,
     pub events_lost_per_cpu: Vec<u64>,
     pub events_decoded: u64,
@@ -111,7 +113,8 @@ impl AgentMetrics {
             map_capacity: Family::default(),
             identities: Level::default(),
             policy_denied: Count::default(),
-            kernel_drops: Count::default(),
+            kernel_drops: Family::default(),
+            kernel_dropped_bytes: Family::default(),
             events_written: Count::default(),
             events_lost: Family::default(),
             events_decoded: Count::default(),
@@ -151,7 +154,13 @@ impl AgentMetrics {
         r.register("bpf_map_capacity", "Maximum entries of each eBPF map that can fill up", m.map_capacity.clone());
         r.register("identities", "Security identities known to this node", m.identities.clone());
         r.register("datapath_policy_denied_packets", "Packets dropped because NetworkPolicy denied them (kernel counters)", m.policy_denied.clone());
-        r.register("datapath_kernel_drops", "Packets the kernel dropped in the lab's namespaces (kfree_skb)", m.kernel_drops.clone());
+        r.register("datapath_kernel_drops", "Packets the kernel dropped in the lab's namespaces (kfree_skb), by kernel drop reason", m.kernel_drops.clone());
+        r.register_with_unit(
+            "datapath_kernel_dropped",
+            "Bytes the kernel dropped in the lab's namespaces (kfree_skb), by kernel drop reason",
+            prometheus_client::registry::Unit::Bytes,
+            m.kernel_dropped_bytes.clone(),
+        );
         r.register("ringbuf_events_written", "Events the probes wrote to the ring buffer", m.events_written.clone());
         r.register("ringbuf_events_lost", "Events the probes could not write (ring buffer full), per CPU", m.events_lost.clone());
         r.register("pipeline_events_decoded", "Events the collector decoded into flows", m.events_decoded.clone());
@@ -235,7 +244,12 @@ impl AgentMetrics {
             level_of(self.map_capacity.get_or_create(&labels).deref(), u64::from(fill.capacity));
         }
         grow(&self.policy_denied, reading.policy_denied, &mut last.policy_denied);
-        grow(&self.kernel_drops, reading.kernel_drops, &mut last.kernel_drops);
+        for (reason, now) in &reading.kernel_drops {
+            let prev = last.kernel_drops.entry(reason.clone()).or_default();
+            let labels = vec![("reason".to_owned(), reason.clone())];
+            grow(&self.kernel_drops.get_or_create(&labels), now.packets, &mut prev.packets);
+            grow(&self.kernel_dropped_bytes.get_or_create(&labels), now.bytes, &mut prev.bytes);
+        }
         grow(&self.events_written, reading.events_written, &mut last.written);
         grow(&self.events_decoded, reading.events_decoded, &mut last.decoded);
         grow(&self.conntrack_created, reading.ct_created, &mut last.ct_created);

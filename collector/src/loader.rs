@@ -83,6 +83,19 @@ pub fn default_config(aggregation: u32) -> Config {
 }
 
 /// The loaded probes and typed handles on their maps.
+fn sum_per_cpu<K: aya::Pod>(map: &PerCpuHashMap<MapData, K, TrafficCount>) -> Vec<(K, TrafficCount)> {
+    map.iter()
+        .filter_map(Result::ok)
+        .map(|(key, per_cpu)| {
+            let sum = per_cpu.iter().fold(TrafficCount::default(), |a, v| TrafficCount {
+                packets: a.packets.wrapping_add(v.packets),
+                bytes: a.bytes.wrapping_add(v.bytes),
+            });
+            (key, sum)
+        })
+        .collect()
+}
+
 /// How full one map is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapFill {
@@ -102,6 +115,7 @@ pub struct Probes {
     pub policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
     pub policy_cidr: LpmTrie<MapData, PolicyCidrKey, PolicyCidrValue>,
     traffic: PerCpuHashMap<MapData, TrafficKey, TrafficCount>,
+    kernel_drops: PerCpuHashMap<MapData, u32, TrafficCount>,
     config: Array<MapData, Config>,
     /// What `config` holds.
     current_config: Config,
@@ -145,7 +159,7 @@ where
     T::try_from(map).map_err(|source| LoaderError::MapType { name, source })
 }
 
-const ALL_MAPS: [&str; 11] = [
+const ALL_MAPS: [&str; 12] = [
     abi::maps::EVENTS,
     abi::maps::CONFIG,
     abi::maps::COUNTERS,
@@ -157,6 +171,7 @@ const ALL_MAPS: [&str; 11] = [
     abi::maps::POLICY,
     abi::maps::POLICY_CIDR,
     abi::maps::TRAFFIC,
+    abi::maps::KERNEL_DROPS,
 ];
 
 impl Probes {
@@ -218,6 +233,7 @@ impl Probes {
             policy: take(&mut ebpf, abi::maps::POLICY)?,
             policy_cidr: take(&mut ebpf, abi::maps::POLICY_CIDR)?,
             traffic: take(&mut ebpf, abi::maps::TRAFFIC)?,
+            kernel_drops: take(&mut ebpf, abi::maps::KERNEL_DROPS)?,
             config,
             current_config: opts.config,
             ebpf,
@@ -333,23 +349,20 @@ impl Probes {
             MapFill { map: abi::maps::POLICY_CIDR, entries: count(self.policy_cidr.keys()), capacity: abi::POLICY_CIDR_MAP_SIZE },
             MapFill { map: abi::maps::LAB_NETNS, entries: count(self.lab_netns.keys()), capacity: abi::LAB_NETNS_MAP_SIZE },
             MapFill { map: abi::maps::TRAFFIC, entries: count(self.traffic.keys()), capacity: abi::TRAFFIC_MAP_SIZE },
+            MapFill { map: abi::maps::KERNEL_DROPS, entries: count(self.kernel_drops.keys()), capacity: abi::KERNEL_DROPS_MAP_SIZE },
         ]
     }
 
     /// Packets and bytes forwarded and dropped, per (reason, direction),
     /// summed over CPUs.
     pub fn traffic(&self) -> Vec<(TrafficKey, TrafficCount)> {
-        self.traffic
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, per_cpu)| {
-                let sum = per_cpu.iter().fold(TrafficCount::default(), |a, v| TrafficCount {
-                    packets: a.packets.wrapping_add(v.packets),
-                    bytes: a.bytes.wrapping_add(v.bytes),
-                });
-                (key, sum)
-            })
-            .collect()
+        sum_per_cpu(&self.traffic)
+    }
+
+    /// Packets and bytes the kernel dropped in the lab's namespaces (seen
+    /// by the kfree_skb tracepoint), per kernel drop reason.
+    pub fn kernel_drops(&self) -> Vec<(u32, TrafficCount)> {
+        sum_per_cpu(&self.kernel_drops)
     }
 
     /// Sum over CPUs of one per-CPU counter.

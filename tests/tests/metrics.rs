@@ -61,6 +61,8 @@ fn metrics_count_what_the_datapath_dropped() {
     for _ in 0..DENIED {
         assert!(!lab.probe("x/a", "x/b", 81, "TCP"));
     }
+    // Nobody listens on 9999 in x/c: its kernel drops the SYN (NO_SOCKET).
+    assert!(!lab.probe("x/a", "x/c", 9999, "TCP"));
     std::thread::sleep(Duration::from_millis(2500));
     let (_, after) = http_get(&addr, "/metrics", None);
 
@@ -98,6 +100,10 @@ fn metrics_count_what_the_datapath_dropped() {
     assert!(after.contains("hubble_lost_events_total{source=\"perf_event_ring_buffer\"}"));
     assert!(sum(&after, "sightline_endpoints", &[]) == 9.0);
     assert!(sum(&after, "sightline_identities", &[]) >= 3.0, "x, y, z pods have identities");
+    // Kernel drops by the kernel's reason, with their bytes.
+    let no_socket = |metric: &str| sum(&after, metric, &["reason=\"NO_SOCKET\""]) - sum(&before, metric, &["reason=\"NO_SOCKET\""]);
+    assert!(no_socket("sightline_datapath_kernel_drops_total") >= 1.0, "the SYN to 9999");
+    assert!(no_socket("sightline_datapath_kernel_dropped_bytes_total") >= 40.0);
     // Map fill (read every few seconds): 9 endpoints, and capacities.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let mut text = after.clone();

@@ -477,6 +477,7 @@ pub mod maps {
     pub const POLICY: &str = "POLICY";
     pub const POLICY_CIDR: &str = "POLICY_CIDR";
     pub const TRAFFIC: &str = "TRAFFIC";
+    pub const KERNEL_DROPS: &str = "KERNEL_DROPS";
 }
 
 /// Program names, shared by the probes and the loader.
@@ -496,6 +497,8 @@ pub const POLICY_MAP_SIZE: u32 = 65536;
 pub const POLICY_CIDR_MAP_SIZE: u32 = 16384;
 /// (reason, direction) pairs: 256 reasons × 3 directions fit.
 pub const TRAFFIC_MAP_SIZE: u32 = 1024;
+/// Kernel drop reasons (`enum skb_drop_reason` has about 130).
+pub const KERNEL_DROPS_MAP_SIZE: u32 = 512;
 
 #[cfg(feature = "user")]
 mod user {

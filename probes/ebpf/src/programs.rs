@@ -29,6 +29,10 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(abi::COUNTER_M
 static TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCount> =
     PerCpuHashMap::with_max_entries(abi::TRAFFIC_MAP_SIZE, 0);
 
+#[map(name = "KERNEL_DROPS")]
+static KERNEL_DROPS: PerCpuHashMap<u32, TrafficCount> =
+    PerCpuHashMap::with_max_entries(abi::KERNEL_DROPS_MAP_SIZE, 0);
+
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
     HashMap::with_max_entries(abi::ENDPOINTS_MAP_SIZE, 0);
@@ -120,13 +124,18 @@ fn count(index: u32) {
 /// bytes under its reason and direction.
 #[inline(always)]
 fn account(reason: u8, direction: u8, len: u32) {
-    let key = TrafficKey { reason, direction, pad: [0; 2] };
-    let slot = match TRAFFIC.get_ptr_mut(&key) {
+    add_traffic(&TRAFFIC, &TrafficKey { reason, direction, pad: [0; 2] }, len);
+}
+
+/// One packet of `len` bytes more under `key`, creating the key on first use.
+#[inline(always)]
+fn add_traffic<K>(map: &PerCpuHashMap<K, TrafficCount>, key: &K, len: u32) {
+    let slot = match map.get_ptr_mut(key) {
         Some(p) => p,
         None => {
             // BPF_NOEXIST: another CPU may have created it meanwhile.
-            let _ = TRAFFIC.insert(&key, &TrafficCount::default(), 1);
-            match TRAFFIC.get_ptr_mut(&key) {
+            let _ = map.insert(key, &TrafficCount::default(), 1);
+            match map.get_ptr_mut(key) {
                 Some(p) => p,
                 None => return,
             }
@@ -829,6 +838,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {
         _ => {}
     }
     count(abi::COUNTER_KERNEL_DROPS_SEEN);
+    add_traffic(&KERNEL_DROPS, &reason, len);
     let cfg = config();
     let mut ev = base_event(&pkt, &CtResult::NONE, now());
     ev.kind = abi::EVENT_KERNEL_DROP;
