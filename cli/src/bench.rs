@@ -325,12 +325,27 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
     Ok(figures)
 }
 
+/// Ctrl-C or SIGTERM removes the bench's lab (and the per-packet bench's
+/// pins) instead of leaving them behind.
+fn remove_lab_on_interrupt() -> anyhow::Result<()> {
+    crate::interrupt::on_interrupt(|| {
+        if LabState::load(LAB).is_ok() {
+            if let Err(e) = cluster::down(LAB) {
+                eprintln!("bench: removing lab {LAB}: {e:#}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/sightline/bench-{}", std::process::id()));
+    })
+    .context("installing the SIGINT/SIGTERM handler")
+}
+
 /// Runs both cases and reports.
 pub fn datapath(args: &DatapathArgs) -> anyhow::Result<()> {
     crate::check_root()?;
     if args.repeat == 0 || args.seconds == 0 {
         bail!("--repeat and --seconds must be at least 1");
     }
+    remove_lab_on_interrupt()?;
     eprintln!("bench: baseline (same topology, no programs) …");
     let base = run_case(&Setup::Baseline, args.seconds, args.repeat)?;
     eprintln!("bench: through the Sightline datapath (aggregation medium) …");
@@ -406,6 +421,7 @@ pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
     }
     // Pod addresses are allocated in name order: client .2, server .3.
     let (client, server) = (std::net::Ipv4Addr::new(10, 244, 1, 2), std::net::Ipv4Addr::new(10, 244, 1, 3));
+    remove_lab_on_interrupt()?;
     eprintln!("bench: baseline (same topology, no programs, no rules) …");
     let base = run_case(&Setup::Baseline, args.seconds, args.repeat)?;
     let mut rows = Vec::new();

@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod interrupt;
 mod lab;
 mod observe;
 
