@@ -281,6 +281,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     observer.agent_events.agent_started();
     let mut metrics = Metrics::new(&opts.metrics_config, crate::metrics::DEFAULT_MAX_SERIES_PER_METRIC)?;
     let own_metrics = AgentMetrics::register(metrics.registry_mut());
+    metrics.on_pod_deletion(own_metrics.pod_deletion_hook());
     let metrics = Arc::new(metrics);
     let metrics_listener = match opts.metrics {
         Some(addr) => Some(crate::metrics::bind(addr).await?),

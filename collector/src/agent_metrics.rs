@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::metrics::counter::Counter;
@@ -55,9 +55,7 @@ pub struct AgentMetrics {
     batch_seconds: Histogram,
     batch_events: Histogram,
     delay_seconds: Histogram,
-    policy_verdicts: Family<Labels, Count>,
-    policy_drops: Family<Labels, Count>,
-    endpoint_verdicts: Family<Labels, Count>,
+    policy: Arc<PolicySeries>,
     last: Mutex<Last>,
 }
 
@@ -131,9 +129,7 @@ impl AgentMetrics {
             batch_events: Histogram::new(exponential_buckets(1.0, 4.0, 9)),
             // 100 µs … 5.9 s (the probes hold events back up to 10 ms).
             delay_seconds: Histogram::new(exponential_buckets(1e-4, 3.0, 11)),
-            policy_verdicts: Family::default(),
-            policy_drops: Family::default(),
-            endpoint_verdicts: Family::default(),
+            policy: Arc::new(PolicySeries::default()),
             last: Mutex::new(Last::default()),
         };
         r.register("datapath_forwarded_packets", "Packets the datapath forwarded, by direction (kernel counters)", m.forwarded.clone());
@@ -186,11 +182,11 @@ impl AgentMetrics {
         );
         r.register(
             "policy_verdicts",
-            "New connections decided by NetworkPolicy, per policy (allowed: the policies that allowed it; denied/audit: the policies selecting the endpoint)",
-            m.policy_verdicts.clone(),
+            "New connections decided by NetworkPolicy, per policy and endpoint (allowed: the policies that allowed it; denied/audit: the policies selecting the endpoint)",
+            m.policy.verdicts.clone(),
         );
-        r.register("policy_dropped_packets", "Packets dropped by NetworkPolicy, per policy selecting the endpoint", m.policy_drops.clone());
-        r.register("endpoint_policy_verdicts", "New connections decided by NetworkPolicy, per endpoint", m.endpoint_verdicts.clone());
+        r.register("policy_dropped_packets", "Packets dropped by NetworkPolicy, per policy selecting the endpoint, and endpoint", m.policy.drops.clone());
+        r.register("endpoint_policy_verdicts", "New connections decided by NetworkPolicy, per endpoint", m.policy.endpoints.clone());
         m
     }
 
@@ -200,10 +196,24 @@ impl AgentMetrics {
     pub fn policy_recorder(&self) -> PolicyRecorder {
         PolicyRecorder {
             tally: Tally::new(tally::DEFAULT_LIMIT),
-            verdicts: self.policy_verdicts.clone(),
-            drops: self.policy_drops.clone(),
-            endpoints: self.endpoint_verdicts.clone(),
+            generation: self.policy.generation.load(Ordering::Acquire),
+            series: Arc::clone(&self.policy),
         }
+    }
+
+    /// Removes the policy accounting series that name the endpoint
+    /// `namespace/pod`. Returns how many.
+    pub fn delete_pod(&self, namespace: &str, pod: &str) -> usize {
+        self.policy.delete_endpoint(&format!("{namespace}/{pod}"))
+    }
+
+    /// [`delete_pod`](Self::delete_pod) as a hook for
+    /// [`crate::metrics::Metrics::on_pod_deletion`], so that a deleted
+    /// pod's series go after the same grace period as its Hubble series.
+    #[must_use]
+    pub fn pod_deletion_hook(&self) -> crate::metrics::PodHook {
+        let policy = Arc::clone(&self.policy);
+        Box::new(move |namespace, pod| policy.delete_endpoint(&format!("{namespace}/{pod}")))
     }
 
     /// One drain of the ring buffer: how many events, how long they took
@@ -318,9 +328,60 @@ struct PolicySig {
 /// are built once. Counts reach the metrics on [`flush`](Self::flush).
 pub struct PolicyRecorder {
     tally: Tally<PolicySig>,
+    series: Arc<PolicySeries>,
+    /// `series.generation` when the tally's targets were resolved.
+    generation: u64,
+}
+
+/// Which policy accounting family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Kind {
+    Verdicts,
+    Drops,
+    Endpoints,
+}
+
+/// The policy accounting's families, and which of their series name each
+/// endpoint, so that a deleted pod's series can be removed.
+#[derive(Default)]
+struct PolicySeries {
     verdicts: Family<Labels, Count>,
     drops: Family<Labels, Count>,
     endpoints: Family<Labels, Count>,
+    by_endpoint: Mutex<std::collections::HashMap<String, std::collections::HashSet<(Kind, Labels)>>>,
+    /// Bumped when series are removed: recorders then resolve again.
+    generation: AtomicU64,
+}
+
+impl PolicySeries {
+    fn family(&self, kind: Kind) -> &Family<Labels, Count> {
+        match kind {
+            Kind::Verdicts => &self.verdicts,
+            Kind::Drops => &self.drops,
+            Kind::Endpoints => &self.endpoints,
+        }
+    }
+
+    /// The series' counter, remembered under its endpoint.
+    fn counter(&self, kind: Kind, endpoint: &str, labels: Labels) -> Target {
+        if !endpoint.is_empty() {
+            let mut index = self.by_endpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            index.entry(endpoint.to_owned()).or_default().insert((kind, labels.clone()));
+        }
+        Target::Counter(self.family(kind).get_or_create(&labels).clone())
+    }
+
+    fn delete_endpoint(&self, endpoint: &str) -> usize {
+        let removed = self.by_endpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(endpoint);
+        let Some(series) = removed else {
+            return 0;
+        };
+        for (kind, labels) in &series {
+            self.family(*kind).remove(labels);
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        series.len()
+    }
 }
 
 impl std::fmt::Debug for PolicyRecorder {
@@ -345,6 +406,11 @@ impl PolicyRecorder {
         if !is_verdict && !is_policy_drop {
             return;
         }
+        let generation = self.series.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.tally.clear();
+            self.generation = generation;
+        }
         // Only what `resolve` reads: the endpoint that decided (the
         // destination for ingress, the source for egress) and the policy
         // names it counts.
@@ -361,7 +427,7 @@ impl PolicyRecorder {
                 0,
                 0,
             ]),
-            endpoint: if is_policy_drop { 0 } else { address(endpoint.pod.as_ref()) },
+            endpoint: address(endpoint.pod.as_ref()),
             names: address(names.as_ref()),
         };
         if !self.tally.count(&sig) {
@@ -369,7 +435,6 @@ impl PolicyRecorder {
             let keep = endpoint
                 .pod
                 .iter()
-                .filter(|_| !is_policy_drop)
                 .map(|p| Keep::Pod(Arc::clone(p)))
                 .chain(names.iter().map(|n| Keep::Strings(Arc::clone(n))))
                 .collect();
@@ -389,12 +454,17 @@ impl PolicyRecorder {
             2 => "egress",
             _ => "unknown",
         };
+        // The endpoint whose policy decided: the destination for ingress,
+        // the source for egress.
+        let side = if direction == "ingress" { &flow.destination } else { &flow.source };
+        let endpoint = side.pod.as_ref().map(|p| format!("{}/{}", p.namespace, p.name)).unwrap_or_default();
+        let series = &self.series;
         let mut targets = Vec::new();
         if is_policy_drop {
             for p in flow.denied_by.iter().flat_map(|d| d.iter()) {
                 let (ns, n) = split(p);
-                let series = labels(&[("policy", n), ("namespace", ns), ("direction", direction)]);
-                targets.push(Target::Counter(self.drops.get_or_create(&series).clone()));
+                let labels = labels(&[("policy", n), ("namespace", ns), ("direction", direction), ("endpoint", &endpoint)]);
+                targets.push(series.counter(Kind::Drops, &endpoint, labels));
             }
             return targets;
         }
@@ -414,16 +484,19 @@ impl PolicyRecorder {
         let names = if action == "allowed" { &flow.allowed_by } else { &flow.denied_by };
         for p in names.iter().flat_map(|d| d.iter()) {
             let (ns, n) = split(p);
-            let series = labels(&[("policy", n), ("namespace", ns), ("direction", direction), ("match", matched), ("action", action)]);
-            targets.push(Target::Counter(self.verdicts.get_or_create(&series).clone()));
+            let labels = labels(&[
+                ("policy", n),
+                ("namespace", ns),
+                ("direction", direction),
+                ("match", matched),
+                ("action", action),
+                ("endpoint", &endpoint),
+            ]);
+            targets.push(series.counter(Kind::Verdicts, &endpoint, labels));
         }
-        // The endpoint whose policy decided: the destination for ingress,
-        // the source for egress.
-        let endpoint = if direction == "ingress" { &flow.destination } else { &flow.source };
-        if let Some(pod) = &endpoint.pod {
-            let name = format!("{}/{}", pod.namespace, pod.name);
-            let series = labels(&[("endpoint", &name), ("direction", direction), ("action", action)]);
-            targets.push(Target::Counter(self.endpoints.get_or_create(&series).clone()));
+        if !endpoint.is_empty() {
+            let labels = labels(&[("endpoint", &endpoint), ("direction", direction), ("action", action)]);
+            targets.push(series.counter(Kind::Endpoints, &endpoint, labels));
         }
         targets
     }
@@ -437,20 +510,13 @@ impl Drop for PolicyRecorder {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
-
     use super::*;
     use crate::decoder::PodMeta;
     use crate::flow::Side;
+    use crate::flow::tests_support::flow;
 
     fn side(pod: Option<Arc<PodMeta>>) -> Side {
-        Side {
-            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-            port: 80,
-            identity: 1000,
-            pod,
-            identity_labels: None,
-        }
+        Side { pod, ..crate::flow::tests_support::side([10, 0, 0, 1], 80) }
     }
 
     fn sorted(registry: &Registry) -> Vec<String> {
@@ -459,6 +525,44 @@ mod tests {
         let mut lines: Vec<String> = out.lines().filter(|l| l.starts_with("sightline_policy") || l.starts_with("sightline_endpoint")).map(str::to_owned).collect();
         lines.sort();
         lines
+    }
+
+    #[test]
+    fn a_deleted_pods_policy_series_go_and_come_back_when_it_does() {
+        let mut registry = Registry::default();
+        let m = AgentMetrics::register(&mut registry);
+        let web = Arc::new(PodMeta { namespace: "x".into(), name: "web".into(), ..PodMeta::default() });
+        let db = Arc::new(PodMeta { namespace: "x".into(), name: "db".into(), ..PodMeta::default() });
+        let denied: Arc<[String]> = Arc::from(vec!["x/deny-all".to_owned()]);
+        let flow = |pod: &Arc<PodMeta>, event_type: u8| Flow {
+            event_type,
+            verdict: 2,
+            drop_reason: if event_type == DROP { POLICY_DENIED } else { 0 },
+            traffic_direction: INGRESS,
+            destination: side(Some(Arc::clone(pod))),
+            denied_by: Some(Arc::clone(&denied)),
+            ..flow()
+        };
+        let mut recorder = m.policy_recorder();
+        for pod in [&web, &db] {
+            recorder.record(&flow(pod, POLICY_VERDICT));
+            recorder.record(&flow(pod, DROP));
+        }
+        recorder.flush();
+        let lines = |r: &Registry| sorted(r).into_iter().filter(|l| !l.starts_with('#')).collect::<Vec<_>>();
+        let before = lines(&registry);
+        assert_eq!(before.iter().filter(|l| l.contains("endpoint=\"x/web\"")).count(), 3, "{before:#?}");
+        assert!(before.iter().any(|l| l.starts_with("sightline_policy_dropped_packets_total{") && l.contains("endpoint=\"x/web\"")));
+        assert_eq!(m.delete_pod("x", "web"), 3);
+        assert_eq!(m.delete_pod("x", "web"), 0);
+        let after = lines(&registry);
+        assert!(after.iter().all(|l| !l.contains("x/web")), "{after:#?}");
+        assert_eq!(after.iter().filter(|l| l.contains("endpoint=\"x/db\"")).count(), 3);
+        // The recorder forgets its handles: the pod's next verdict counts anew.
+        recorder.record(&flow(&web, POLICY_VERDICT));
+        recorder.flush();
+        let again = lines(&registry);
+        assert!(again.iter().any(|l| l.starts_with("sightline_endpoint_policy_verdicts_total{") && l.contains("x/web") && l.ends_with(" 1")), "{again:#?}");
     }
 
     /// Every field the accounting reads, varied one at a time around a few
@@ -485,33 +589,11 @@ mod tests {
         let mut flows = Vec::new();
         for i in 0..6000 {
             let r = next();
-            let mut f = if i < 12 { None } else { Some(base[i % base.len()].clone()) }.unwrap_or_else(|| Flow {
-                time_ns: 0,
-                seq: 0,
-                source: side(None),
-                destination: side(None),
-                verdict: 1,
-                drop_reason: 0,
-                kernel_drop_reason: 0,
-                kernel_drop_reason_name: None,
-                event_type: 5,
-                event_sub_type: 0,
-                trace_observation_point: 0,
-                trace_reason: 0,
-                is_reply: None,
-                traffic_direction: 1,
-                policy_match_type: 2,
-                protocol: 6,
-                tcp_flags: 0,
-                icmp_type: 0,
-                icmp_code: 0,
-                ip_version: 4,
-                ifindex: 0,
-                interface: None,
-                allowed_by: None,
-                denied_by: None,
-                counters: [0; 4],
-            });
+            let mut f = if i < 12 {
+                Flow { event_type: 5, traffic_direction: 1, policy_match_type: 2, ..flow() }
+            } else {
+                base[i % base.len()].clone()
+            };
             let pod = || Some(Arc::clone(&pods[(r >> 8) as usize % pods.len()]));
             let set = || Some(Arc::clone(&sets[(r >> 16) as usize % sets.len()]));
             match if i < 12 { 99 } else { r % 10 } {

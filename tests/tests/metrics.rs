@@ -83,7 +83,7 @@ fn metrics_count_what_the_datapath_dropped() {
     assert!(dropped_bytes >= 40.0 * kernel_delta, "{kernel_delta} dropped packets of {dropped_bytes} bytes");
     assert!(sum(&after, "sightline_datapath_forwarded_packets_total", &["direction=\"egress\""]) > 0.0);
     assert!(sum(&after, "sightline_datapath_forwarded_bytes_total", &["direction=\"egress\""]) > 0.0);
-    let per_policy = |t: &str| sum(t, "sightline_policy_dropped_packets_total", &["policy=\"only-80\"", "namespace=\"x\"", "direction=\"ingress\""]);
+    let per_policy = |t: &str| sum(t, "sightline_policy_dropped_packets_total", &["policy=\"only-80\"", "namespace=\"x\"", "direction=\"ingress\"", "endpoint=\"x/b\""]);
     assert_eq!(per_policy(&after) - per_policy(&before), kernel_delta);
     assert!(sum(&after, "sightline_policy_verdicts_total", &["policy=\"only-80\"", "action=\"allowed\"", "match=\"l4-only\""]) >= 1.0);
     assert!(sum(&after, "sightline_policy_verdicts_total", &["policy=\"only-80\"", "action=\"denied\""]) >= DENIED as f64);

@@ -23,6 +23,8 @@ pub mod convert;
 pub mod filter;
 pub mod record;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod tests_support;
 
 pub use builder::FlowBuilder;
 pub use convert::{FieldMask, lost_event, to_proto};

@@ -390,41 +390,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
     use std::time::Duration;
 
     use super::*;
-    use crate::flow::record::Side;
 
     fn flow(seq: u64) -> Flow {
-        let side = Side { ip: IpAddr::V4(Ipv4Addr::LOCALHOST), port: 0, identity: 0, pod: None, identity_labels: None };
-        Flow {
-            time_ns: 0,
-            seq,
-            source: side.clone(),
-            destination: side,
-            verdict: 0,
-            drop_reason: 0,
-            kernel_drop_reason: 0,
-            kernel_drop_reason_name: None,
-            event_type: 0,
-            event_sub_type: 0,
-            trace_observation_point: 0,
-            trace_reason: 0,
-            is_reply: None,
-            traffic_direction: 0,
-            policy_match_type: 0,
-            protocol: 0,
-            tcp_flags: 0,
-            icmp_type: 0,
-            icmp_code: 0,
-            ip_version: 4,
-            ifindex: 0,
-            interface: None,
-            allowed_by: None,
-            denied_by: None,
-            counters: [0; 4],
-        }
+        Flow { seq, ..crate::flow::tests_support::flow() }
     }
 
     fn seqs(flows: &[Arc<Flow>]) -> Vec<u64> {

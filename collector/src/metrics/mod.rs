@@ -142,7 +142,13 @@ pub struct Metrics {
     /// `hubble_lost_events_total{source}`: encoded with the handlers'
     /// families (the registry would append a period to Hubble's help text).
     lost: Arc<Family>,
+    /// Other metrics' deletions of a pod's series ([`Metrics::on_pod_deletion`]).
+    pod_hooks: Vec<PodHook>,
 }
+
+/// Deletes another metric set's series of a pod (namespace, pod); returns
+/// how many.
+pub type PodHook = Box<dyn Fn(&str, &str) -> usize + Send + Sync>;
 
 /// What recorders share: the handlers and their families.
 struct Core {
@@ -368,6 +374,7 @@ impl Metrics {
             recorder: Mutex::new(Recorder::new(Arc::clone(&core))),
             core,
             lost,
+            pod_hooks: Vec::new(),
         })
     }
 
@@ -435,7 +442,7 @@ impl Metrics {
         } else {
             format!("{namespace}/{pod}")
         };
-        let removed = self
+        let removed: usize = self
             .core
             .handlers
             .iter()
@@ -445,6 +452,17 @@ impl Metrics {
             self.core.generation.fetch_add(1, Ordering::AcqRel);
         }
         removed
+            + self
+                .pod_hooks
+                .iter()
+                .map(|hook| hook(namespace, pod))
+                .sum::<usize>()
+    }
+
+    /// Also runs `hook` when a pod's series are deleted (immediately or
+    /// after [`PodDeletions`]' grace period), for metrics kept elsewhere.
+    pub fn on_pod_deletion(&mut self, hook: PodHook) {
+        self.pod_hooks.push(hook);
     }
 
     /// The number of series of a metric (`hubble_drop_total`, …), `None`

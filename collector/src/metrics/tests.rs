@@ -744,6 +744,21 @@ fn delete_pod_removes_the_series_that_name_it() {
 }
 
 #[test]
+fn pod_deletion_hooks_run_with_the_hubble_deletions() {
+    let mut m = metrics("flow:sourceContext=pod");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    m.on_pod_deletion(Box::new(move |namespace, pod| {
+        log.lock().unwrap().push(format!("{namespace}/{pod}"));
+        2
+    }));
+    m.observe(&flow());
+    assert_eq!(m.delete_pod("x", "client-7d4b9c8f6-x2x9z"), 1 + 2);
+    assert_eq!(m.delete_pod("x", "gone"), 2);
+    assert_eq!(*seen.lock().unwrap(), ["x/client-7d4b9c8f6-x2x9z", "x/gone"]);
+}
+
+#[test]
 fn lost_events_are_always_registered() {
     let m = metrics("drop");
     m.lost_events("perf_event_ring_buffer", 3);
