@@ -371,9 +371,8 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
     }
     if let Some(grpc) = grpc {
-        match tokio::time::timeout(Duration::from_secs(2), grpc).await {
-            Ok(Ok(Err(err))) => log::warn!("{err}"),
-            _ => {}
+        if let Ok(Ok(Err(err))) = tokio::time::timeout(Duration::from_secs(2), grpc).await {
+            log::warn!("{err}");
         }
     }
     let _ = std::fs::remove_file(&opts.control_socket);
