@@ -1229,27 +1229,14 @@ mod tests {
                 5678,
                 Some(pod("web", "server-xyz", &["k8s:app=server", "k8s:io.kubernetes.pod.namespace=web"])),
             ),
-            verdict: 1,
-            drop_reason: 0,
-            kernel_drop_reason: 0,
-            kernel_drop_reason_name: None,
-            event_type: 4,
-            event_sub_type: 0,
             trace_observation_point: 101,
             trace_reason: 2,
             is_reply: Some(false),
             traffic_direction: 2,
-            policy_match_type: 0,
-            protocol: abi::IPPROTO_TCP,
             tcp_flags: abi::TCP_SYN | abi::TCP_ACK,
-            icmp_type: 0,
-            icmp_code: 0,
-            ip_version: 4,
             ifindex: 5,
             interface: Some(Arc::from("eth0")),
-            allowed_by: None,
-            denied_by: None,
-            counters: [0; 4],
+            ..crate::flow::tests_support::flow()
         }
     }
 
