@@ -302,6 +302,24 @@ fn drop_reason_name(reason: u8) -> String {
     crate::metrics::names::drop_reason(u16::from(reason)).map_or_else(|| reason.to_string(), str::to_owned)
 }
 
+#[cfg(test)]
+#[test]
+fn every_datapath_drop_reason_has_a_hubble_name() {
+    for code in [
+        abi::DROP_INVALID_SOURCE_IP,
+        abi::DROP_POLICY_DENIED,
+        abi::DROP_INVALID_PACKET,
+        abi::DROP_CT_INVALID_HEADER,
+        abi::DROP_UNKNOWN_L4_PROTOCOL,
+        abi::DROP_UNKNOWN_L3_TARGET,
+        abi::DROP_CT_MAP_INSERTION_FAILED,
+        abi::DROP_FRAG_NOT_SUPPORTED,
+    ] {
+        assert!(crate::metrics::names::drop_reason(u16::from(code)).is_some(), "drop reason {code}");
+    }
+    assert_eq!(drop_reason_name(abi::DROP_POLICY_DENIED), "POLICY_DENIED");
+}
+
 /// `namespace/name` → (`namespace`, `name`).
 fn split(name: &str) -> (&str, &str) {
     name.split_once('/').unwrap_or(("", name))

@@ -158,34 +158,17 @@ pub struct Record {
 /// Hubble name and proto value of a datapath trace point.
 #[must_use]
 pub fn observation_point(point: u8) -> (&'static str, u32) {
-    match point {
-        abi::TRACE_TO_LXC => ("to-endpoint", 101),
-        abi::TRACE_TO_PROXY => ("to-proxy", 1),
-        abi::TRACE_TO_HOST => ("to-host", 2),
-        abi::TRACE_TO_STACK => ("to-stack", 3),
-        abi::TRACE_TO_OVERLAY => ("to-overlay", 4),
-        abi::TRACE_FROM_LXC => ("from-endpoint", 5),
-        abi::TRACE_FROM_PROXY => ("from-proxy", 6),
-        abi::TRACE_FROM_HOST => ("from-host", 7),
-        abi::TRACE_FROM_STACK => ("from-stack", 8),
-        _ => ("unknown", 0),
-    }
+    let name = crate::metrics::names::TRACE_POINTS
+        .get(usize::from(point))
+        .copied()
+        .unwrap_or("unknown");
+    (name, u32::from(crate::flow::builder::observation_point(point)))
 }
 
-/// Hubble `DropReason` name of the codes the probes use.
+/// Hubble `DropReason` name of a datapath drop code.
 #[must_use]
 pub fn drop_reason_name(code: u8) -> &'static str {
-    match code {
-        abi::DROP_INVALID_SOURCE_IP => "INVALID_SOURCE_IP",
-        abi::DROP_POLICY_DENIED => "POLICY_DENIED",
-        abi::DROP_INVALID_PACKET => "INVALID_PACKET_DROPPED",
-        abi::DROP_CT_INVALID_HEADER => "CT_TRUNCATED_OR_INVALID_HEADER",
-        abi::DROP_UNKNOWN_L4_PROTOCOL => "UNKNOWN_L4_PROTOCOL",
-        abi::DROP_UNKNOWN_L3_TARGET => "UNKNOWN_L3_TARGET_ADDRESS",
-        abi::DROP_CT_MAP_INSERTION_FAILED => "CT_MAP_INSERTION_FAILED",
-        abi::DROP_FRAG_NOT_SUPPORTED => "IP_FRAGMENTATION_NOT_SUPPORTED",
-        _ => "DROP_REASON_UNKNOWN",
-    }
+    crate::metrics::names::drop_reason(u16::from(code)).unwrap_or("DROP_REASON_UNKNOWN")
 }
 
 /// Names of the TCP flags set in `flags`, in header order.

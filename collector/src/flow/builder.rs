@@ -274,7 +274,7 @@ fn address(ip_version: u8, a: &[u8; 16]) -> IpAddr {
 }
 
 /// `flow.TraceObservationPoint` of a datapath trace point.
-fn observation_point(point: u8) -> u8 {
+pub(crate) fn observation_point(point: u8) -> u8 {
     match point {
         abi::TRACE_TO_LXC => OBSERVATION_POINT_TO_ENDPOINT,
         p if p <= OBSERVATION_POINT_MAX_EQUAL => p,
