@@ -190,14 +190,36 @@ impl Drop for Lab {
     }
 }
 
+/// A file under the temp dir, removed (with its folder, once empty) when
+/// dropped.
+#[derive(Debug)]
+pub struct TempFile(PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            // Fails while other tests' files are there; the last one wins.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// Writes `text` to a fresh file under the temp dir.
 #[must_use]
-pub fn write_temp(name: &str, text: &str) -> PathBuf {
+pub fn write_temp(name: &str, text: &str) -> TempFile {
     let dir = std::env::temp_dir().join(format!("sightline-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write manifest");
-    path
+    TempFile(path)
 }
 
 /// Three namespaces x, y, z with pods a, b, c each (labels `pod: a` …),
