@@ -166,17 +166,29 @@ impl Prometheus {
         panic!("the collector's target is not up after 20 s: {last}\n{}", self.log());
     }
 
-    /// `/api/v1/query`: Ok(number of series) or Err(why not).
-    fn query(&self, expr: &str) -> Result<usize, String> {
+    /// `/api/v1/query`: Ok(the result vector's samples) or Err(why not).
+    fn samples(&self, expr: &str) -> Result<Vec<Value>, String> {
         let (code, body) = http_get(&self.addr, &format!("/api/v1/query?query={}", url_encode(expr))).map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_str(&body).map_err(|e| format!("HTTP {code}, not JSON: {e}: {body}"))?;
         if v["status"] != "success" {
             return Err(format!("HTTP {code}: {} {}", v["errorType"], v["error"]));
         }
         match v["data"]["resultType"].as_str() {
-            Some("vector") => Ok(v["data"]["result"].as_array().map_or(0, Vec::len)),
+            Some("vector") => Ok(v["data"]["result"].as_array().cloned().unwrap_or_default()),
             other => Err(format!("result type {other:?}, not a vector")),
         }
+    }
+
+    /// Ok(number of series) or Err(why not).
+    fn query(&self, expr: &str) -> Result<usize, String> {
+        self.samples(expr).map(|s| s.len())
+    }
+
+    /// The value of a query that returns one sample.
+    fn value(&self, expr: &str) -> f64 {
+        let samples = self.samples(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+        assert_eq!(samples.len(), 1, "{expr}: {samples:?}");
+        samples[0]["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{expr}: {samples:?}"))
     }
 }
 
@@ -266,5 +278,18 @@ fn every_dashboard_query_returns_data_from_prometheus() {
         }
     }
     assert!(failures.is_empty(), "{} of {} dashboard queries failed:\n{}", failures.len(), queries.len(), failures.join("\n"));
+
+    // Exact values, as Prometheus has them: every policy drop in this lab is
+    // only-80's (x/b), so Hubble's drop counter, the per-policy counter and
+    // the kernel's per-reason counter all equal what the datapath counted.
+    let kernel = prometheus.value("sum(sightline_datapath_policy_denied_packets_total)");
+    assert!(kernel >= 6.0, "6 denied probes, the datapath counted {kernel} packets");
+    for expr in [
+        r#"sum(hubble_drop_total{reason="POLICY_DENIED"})"#,
+        r#"sum(sightline_policy_dropped_packets_total{policy="only-80",namespace="x",endpoint="x/b"})"#,
+        r#"sum(sightline_datapath_dropped_packets_total{reason="POLICY_DENIED",direction="ingress"})"#,
+    ] {
+        assert_eq!(prometheus.value(expr), kernel, "{expr} equals what the datapath dropped");
+    }
     eprintln!("{} dashboard queries returned data ({:.1} s)", queries.len(), started.elapsed().as_secs_f64());
 }
