@@ -281,6 +281,8 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     observer.agent_events.agent_started();
     let mut metrics = Metrics::new(&opts.metrics_config, crate::metrics::DEFAULT_MAX_SERIES_PER_METRIC)?;
     let own_metrics = AgentMetrics::register(metrics.registry_mut());
+    let (cap, _) = metrics.series_limit(crate::agent_metrics::POLICY_METRICS[0]);
+    own_metrics.limit_policy_series(cap, |metric| metrics.series_limit(metric).1);
     metrics.on_pod_deletion(own_metrics.pod_deletion_hook());
     let metrics = Arc::new(metrics);
     let metrics_listener = match opts.metrics {

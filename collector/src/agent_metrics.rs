@@ -201,6 +201,14 @@ impl AgentMetrics {
         }
     }
 
+    /// Caps each policy accounting family at `cap` series; observations
+    /// that would create more count in `refused(metric)` instead (see
+    /// [`crate::metrics::Metrics::series_limit`]). Once; later calls do
+    /// nothing.
+    pub fn limit_policy_series(&self, cap: usize, refused: impl Fn(&'static str) -> Count) {
+        let _ = self.policy.limit.set(SeriesLimit { cap, refused: POLICY_METRICS.map(refused) });
+    }
+
     /// Removes the policy accounting series that name the endpoint
     /// `namespace/pod`. Returns how many.
     pub fn delete_pod(&self, namespace: &str, pod: &str) -> usize {
@@ -366,10 +374,35 @@ struct PolicySeries {
     verdicts: Family<Labels, Count>,
     drops: Family<Labels, Count>,
     endpoints: Family<Labels, Count>,
-    by_endpoint: Mutex<std::collections::HashMap<String, std::collections::HashSet<(Kind, Labels)>>>,
+    index: Mutex<SeriesIndex>,
     /// Bumped when series are removed: recorders then resolve again.
     generation: AtomicU64,
+    /// The cap on series per family and where refusals are counted; none
+    /// until [`AgentMetrics::limit_policy_series`].
+    limit: std::sync::OnceLock<SeriesLimit>,
 }
+
+/// Every policy accounting series, by the endpoint it names ("" for none).
+#[derive(Default)]
+struct SeriesIndex {
+    by_endpoint: std::collections::HashMap<String, std::collections::HashSet<(Kind, Labels)>>,
+    /// Series per family, indexed by `Kind as usize`.
+    count: [usize; 3],
+}
+
+struct SeriesLimit {
+    cap: usize,
+    /// Refusal counters, indexed by `Kind as usize`.
+    refused: [Count; 3],
+}
+
+/// Full names of the policy accounting families, indexed by `Kind as usize`
+/// (the `metric` label of their refusals).
+pub const POLICY_METRICS: [&str; 3] = [
+    "sightline_policy_verdicts_total",
+    "sightline_policy_dropped_packets_total",
+    "sightline_endpoint_policy_verdicts_total",
+];
 
 impl PolicySeries {
     fn family(&self, kind: Kind) -> &Family<Labels, Count> {
@@ -380,23 +413,34 @@ impl PolicySeries {
         }
     }
 
-    /// The series' counter, remembered under its endpoint.
+    /// The series' counter, remembered under its endpoint; the refusal
+    /// counter when the family is at its cap.
     fn counter(&self, kind: Kind, endpoint: &str, labels: Labels) -> Target {
-        if !endpoint.is_empty() {
-            let mut index = self.by_endpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            index.entry(endpoint.to_owned()).or_default().insert((kind, labels.clone()));
+        let mut index = self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let index = &mut *index;
+        let series = index.by_endpoint.entry(endpoint.to_owned()).or_default();
+        let key = (kind, labels);
+        if !series.contains(&key) {
+            let count = &mut index.count[kind as usize];
+            if let Some(limit) = self.limit.get().filter(|l| *count >= l.cap) {
+                return Target::Counter(limit.refused[kind as usize].clone());
+            }
+            *count += 1;
+            series.insert(key.clone());
         }
-        Target::Counter(self.family(kind).get_or_create(&labels).clone())
+        Target::Counter(self.family(kind).get_or_create(&key.1).clone())
     }
 
     fn delete_endpoint(&self, endpoint: &str) -> usize {
-        let removed = self.by_endpoint.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(endpoint);
-        let Some(series) = removed else {
+        let mut index = self.index.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(series) = index.by_endpoint.remove(endpoint) else {
             return 0;
         };
         for (kind, labels) in &series {
             self.family(*kind).remove(labels);
+            index.count[*kind as usize] -= 1;
         }
+        drop(index);
         self.generation.fetch_add(1, Ordering::AcqRel);
         series.len()
     }
@@ -581,6 +625,52 @@ mod tests {
         recorder.flush();
         let again = lines(&registry);
         assert!(again.iter().any(|l| l.starts_with("sightline_endpoint_policy_verdicts_total{") && l.contains("x/web") && l.ends_with(" 1")), "{again:#?}");
+    }
+
+    #[test]
+    fn policy_series_are_capped_and_refusals_counted() {
+        let mut registry = Registry::default();
+        let m = AgentMetrics::register(&mut registry);
+        let refused: Vec<Count> = (0..3).map(|_| Count::default()).collect();
+        m.limit_policy_series(2, |metric| refused[POLICY_METRICS.iter().position(|n| *n == metric).unwrap()].clone());
+        let denied: Arc<[String]> = Arc::from(vec!["x/deny-all".to_owned()]);
+        let pods: Vec<Arc<PodMeta>> = (0..4)
+            .map(|i| Arc::new(PodMeta { namespace: "x".into(), name: format!("p{i}"), ..PodMeta::default() }))
+            .collect();
+        let mut recorder = m.policy_recorder();
+        for _ in 0..2 {
+            for pod in &pods {
+                recorder.record(&Flow {
+                    event_type: POLICY_VERDICT,
+                    verdict: 2,
+                    traffic_direction: INGRESS,
+                    destination: side(Some(Arc::clone(pod))),
+                    denied_by: Some(Arc::clone(&denied)),
+                    ..flow()
+                });
+            }
+        }
+        recorder.flush();
+        let lines = sorted(&registry);
+        let series = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(series("sightline_policy_verdicts_total{"), 2, "{lines:#?}");
+        assert_eq!(series("sightline_endpoint_policy_verdicts_total{"), 2);
+        // Two pods beyond the cap, two flows each, in both families.
+        assert_eq!(refused[0].get(), 4);
+        assert_eq!(refused[2].get(), 4);
+        assert_eq!(refused[1].get(), 0);
+        // Deleting a pod's series makes room.
+        assert_eq!(m.delete_pod("x", "p0"), 2);
+        recorder.record(&Flow {
+            event_type: POLICY_VERDICT,
+            verdict: 2,
+            traffic_direction: INGRESS,
+            destination: side(Some(Arc::clone(&pods[3]))),
+            denied_by: Some(Arc::clone(&denied)),
+            ..flow()
+        });
+        recorder.flush();
+        assert!(sorted(&registry).iter().any(|l| l.contains("endpoint=\"x/p3\"")));
     }
 
     /// Every field the accounting reads, varied one at a time around a few

@@ -144,6 +144,8 @@ pub struct Metrics {
     lost: Arc<Family>,
     /// Other metrics' deletions of a pod's series ([`Metrics::on_pod_deletion`]).
     pod_hooks: Vec<PodHook>,
+    refused: RefusedCounters,
+    max_series: usize,
 }
 
 /// Deletes another metric set's series of a pod (namespace, pod); returns
@@ -353,7 +355,7 @@ impl Metrics {
         registry.register(
             names::family_name(names::SERIES_REFUSED),
             names::SERIES_REFUSED_HELP,
-            refused,
+            refused.clone(),
         );
         let families = std::iter::once(Arc::clone(&lost))
             .chain(handlers.iter().map(|h| Arc::clone(h.family())))
@@ -375,6 +377,8 @@ impl Metrics {
             core,
             lost,
             pod_hooks: Vec::new(),
+            refused,
+            max_series: max_series_per_metric,
         })
     }
 
@@ -457,6 +461,16 @@ impl Metrics {
                 .iter()
                 .map(|hook| hook(namespace, pod))
                 .sum::<usize>()
+    }
+
+    /// The cap on series per metric, and the counter of observations
+    /// `metric` (a full name, `…_total`) refused at it: for metrics kept
+    /// elsewhere (the agent's policy accounting) to be capped and reported
+    /// like the handlers'.
+    #[must_use]
+    pub fn series_limit(&self, metric: &'static str) -> (usize, Counter) {
+        let refused = self.refused.get_or_create(&[(names::LABEL_METRIC, metric)]).clone();
+        (self.max_series, refused)
     }
 
     /// Also runs `hook` when a pod's series are deleted (immediately or
