@@ -72,16 +72,24 @@ spec:
   containers:
   - name: dns
     ports: [{containerPort: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: infra}
+spec:
+  selector: {app: dns}
+  ports: [{port: 53, protocol: UDP}]
 ";
 
-/// The demo's traffic: (from, to, port, protocol). The last one has no
+/// The demo's traffic: (from, to, port, protocol); `svc/…` goes through a
+/// service, load-balanced by the datapath. The last one has no
 /// listener: the kernel drops it, and the datapath reports why.
 const TRAFFIC: &[(&str, &str, u16, Protocol)] = &[
     ("shop/frontend", "shop/cart", 8080, Protocol::Tcp),
     ("shop/cart", "payments/api", 8443, Protocol::Tcp),
     ("payments/api", "payments/db", 5432, Protocol::Tcp),
     ("shop/frontend", "infra/dns", 53, Protocol::Udp),
-    ("shop/cart", "infra/dns", 53, Protocol::Udp),
+    ("shop/cart", "svc/infra/dns", 53, Protocol::Udp),
     ("shop/frontend", "payments/db", 9999, Protocol::Tcp),
 ];
 
@@ -213,8 +221,12 @@ fn generate_traffic(state: &LabState, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         let (from, to, port, proto) = TRAFFIC[i % TRAFFIC.len()];
         i += 1;
-        if let (Ok(netns), Some(dst)) = (state.pod_netns(from), state.pods.get(to)) {
-            let target = std::net::SocketAddrV4::new(dst.ip, port);
+        let dst = match to.strip_prefix("svc/") {
+            Some(service) => state.service_ips.get(service).copied(),
+            None => state.pods.get(to).map(|p| p.ip),
+        };
+        if let (Ok(netns), Some(dst)) = (state.pod_netns(from), dst) {
+            let target = std::net::SocketAddrV4::new(dst, port);
             let _ = rt.block_on(crate::lab::probe::probe(&netns, target, proto, Duration::from_millis(500)));
         }
         std::thread::sleep(Duration::from_millis(250));

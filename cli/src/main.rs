@@ -481,8 +481,7 @@ fn probe(name: &str, from: &str, to: &str, port: u16, protocol: Protocol, timeou
     let state = LabState::load(name)?;
     let from_netns = state.pod_netns(from)?;
     let ip: std::net::Ipv4Addr = if let Some(svc) = to.strip_prefix("svc/") {
-        let ip = state.service_ips.get(svc).ok_or_else(|| anyhow!("no service {svc} in lab {name}"))?;
-        bail!("service {svc} has cluster IP {ip}, but this version does not load-balance services yet; probe a pod instead")
+        *state.service_ips.get(svc).ok_or_else(|| anyhow!("no service {svc} in lab {name}"))?
     } else if let Ok(ip) = to.parse() {
         ip
     } else if let Some(pod) = state.pods.get(to) {

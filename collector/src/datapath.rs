@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use sightline_abi as abi;
-use sightline_abi::{EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue};
+use sightline_abi::{EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, ServiceKey, ServiceValue};
 
 use crate::decoder::{Metadata, PodMeta};
 use crate::loader::{LoaderError, Probes};
 use crate::policy::compiler::{NamedPort, PodInfo, PolicyInput, PolicyPlan, compile};
-use crate::state::NodeState;
+use crate::policy::model::Protocol;
+use crate::state::{NodeState, TargetPort};
 
 /// Why a desired state cannot be applied.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,67 @@ pub struct Plan {
     /// Compiled NetworkPolicy: entries of `POLICY` and `POLICY_CIDR`, and
     /// what selects each endpoint.
     pub policy: PolicyPlan,
+    /// `SERVICES`: per service port, slot 0 with the number of backends and
+    /// slots 1..=n with the backends.
+    pub services: BTreeMap<ServiceKey, ServiceValue>,
+}
+
+/// The `SERVICES` entries of the cluster's services: backends are the pods
+/// of the service's namespace that its selector picks, in a stable order
+/// (namespace, name), at the target port (a named one resolved per pod,
+/// with the service port's protocol). Only TCP and UDP ports are
+/// load-balanced; SCTP would need its CRC32c recomputed on every packet.
+fn plan_services(desired: &NodeState) -> Result<BTreeMap<ServiceKey, ServiceValue>, String> {
+    let mut entries = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    for svc in &desired.services {
+        let name = format!("service {}/{}", svc.namespace, svc.name);
+        let mut pods: Vec<&crate::state::Pod> = desired
+            .pods
+            .iter()
+            .filter(|p| p.namespace == svc.namespace && !svc.selector.is_empty())
+            .filter(|p| svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .collect();
+        pods.sort_by(|a, b| a.name.cmp(&b.name));
+        for port in &svc.ports {
+            let protocol = match port.protocol {
+                Protocol::Tcp => abi::IPPROTO_TCP,
+                Protocol::Udp => abi::IPPROTO_UDP,
+                Protocol::Sctp => continue,
+            };
+            if !seen.insert((svc.cluster_ip, port.port, protocol)) {
+                return Err(format!("{name}: {}:{}/{} is used twice", svc.cluster_ip, port.port, port.protocol.as_str()));
+            }
+            let backends: Vec<ServiceValue> = pods
+                .iter()
+                .filter_map(|pod| {
+                    let target = match &port.target_port {
+                        TargetPort::Number(n) => *n,
+                        TargetPort::Name(wanted) => pod
+                            .ports
+                            .iter()
+                            .find(|c| c.name.as_deref() == Some(wanted.as_str()) && c.protocol == port.protocol)?
+                            .port,
+                    };
+                    Some(ServiceValue { addr: pod.ip.octets(), port: target, count: 0 })
+                })
+                .collect();
+            let count = u16::try_from(backends.len()).map_err(|_| format!("{name}: more than 65535 backends"))?;
+            let key = |slot: u16| ServiceKey {
+                addr: svc.cluster_ip.octets(),
+                port: port.port,
+                protocol,
+                _pad: 0,
+                slot,
+                _pad2: [0; 2],
+            };
+            entries.insert(key(0), ServiceValue { addr: [0; 4], port: 0, count });
+            for (slot, backend) in (1..=count).zip(backends) {
+                entries.insert(key(slot), backend);
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -153,6 +215,7 @@ pub fn plan(
         }
     }
     plan.policy = compile(&PolicyInput { namespaces: &desired.namespaces, pods: &pods, policies: &desired.policies });
+    plan.services = plan_services(desired).map_err(invalid)?;
     for ep in desired.endpoints.iter() {
         let Some(info) = plan.endpoints.get_mut(&ep.ip.octets()) else { continue };
         if let Some(p) = plan.policy.endpoints.get(&ep.id) {
@@ -220,6 +283,17 @@ pub fn apply(probes: &mut Probes, node_netns: &Path, prev: &Plan, next: &Plan) -
     for ifname in &next.interfaces {
         probes.attach(node_netns, ifname)?;
     }
+    // Backends before the counts that make them reachable.
+    for pass_counts in [false, true] {
+        for (key, value) in next.services.iter().filter(|(k, _)| (k.slot == 0) == pass_counts) {
+            if prev.services.get(key) != Some(value) {
+                probes
+                    .services
+                    .insert(*key, *value, 0)
+                    .map_err(|source| DatapathError::Map { map: abi::maps::SERVICES, source })?;
+            }
+        }
+    }
 
     // Removals.
     for ifname in prev.interfaces.difference(&next.interfaces) {
@@ -233,6 +307,12 @@ pub fn apply(probes: &mut Probes, node_netns: &Path, prev: &Plan, next: &Plan) -
     }
     for ino in prev.netns.difference(&next.netns) {
         let _ = probes.lab_netns.remove(ino);
+    }
+    // Counts of removed services first, then backends no count reaches.
+    for pass_counts in [true, false] {
+        for key in prev.services.keys().filter(|k| (k.slot == 0) == pass_counts && !next.services.contains_key(*k)) {
+            let _ = probes.services.remove(key);
+        }
     }
     for (len, key) in prev.policy.cidr.keys().filter(|k| !next.policy.cidr.contains_key(*k)) {
         let _ = probes.policy_cidr.remove(&LpmKey::new(*len, *key));
@@ -326,6 +406,7 @@ mod tests {
             namespaces: BTreeMap::new(),
             pods: vec![],
             policies: vec![],
+            services: vec![],
             policy_audit: false,
         }
     }
@@ -340,6 +421,69 @@ mod tests {
         assert_eq!(p.ipcache[&(32, [10, 244, 1, 1])], abi::IDENTITY_HOST);
         assert_eq!(p.ipcache[&(24, [10, 244, 2, 0])], abi::IDENTITY_REMOTE_NODE);
         assert!(p.netns.contains(&(4026531840u64 as u32)));
+    }
+
+    #[test]
+    fn plans_service_backends_from_selected_pods() {
+        use crate::state::{ContainerPort, Pod, Service, ServicePort};
+        let pod = |ns: &str, name: &str, ip: [u8; 4], app: &str, named: Option<u16>| Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            ip: Ipv4Addr::from(ip),
+            node: "node-1".into(),
+            identity: 300,
+            labels: BTreeMap::from([("app".to_owned(), app.to_owned())]),
+            ports: named
+                .map(|port| vec![ContainerPort { name: Some("http".into()), port, protocol: Protocol::Tcp }])
+                .unwrap_or_default(),
+        };
+        let mut s = state();
+        s.pods = vec![
+            pod("x", "web-2", [10, 244, 1, 12], "web", Some(8080)),
+            pod("x", "web-1", [10, 244, 1, 11], "web", Some(8081)),
+            pod("x", "web-3", [10, 244, 1, 13], "web", None),
+            pod("y", "web-9", [10, 244, 1, 19], "web", Some(8080)),
+            pod("x", "db", [10, 244, 1, 20], "db", Some(8080)),
+        ];
+        let port = |port: u16, protocol: Protocol, target_port: TargetPort| ServicePort { port, protocol, target_port };
+        s.services = vec![Service {
+            namespace: "x".into(),
+            name: "web".into(),
+            cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
+            selector: BTreeMap::from([("app".to_owned(), "web".to_owned())]),
+            ports: vec![
+                port(80, Protocol::Tcp, TargetPort::Name("http".into())),
+                port(53, Protocol::Udp, TargetPort::Number(5353)),
+                port(9, Protocol::Sctp, TargetPort::Number(9)),
+            ],
+        }];
+        let p = plan(&s, |_| Ok(7), |_| Ok(1)).unwrap();
+        let key = |port: u16, protocol: u8, slot: u16| ServiceKey { addr: [10, 96, 0, 10], port, protocol, _pad: 0, slot, _pad2: [0; 2] };
+        let value = |addr: [u8; 4], port: u16| ServiceValue { addr, port, count: 0 };
+        let expected = BTreeMap::from([
+            // The named port resolves per pod; web-3 has no such port.
+            (key(80, abi::IPPROTO_TCP, 0), ServiceValue { addr: [0; 4], port: 0, count: 2 }),
+            (key(80, abi::IPPROTO_TCP, 1), value([10, 244, 1, 11], 8081)),
+            (key(80, abi::IPPROTO_TCP, 2), value([10, 244, 1, 12], 8080)),
+            // A numbered port: every selected pod of the namespace.
+            (key(53, abi::IPPROTO_UDP, 0), ServiceValue { addr: [0; 4], port: 0, count: 3 }),
+            (key(53, abi::IPPROTO_UDP, 1), value([10, 244, 1, 11], 5353)),
+            (key(53, abi::IPPROTO_UDP, 2), value([10, 244, 1, 12], 5353)),
+            (key(53, abi::IPPROTO_UDP, 3), value([10, 244, 1, 13], 5353)),
+        ]);
+        assert_eq!(p.services, expected);
+
+        // An empty selector selects nothing: the service drops.
+        s.services[0].selector.clear();
+        let p = plan(&s, |_| Ok(7), |_| Ok(1)).unwrap();
+        assert_eq!(p.services.get(&key(80, abi::IPPROTO_TCP, 0)).map(|v| v.count), Some(0));
+        assert_eq!(p.services.len(), 2);
+
+        // Two services on one address and port are refused.
+        let mut twice = s.services[0].clone();
+        twice.name = "other".into();
+        s.services.push(twice);
+        assert!(matches!(plan(&s, |_| Ok(7), |_| Ok(1)), Err(DatapathError::Invalid(m)) if m.contains("service x/other")));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::netns::in_netns;
 use sightline_abi as abi;
 use sightline_abi::{
     Config, CtEntry, CtKey, EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, KernelOffsets, PolicyCidrKey,
-    PolicyCidrValue, PolicyKey, PolicyValue, TrafficCount, TrafficKey,
+    PolicyCidrValue, PolicyKey, PolicyValue, ServiceKey, ServiceValue, TrafficCount, TrafficKey,
 };
 
 
@@ -116,6 +116,9 @@ pub struct Probes {
     pub policy_cidr: LpmTrie<MapData, PolicyCidrKey, PolicyCidrValue>,
     traffic: PerCpuHashMap<MapData, TrafficKey, TrafficCount>,
     kernel_drops: PerCpuHashMap<MapData, u32, TrafficCount>,
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    svc_ct: HashMap<MapData, CtKey, ServiceValue>,
+    rev_nat: HashMap<MapData, CtKey, ServiceValue>,
     config: Array<MapData, Config>,
     /// What `config` holds.
     current_config: Config,
@@ -159,7 +162,7 @@ where
     T::try_from(map).map_err(|source| LoaderError::MapType { name, source })
 }
 
-const ALL_MAPS: [&str; 12] = [
+const ALL_MAPS: [&str; 15] = [
     abi::maps::EVENTS,
     abi::maps::CONFIG,
     abi::maps::COUNTERS,
@@ -172,6 +175,9 @@ const ALL_MAPS: [&str; 12] = [
     abi::maps::POLICY_CIDR,
     abi::maps::TRAFFIC,
     abi::maps::KERNEL_DROPS,
+    abi::maps::SERVICES,
+    abi::maps::SVC_CT,
+    abi::maps::REV_NAT,
 ];
 
 impl Probes {
@@ -234,6 +240,9 @@ impl Probes {
             policy_cidr: take(&mut ebpf, abi::maps::POLICY_CIDR)?,
             traffic: take(&mut ebpf, abi::maps::TRAFFIC)?,
             kernel_drops: take(&mut ebpf, abi::maps::KERNEL_DROPS)?,
+            services: take(&mut ebpf, abi::maps::SERVICES)?,
+            svc_ct: take(&mut ebpf, abi::maps::SVC_CT)?,
+            rev_nat: take(&mut ebpf, abi::maps::REV_NAT)?,
             config,
             current_config: opts.config,
             ebpf,
@@ -350,6 +359,9 @@ impl Probes {
             MapFill { map: abi::maps::LAB_NETNS, entries: count(self.lab_netns.keys()), capacity: abi::LAB_NETNS_MAP_SIZE },
             MapFill { map: abi::maps::TRAFFIC, entries: count(self.traffic.keys()), capacity: abi::TRAFFIC_MAP_SIZE },
             MapFill { map: abi::maps::KERNEL_DROPS, entries: count(self.kernel_drops.keys()), capacity: abi::KERNEL_DROPS_MAP_SIZE },
+            MapFill { map: abi::maps::SERVICES, entries: count(self.services.keys()), capacity: abi::SERVICES_MAP_SIZE },
+            MapFill { map: abi::maps::SVC_CT, entries: count(self.svc_ct.keys()), capacity: abi::SVC_CT_MAP_SIZE },
+            MapFill { map: abi::maps::REV_NAT, entries: count(self.rev_nat.keys()), capacity: abi::SVC_CT_MAP_SIZE },
         ]
     }
 

@@ -41,6 +41,10 @@ pub struct NodeState {
     /// Every NetworkPolicy of the cluster.
     #[serde(default)]
     pub policies: Vec<NetworkPolicy>,
+    /// Every ClusterIP Service of the cluster; their backends are the
+    /// `pods` the selector picks.
+    #[serde(default)]
+    pub services: Vec<Service>,
     /// Report what policy would deny without dropping it (verdict AUDIT).
     #[serde(default)]
     pub policy_audit: bool,
@@ -89,6 +93,38 @@ pub struct Endpoint {
     pub netns: PathBuf,
     pub identity: u32,
     pub labels: BTreeMap<String, String>,
+}
+
+/// A ClusterIP Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    pub cluster_ip: Ipv4Addr,
+    /// Pods of the service's namespace with all these labels are its
+    /// backends; an empty selector selects none.
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePort {
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The backend port: a number, or the name of a container port
+    /// (resolved per pod; pods without it are not backends of this port).
+    pub target_port: TargetPort,
+}
+
+/// A Service port's `targetPort`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
 }
 
 /// A security identity: a number for a distinct (namespace, labels) set.

@@ -21,7 +21,7 @@ use sightline_collector::control;
 use sightline_collector::netns::netns_path;
 use sightline_collector::state::{self, Endpoint, Identity, IpcacheEntry, NodeState};
 
-use super::manifest::{self, Object, ObjectStore, Pod};
+use super::manifest::{self, Object, ObjectStore, Pod, TargetPort};
 use super::topology;
 
 /// Where labs keep their state.
@@ -272,6 +272,32 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
         namespaces: state.objects.namespaces.iter().map(|(n, ns)| (n.clone(), ns.labels.clone())).collect(),
         pods,
         policies: state.objects.policies.values().cloned().collect(),
+        services: state
+            .objects
+            .services
+            .values()
+            .filter_map(|svc| {
+                let cluster_ip = *state.service_ips.get(&pod_key(&svc.namespace, &svc.name))?;
+                Some(state::Service {
+                    namespace: svc.namespace.clone(),
+                    name: svc.name.clone(),
+                    cluster_ip,
+                    selector: svc.selector.clone(),
+                    ports: svc
+                        .ports
+                        .iter()
+                        .map(|p| state::ServicePort {
+                            port: p.port,
+                            protocol: p.protocol,
+                            target_port: match &p.target_port {
+                                TargetPort::Number(n) => state::TargetPort::Number(*n),
+                                TargetPort::Name(n) => state::TargetPort::Name(n.clone()),
+                            },
+                        })
+                        .collect(),
+                })
+            })
+            .collect(),
         policy_audit: state.policy_audit,
     }
 }

@@ -1357,6 +1357,12 @@ fn convert_service(
                 format!("Duplicate value: port {port}/{protocol} is declared twice"),
             ));
         }
+        if protocol == Protocol::Sctp {
+            return Err(ck.fail(
+                format!("{path}.protocol"),
+                "Unsupported value: \"SCTP\": the lab load-balances TCP and UDP services only".to_owned(),
+            ));
+        }
         if raw_port.node_port.is_some_and(|n| n != 0) {
             return Err(ck.fail(
                 format!("{path}.nodePort"),
@@ -2921,6 +2927,11 @@ metadata: {name: b, namespace: x}
         );
         let message = svc("  selector: {app: web}\n");
         assert!(message.contains("spec.ports: Required value"), "{message}");
+        let message = svc("  ports: [{port: 9000, protocol: SCTP}]\n");
+        assert!(
+            message.contains("spec.ports[0].protocol: Unsupported value: \"SCTP\": the lab load-balances TCP and UDP services only"),
+            "{message}"
+        );
         let message = svc("  ports: [{port: 0}]\n");
         assert!(
             message.contains("spec.ports[0].port: 0 is not a valid port number"),

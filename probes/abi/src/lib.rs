@@ -51,6 +51,8 @@ pub const DROP_UNKNOWN_L4_PROTOCOL: u8 = 142;
 pub const DROP_UNKNOWN_L3_TARGET: u8 = 150;
 pub const DROP_CT_MAP_INSERTION_FAILED: u8 = 155;
 pub const DROP_FRAG_NOT_SUPPORTED: u8 = 157;
+/// A ClusterIP service with no backend (Hubble's `SERVICE_BACKEND_NOT_FOUND`).
+pub const DROP_NO_SERVICE_BACKEND: u8 = 158;
 
 /// Connection-tracking result carried by every event.
 pub const CT_NONE: u8 = 0;
@@ -439,6 +441,38 @@ pub const COUNTER_KERNEL_DROPS_SEEN: u32 = 6;
 pub const COUNTER_POLICY_DENIED: u32 = 7;
 pub const COUNTER_MAX: u32 = 8;
 
+// ---------------------------------------------------------------------------
+// Services.
+
+/// Key of `SERVICES`: a ClusterIP service port and a slot. Slot 0 holds the
+/// number of backends; slots 1..=count hold one backend each.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: [u8; 4],
+    /// Service port, host byte order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+    pub slot: u16,
+    pub _pad2: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 12);
+
+/// Value of `SERVICES` (slot 0: `count` backends; other slots: a backend
+/// address and port), of `SVC_CT` (the backend a client's connection to a
+/// service went to) and of `REV_NAT` (the service address and port a
+/// backend's replies must come from).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceValue {
+    pub addr: [u8; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub count: u16,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+
 /// Key of the `TRAFFIC` per-CPU hash map: what the datapath did with
 /// packets, per reason and direction. `reason` is [`REASON_FORWARDED`] for
 /// forwarded packets, else the drop reason (`DROP_*`); `direction` is
@@ -478,6 +512,9 @@ pub mod maps {
     pub const POLICY_CIDR: &str = "POLICY_CIDR";
     pub const TRAFFIC: &str = "TRAFFIC";
     pub const KERNEL_DROPS: &str = "KERNEL_DROPS";
+    pub const SERVICES: &str = "SERVICES";
+    pub const SVC_CT: &str = "SVC_CT";
+    pub const REV_NAT: &str = "REV_NAT";
 }
 
 /// Program names, shared by the probes and the loader.
@@ -497,6 +534,10 @@ pub const POLICY_MAP_SIZE: u32 = 65536;
 pub const POLICY_CIDR_MAP_SIZE: u32 = 16384;
 /// (reason, direction) pairs: 256 reasons × 3 directions fit.
 pub const TRAFFIC_MAP_SIZE: u32 = 1024;
+/// Service ports × (1 + backends).
+pub const SERVICES_MAP_SIZE: u32 = 65536;
+/// Client connections to services, and their reverse translations.
+pub const SVC_CT_MAP_SIZE: u32 = 65536;
 /// Kernel drop reasons (`enum skb_drop_reason` has about 130).
 pub const KERNEL_DROPS_MAP_SIZE: u32 = 512;
 
@@ -504,8 +545,8 @@ pub const KERNEL_DROPS_MAP_SIZE: u32 = 512;
 mod user {
     use super::{
         Config, CtEntry, CtKey, EndpointInfo, EndpointKey, Event, IpcacheKey, IpcacheValue,
-        KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue, TrafficCount,
-        TrafficKey,
+        KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue, ServiceKey,
+        ServiceValue, TrafficCount, TrafficKey,
     };
     // SAFETY: every type is `repr(C)`, `Copy`, made of integers and byte
     // arrays with explicit padding, so any bit pattern is valid.
@@ -524,4 +565,6 @@ mod user {
     unsafe impl aya::Pod for PolicyCidrValue {}
     unsafe impl aya::Pod for TrafficKey {}
     unsafe impl aya::Pod for TrafficCount {}
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
 }

@@ -1,7 +1,10 @@
 //! The programs themselves (compiled for the BPF target only).
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_redirect_peer},
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP, TC_ACT_OK, TC_ACT_SHOT,
+    },
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_redirect_peer},
     macros::{classifier, map, tracepoint},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
@@ -12,8 +15,8 @@ use aya_ebpf::{
 use sightline_abi as abi;
 use sightline_abi::{
     Config, CtEntry, CtKey, EndpointInfo, EndpointKey, Event, IpcacheKey, IpcacheValue,
-    KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue, TrafficCount,
-    TrafficKey,
+    KernelOffsets, PolicyCidrKey, PolicyCidrValue, PolicyKey, PolicyValue, ServiceKey,
+    ServiceValue, TrafficCount, TrafficKey,
 };
 
 #[map(name = "EVENTS")]
@@ -32,6 +35,21 @@ static TRAFFIC: PerCpuHashMap<TrafficKey, TrafficCount> =
 #[map(name = "KERNEL_DROPS")]
 static KERNEL_DROPS: PerCpuHashMap<u32, TrafficCount> =
     PerCpuHashMap::with_max_entries(abi::KERNEL_DROPS_MAP_SIZE, 0);
+
+#[map(name = "SERVICES")]
+static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(abi::SERVICES_MAP_SIZE, 0);
+
+/// Client → service tuple → the backend its connection went to.
+#[map(name = "SVC_CT")]
+static SVC_CT: LruHashMap<CtKey, ServiceValue> =
+    LruHashMap::with_max_entries(abi::SVC_CT_MAP_SIZE, 0);
+
+/// Client → backend tuple (the translated connection's key) → the service
+/// address and port its replies must come from.
+#[map(name = "REV_NAT")]
+static REV_NAT: LruHashMap<CtKey, ServiceValue> =
+    LruHashMap::with_max_entries(abi::SVC_CT_MAP_SIZE, 0);
 
 #[map(name = "ENDPOINTS")]
 static ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
@@ -73,6 +91,8 @@ struct Packet {
     icmp_type: u8,
     icmp_code: u8,
     len: u32,
+    /// Offset of the L4 header in the packet.
+    l4_off: u16,
 }
 
 /// What connection tracking found out about a packet.
@@ -162,49 +182,49 @@ fn endpoint(addr: [u8; 4]) -> Option<EndpointInfo> {
     unsafe { ENDPOINTS.get(&EndpointKey { addr }) }.copied()
 }
 
-/// Writes one event; counts it as lost when the ring buffer is full.
+/// Writes one event straight into the ring buffer (no copy of it on the
+/// stack, which the programs have little of): the packet's and connection's
+/// fields, then `fill`'s. Counts it as lost when the ring buffer is full.
 #[inline(always)]
-fn emit(cfg: &Config, ev: &Event) {
-    match EVENTS.reserve::<Event>(0) {
-        Some(mut entry) => {
-            entry.write(*ev);
-            let flags = if cfg.wakeup_bytes == 0 {
-                0
-            } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(cfg.wakeup_bytes) {
-                u64::from(BPF_RB_FORCE_WAKEUP)
-            } else {
-                u64::from(BPF_RB_NO_WAKEUP)
-            };
-            entry.submit(flags);
-            count(abi::COUNTER_EVENTS_WRITTEN);
-        }
-        None => count(abi::COUNTER_EVENTS_LOST),
-    }
-}
-
-#[inline(always)]
-fn base_event(pkt: &Packet, ct: &CtResult, now: u64) -> Event {
-    let mut ev = Event {
-        ts_ns: now,
-        fwd_packets: ct.fwd_packets,
-        fwd_bytes: ct.fwd_bytes,
-        rev_packets: ct.rev_packets,
-        rev_bytes: ct.rev_bytes,
-        pkt_len: pkt.len,
-        src_port: pkt.src_port,
-        dst_port: pkt.dst_port,
-        ip_version: 4,
-        protocol: pkt.protocol,
-        tcp_flags: pkt.tcp_flags,
-        ct_state: ct.state,
-        icmp_type: pkt.icmp_type,
-        icmp_code: pkt.icmp_code,
-        version: abi::ABI_VERSION,
-        ..Event::default()
+fn emit(cfg: &Config, pkt: &Packet, ct: &CtResult, now: u64, fill: impl FnOnce(&mut Event)) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        count(abi::COUNTER_EVENTS_LOST);
+        return;
     };
+    // SAFETY: the reserved record is ours until submitted; it is zeroed
+    // before any field is read.
+    let ev = unsafe {
+        let p = entry.as_mut_ptr();
+        core::ptr::write_bytes(p, 0, 1);
+        &mut *p
+    };
+    ev.ts_ns = now;
+    ev.fwd_packets = ct.fwd_packets;
+    ev.fwd_bytes = ct.fwd_bytes;
+    ev.rev_packets = ct.rev_packets;
+    ev.rev_bytes = ct.rev_bytes;
+    ev.pkt_len = pkt.len;
+    ev.src_port = pkt.src_port;
+    ev.dst_port = pkt.dst_port;
+    ev.ip_version = 4;
+    ev.protocol = pkt.protocol;
+    ev.tcp_flags = pkt.tcp_flags;
+    ev.ct_state = ct.state;
+    ev.icmp_type = pkt.icmp_type;
+    ev.icmp_code = pkt.icmp_code;
+    ev.version = abi::ABI_VERSION;
     ev.src_addr[..4].copy_from_slice(&pkt.src);
     ev.dst_addr[..4].copy_from_slice(&pkt.dst);
-    ev
+    fill(ev);
+    let flags = if cfg.wakeup_bytes == 0 {
+        0
+    } else if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= u64::from(cfg.wakeup_bytes) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    };
+    entry.submit(flags);
+    count(abi::COUNTER_EVENTS_WRITTEN);
 }
 
 /// Reads the IPv4 and L4 headers. `Ok(None)` for frames that are not IPv4
@@ -234,6 +254,7 @@ fn parse(ctx: &TcContext) -> Result<Option<Packet>, u8> {
         icmp_type: 0,
         icmp_code: 0,
         len: ctx.len(),
+        l4_off: (ETH_HLEN + ihl) as u16,
     };
     let l4 = ETH_HLEN + ihl;
     match pkt.protocol {
@@ -432,15 +453,15 @@ fn ifindex(ctx: &TcContext) -> u32 {
 fn drop_packet(cfg: &Config, pkt: &Packet, ct: &CtResult, reason: u8, ifindex: u32, ids: (u32, u32), ep: u16, dir: u8) -> i32 {
     count(abi::COUNTER_PACKETS_DROPPED);
     account(reason, dir, pkt.len);
-    let mut ev = base_event(pkt, ct, now());
-    ev.kind = abi::EVENT_DROP;
-    ev.sub_type = reason;
-    ev.ifindex = ifindex;
-    ev.src_identity = ids.0;
-    ev.dst_identity = ids.1;
-    ev.endpoint_id = ep;
-    ev.direction = dir;
-    emit(cfg, &ev);
+    emit(cfg, pkt, ct, now(), |ev| {
+        ev.kind = abi::EVENT_DROP;
+        ev.sub_type = reason;
+        ev.ifindex = ifindex;
+        ev.src_identity = ids.0;
+        ev.dst_identity = ids.1;
+        ev.endpoint_id = ep;
+        ev.direction = dir;
+    });
     TC_ACT_SHOT as i32
 }
 
@@ -463,6 +484,7 @@ fn drop_unparsed(cfg: &Config, ctx: &TcContext, reason: u8, dir: u8) -> i32 {
         icmp_type: 0,
         icmp_code: 0,
         len: ctx.len(),
+        l4_off: 0,
     };
     drop_packet(cfg, &pkt, &CtResult::NONE, reason, ifindex(ctx), (0, 0), 0, dir)
 }
@@ -483,14 +505,14 @@ fn trace(cfg: &Config, pkt: &Packet, ct: &CtResult, point: u8, ifindex: u32, ids
     if !trace_wanted(cfg, point, ct) {
         return;
     }
-    let mut ev = base_event(pkt, ct, now);
-    ev.kind = abi::EVENT_TRACE;
-    ev.sub_type = point;
-    ev.ifindex = ifindex;
-    ev.src_identity = ids.0;
-    ev.dst_identity = ids.1;
-    ev.endpoint_id = ep;
-    emit(cfg, &ev);
+    emit(cfg, pkt, ct, now, |ev| {
+        ev.kind = abi::EVENT_TRACE;
+        ev.sub_type = point;
+        ev.ifindex = ifindex;
+        ev.src_identity = ids.0;
+        ev.dst_identity = ids.1;
+        ev.endpoint_id = ep;
+    });
 }
 
 /// The policy decision for one side of a connection.
@@ -563,24 +585,24 @@ struct Conn<'a> {
 /// Emits a policy-verdict event for one side of a connection.
 #[inline(always)]
 fn verdict_event(cfg: &Config, pkt: &Packet, ct: &CtResult, ep: &EndpointInfo, dir: u8, d: &Decision, audit: bool, now: u64, ids: (u32, u32)) {
-    let mut ev = base_event(pkt, ct, now);
-    ev.kind = abi::EVENT_POLICY_VERDICT;
-    ev.sub_type = abi::TRACE_NONE;
-    ev.ifindex = ep.ifindex;
-    ev.src_identity = ids.0;
-    ev.dst_identity = ids.1;
-    ev.endpoint_id = ep.endpoint_id;
-    ev.direction = dir;
-    ev.verdict = if d.allowed {
-        abi::VERDICT_FORWARDED
-    } else if audit {
-        abi::VERDICT_AUDIT
-    } else {
-        abi::VERDICT_DROPPED
-    };
-    ev.match_type = d.match_type;
-    ev.reason = d.policy_set;
-    emit(cfg, &ev);
+    emit(cfg, pkt, ct, now, |ev| {
+        ev.kind = abi::EVENT_POLICY_VERDICT;
+        ev.sub_type = abi::TRACE_NONE;
+        ev.ifindex = ep.ifindex;
+        ev.src_identity = ids.0;
+        ev.dst_identity = ids.1;
+        ev.endpoint_id = ep.endpoint_id;
+        ev.direction = dir;
+        ev.verdict = if d.allowed {
+            abi::VERDICT_FORWARDED
+        } else if audit {
+            abi::VERDICT_AUDIT
+        } else {
+            abi::VERDICT_DROPPED
+        };
+        ev.match_type = d.match_type;
+        ev.reason = d.policy_set;
+    });
 }
 
 /// Decides a connection: egress of the client's endpoint, ingress of the
@@ -633,6 +655,93 @@ fn enforce(cfg: &Config, pkt: &Packet, ct: &CtResult, c: &Conn<'_>, now: u64, id
     }
 }
 
+/// The backend a packet to a ClusterIP service goes to: `Ok(None)` when
+/// its destination is not a service port. A connection keeps its backend
+/// while its translated conntrack entry lives; a new one gets a random
+/// backend.
+#[inline(always)]
+fn service_backend(pkt: &Packet, now: u64) -> Result<Option<ServiceValue>, u8> {
+    if pkt.protocol != abi::IPPROTO_TCP && pkt.protocol != abi::IPPROTO_UDP {
+        return Ok(None);
+    }
+    let mut key = ServiceKey { addr: pkt.dst, port: pkt.dst_port, protocol: pkt.protocol, _pad: 0, slot: 0, _pad2: [0; 2] };
+    // SAFETY: the value is copied out at once.
+    let Some(count) = (unsafe { SERVICES.get(&key) }).map(|v| v.count) else {
+        return Ok(None);
+    };
+    if count == 0 {
+        return Err(abi::DROP_NO_SERVICE_BACKEND);
+    }
+    let client = CtKey {
+        src_addr: pkt.src,
+        dst_addr: pkt.dst,
+        src_port: pkt.src_port,
+        dst_port: pkt.dst_port,
+        protocol: pkt.protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: as above.
+    if let Some(b) = unsafe { SVC_CT.get(&client) }.copied() {
+        let translated = CtKey { dst_addr: b.addr, dst_port: b.port, ..client };
+        // SAFETY: as above.
+        if unsafe { CT.get(&translated) }.is_some_and(|e| e.expires_ns > now) {
+            return Ok(Some(b));
+        }
+    }
+    // SAFETY: plain helper call.
+    let pick = unsafe { bpf_get_prandom_u32() } % u32::from(count);
+    key.slot = pick as u16 + 1;
+    // SAFETY: as above.
+    let Some(backend) = (unsafe { SERVICES.get(&key) }).copied() else {
+        return Err(abi::DROP_NO_SERVICE_BACKEND);
+    };
+    let _ = SVC_CT.insert(&client, &backend, 0);
+    Ok(Some(backend))
+}
+
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const IP_SRC_OFF: usize = ETH_HLEN + 12;
+const IP_DST_OFF: usize = ETH_HLEN + 16;
+
+/// Rewrites the packet's destination (`dst`) or source address and port
+/// (TCP or UDP), updating the IP and L4 checksums incrementally.
+#[inline(always)]
+fn rewrite(ctx: &TcContext, pkt: &mut Packet, dst: bool, addr: [u8; 4], port: u16) -> Result<(), u8> {
+    let l4 = usize::from(pkt.l4_off);
+    let (ip_off, port_off, old_addr, old_port) =
+        if dst { (IP_DST_OFF, l4 + 2, pkt.dst, pkt.dst_port) } else { (IP_SRC_OFF, l4, pkt.src, pkt.src_port) };
+    // A UDP checksum of 0 means "none" and must stay 0.
+    let (csum_off, mangled) =
+        if pkt.protocol == abi::IPPROTO_TCP { (l4 + 16, 0) } else { (l4 + 6, u64::from(BPF_F_MARK_MANGLED_0)) };
+    let (from_ip, to_ip) = (u64::from(u32::from_ne_bytes(old_addr)), u64::from(u32::from_ne_bytes(addr)));
+    let (from_port, to_port) =
+        (u64::from(u16::from_ne_bytes(old_port.to_be_bytes())), u64::from(u16::from_ne_bytes(port.to_be_bytes())));
+    let failed = |_| abi::DROP_INVALID_PACKET;
+    ctx.l4_csum_replace(csum_off, from_ip, to_ip, u64::from(BPF_F_PSEUDO_HDR) | mangled | 4).map_err(failed)?;
+    ctx.l4_csum_replace(csum_off, from_port, to_port, mangled | 2).map_err(failed)?;
+    ctx.l3_csum_replace(IP_CSUM_OFF, from_ip, to_ip, 4).map_err(failed)?;
+    ctx.store(ip_off, &addr, 0).map_err(failed)?;
+    ctx.store(port_off, &port.to_be_bytes(), 0).map_err(failed)?;
+    if dst {
+        pkt.dst = addr;
+        pkt.dst_port = port;
+    } else {
+        pkt.src = addr;
+        pkt.src_port = port;
+    }
+    Ok(())
+}
+
+/// The service address a reply of a translated connection must come from.
+#[inline(always)]
+fn reverse_translation(ct: &CtResult) -> Option<ServiceValue> {
+    if ct.state != abi::CT_REPLY {
+        return None;
+    }
+    // SAFETY: the value is copied out at once.
+    unsafe { REV_NAT.get(&ct.key) }.copied()
+}
+
 /// The connection a packet belongs to, from its direction.
 #[inline(always)]
 fn conn_of<'a>(pkt: &Packet, ct: &CtResult, src_ep: Option<&'a EndpointInfo>, dst_ep: Option<&'a EndpointInfo>, ids: (u32, u32)) -> Conn<'a> {
@@ -664,7 +773,7 @@ fn conn_of<'a>(pkt: &Packet, ct: &CtResult, src_ep: Option<&'a EndpointInfo>, ds
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
     let cfg = config();
-    let pkt = match parse(&ctx) {
+    let mut pkt = match parse(&ctx) {
         Ok(Some(p)) => p,
         Ok(None) => return TC_ACT_OK as i32,
         Err(reason) => return drop_unparsed(&cfg, &ctx, reason, abi::DIR_EGRESS),
@@ -681,6 +790,22 @@ pub fn from_container(ctx: TcContext) -> i32 {
         let dst_id = identity_of(pkt.dst);
         return drop_packet(&cfg, &pkt, &CtResult::NONE, abi::DROP_INVALID_SOURCE_IP, ifx, (abi::IDENTITY_UNKNOWN, dst_id), src_ep.endpoint_id, abi::DIR_EGRESS);
     }
+    // To a ClusterIP service: on to a backend, before conntrack and policy,
+    // which see the backend (as Kubernetes NetworkPolicy does).
+    let service = match service_backend(&pkt, now) {
+        Ok(s) => s,
+        Err(reason) => {
+            let dst_id = identity_of(pkt.dst);
+            return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, (src_ep.identity, dst_id), src_ep.endpoint_id, abi::DIR_EGRESS);
+        }
+    };
+    let front = ServiceValue { addr: pkt.dst, port: pkt.dst_port, count: 0 };
+    if let Some(b) = service {
+        if let Err(reason) = rewrite(&ctx, &mut pkt, true, b.addr, b.port) {
+            let dst_id = identity_of(pkt.dst);
+            return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, (src_ep.identity, dst_id), src_ep.endpoint_id, abi::DIR_EGRESS);
+        }
+    }
     let dst_ep = endpoint(pkt.dst);
     let dst_id = match dst_ep {
         Some(ep) => ep.identity,
@@ -693,6 +818,17 @@ pub fn from_container(ctx: TcContext) -> i32 {
         Err(reason) => return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, ids, src_ep.endpoint_id, abi::DIR_EGRESS),
     };
 
+    if service.is_some() {
+        // Where the backend's replies must appear to come from.
+        // SAFETY: presence check only.
+        if ct.state == abi::CT_NEW || unsafe { REV_NAT.get(&ct.key) }.is_none() {
+            let _ = REV_NAT.insert(&ct.key, &front, 0);
+        }
+    }
+    // A backend's reply to a client of the service: sent from the service's
+    // address, after the events (which name the backend).
+    let reverse = reverse_translation(&ct);
+
     trace(&cfg, &pkt, &ct, abi::TRACE_FROM_LXC, ifx, ids, src_ep.endpoint_id, now);
     let conn = conn_of(&pkt, &ct, Some(&src_ep), dst_ep.as_ref(), ids);
     if let Some((dir, ep_ifindex, ep_id)) = enforce(&cfg, &pkt, &ct, &conn, now, ids) {
@@ -704,6 +840,11 @@ pub fn from_container(ctx: TcContext) -> i32 {
         count(abi::COUNTER_PACKETS_FORWARDED);
         account(abi::REASON_FORWARDED, abi::DIR_EGRESS, pkt.len);
         trace(&cfg, &pkt, &ct, abi::TRACE_TO_STACK, ifx, ids, src_ep.endpoint_id, now);
+        if let Some(r) = reverse {
+            if rewrite(&ctx, &mut pkt, false, r.addr, r.port).is_err() {
+                return TC_ACT_SHOT as i32;
+            }
+        }
         return TC_ACT_OK as i32;
     };
 
@@ -714,6 +855,11 @@ pub fn from_container(ctx: TcContext) -> i32 {
     count(abi::COUNTER_PACKETS_FORWARDED);
     account(abi::REASON_FORWARDED, abi::DIR_EGRESS, pkt.len);
     trace(&cfg, &pkt, &ct, abi::TRACE_TO_LXC, dst_ep.ifindex, ids, dst_ep.endpoint_id, now);
+    if let Some(r) = reverse {
+        if rewrite(&ctx, &mut pkt, false, r.addr, r.port).is_err() {
+            return TC_ACT_SHOT as i32;
+        }
+    }
     // SAFETY: plain helper call.
     let rc = unsafe { bpf_redirect_peer(dst_ep.ifindex, 0) };
     if rc as i32 == TC_ACT_REDIRECT { TC_ACT_REDIRECT } else { TC_ACT_SHOT as i32 }
@@ -813,6 +959,7 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {
         icmp_type: 0,
         icmp_code: 0,
         len,
+        l4_off: 0,
     };
     let l4 = head + u64::from(nh) + ihl;
     match pkt.protocol {
@@ -840,14 +987,15 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {
     count(abi::COUNTER_KERNEL_DROPS_SEEN);
     add_traffic(&KERNEL_DROPS, &reason, len);
     let cfg = config();
-    let mut ev = base_event(&pkt, &CtResult::NONE, now());
-    ev.kind = abi::EVENT_KERNEL_DROP;
-    ev.sub_type = 0;
-    ev.reason = reason;
-    ev.ifindex = ifindex;
-    ev.src_identity = identity_of(pkt.src);
-    ev.dst_identity = identity_of(pkt.dst);
-    emit(&cfg, &ev);
+    let ids = (identity_of(pkt.src), identity_of(pkt.dst));
+    emit(&cfg, &pkt, &CtResult::NONE, now(), |ev| {
+        ev.kind = abi::EVENT_KERNEL_DROP;
+        ev.sub_type = 0;
+        ev.reason = reason;
+        ev.ifindex = ifindex;
+        ev.src_identity = ids.0;
+        ev.dst_identity = ids.1;
+    });
     Ok(())
 }
 

@@ -1,0 +1,143 @@
+//! ClusterIP Services: the datapath sends a pod's connection to a service
+//! address to one of its backends (chosen per connection), answers from the
+//! service address, applies NetworkPolicy to the backend, and follows
+//! backend changes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sightline_e2e::{Lab, require_root, sightline, write_temp};
+
+const APP: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: client}}
+spec:
+  containers: [{name: c, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: web, pod: b}}
+spec:
+  containers: [{name: c, ports: [{containerPort: 8080, name: http}, {containerPort: 53, protocol: UDP}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: x, labels: {app: web, pod: c}}
+spec:
+  containers: [{name: c, ports: [{containerPort: 8080, name: http}, {containerPort: 53, protocol: UDP}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: http}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: x}
+spec:
+  selector: {app: nobody}
+  ports: [{port: 80}]
+";
+
+fn cluster_ip(lab: &Lab, service: &str) -> String {
+    let status = lab.status();
+    let services = status["services"].as_array().expect("services");
+    let svc = services.iter().find(|s| s["name"] == service).unwrap_or_else(|| panic!("no service {service}: {status}"));
+    svc["cluster_ip"].as_str().expect("cluster_ip").to_owned()
+}
+
+/// Connects from `from` to `ip:port` over TCP and returns the first line
+/// the responder wrote (its `namespace/name`), or `None` when the
+/// connection did not open within a second.
+fn who_answers(lab: &Lab, from: &str, ip: &str, port: u16) -> Option<String> {
+    let script = "exec 3<>/dev/tcp/$0/$1 && head -1 <&3";
+    let out = lab.exec(from, &["timeout", "2", "bash", "-c", script, ip, &port.to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// Who answers `tries` connections to the service, counted.
+fn answers(lab: &Lab, ip: &str, tries: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..tries {
+        let who = who_answers(lab, "x/a", ip, 80).unwrap_or_else(|| "blocked".to_owned());
+        *seen.entry(who).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn metrics_text(lab: &Lab) -> String {
+    let addr = lab.status()["nodes"][0]["collector"]["metrics"].as_str().expect("metrics address").to_owned();
+    let mut s = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
+    std::io::Write::write_all(&mut s, format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn services_balance_connections_over_their_backends() {
+    if !require_root() {
+        return;
+    }
+    let lab = Lab::up("e2e-svc", APP, &[]);
+    let web = cluster_ip(&lab, "web");
+
+    // Both backends answer, at the named target port (http → 8080), as the
+    // service address (the client's socket accepts nothing else).
+    let seen = answers(&lab, &web, 24);
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["x/b", "x/c"], "{seen:?}");
+    assert!(lab.probe("x/a", "svc/x/web", 80, "TCP"));
+    // UDP: the reply comes back from the service address.
+    assert!(lab.probe("x/a", "svc/x/web", 53, "UDP"));
+    // A port the service does not have is not translated.
+    assert!(!lab.probe("x/a", "svc/x/web", 81, "TCP"));
+
+    // No backends: dropped by the datapath, with Hubble's reason.
+    assert!(!lab.probe("x/a", "svc/x/empty", 80, "TCP"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let metrics = metrics_text(&lab);
+    assert!(
+        metrics.lines().any(|l| l.starts_with("sightline_datapath_dropped_packets_total{") && l.contains("SERVICE_BACKEND_NOT_FOUND")),
+        "no SERVICE_BACKEND_NOT_FOUND drop counted"
+    );
+
+    // Policy applies to the backend: with x/b closed to ingress, only x/c
+    // answers, and the connections that went to x/b are blocked.
+    let deny_b = write_temp(
+        "svc-deny-b.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-b, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Ingress]\n",
+    );
+    let out = sightline(&["lab", "apply", "--name", &lab.name, "-f", deny_b.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen = answers(&lab, &web, 16);
+    assert!(!seen.contains_key("x/b"), "{seen:?}");
+    assert!(seen.get("x/c").is_some_and(|n| *n > 0), "{seen:?}");
+    let out = sightline(&["lab", "delete", "--name", &lab.name, "-f", deny_b.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Backends follow the pods: without x/c, x/b answers everything.
+    let pod_c = write_temp("svc-pod-c.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: x}\n");
+    let out = sightline(&["lab", "delete", "--name", &lab.name, "-f", pod_c.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let seen = answers(&lab, &web, 8);
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["x/b"], "{seen:?}");
+
+    // A deleted service's address leads nowhere.
+    let svc = write_temp(
+        "svc-web.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec:\n  selector: {app: web}\n  ports: [{port: 80}]\n",
+    );
+    let out = sightline(&["lab", "delete", "--name", &lab.name, "-f", svc.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(who_answers(&lab, "x/a", &web, 80), None);
+}
