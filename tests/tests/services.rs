@@ -97,6 +97,11 @@ fn services_balance_connections_over_their_backends() {
     let seen = answers(&lab, &web, 24);
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["x/b", "x/c"], "{seen:?}");
     assert!(lab.probe("x/a", "svc/x/web", 80, "TCP"));
+    // A backend calling its own service is sent to another backend (its
+    // own replies would not come back through the datapath).
+    for _ in 0..6 {
+        assert_eq!(who_answers(&lab, "x/b", &web, 80).as_deref(), Some("x/c"));
+    }
     // UDP: the reply comes back from the service address.
     assert!(lab.probe("x/a", "svc/x/web", 53, "UDP"));
     // A port the service does not have is not translated.

@@ -692,9 +692,19 @@ fn service_backend(pkt: &Packet, now: u64) -> Result<Option<ServiceValue>, u8> {
     let pick = unsafe { bpf_get_prandom_u32() } % u32::from(count);
     key.slot = pick as u16 + 1;
     // SAFETY: as above.
-    let Some(backend) = (unsafe { SERVICES.get(&key) }).copied() else {
+    let Some(mut backend) = (unsafe { SERVICES.get(&key) }).copied() else {
         return Err(abi::DROP_NO_SERVICE_BACKEND);
     };
+    // Not the client itself when there is another backend: its replies
+    // would be delivered locally, never seen here to be translated back.
+    if backend.addr == pkt.src && count > 1 {
+        key.slot = ((pick + 1) % u32::from(count)) as u16 + 1;
+        // SAFETY: as above.
+        let Some(other) = (unsafe { SERVICES.get(&key) }).copied() else {
+            return Err(abi::DROP_NO_SERVICE_BACKEND);
+        };
+        backend = other;
+    }
     let _ = SVC_CT.insert(&client, &backend, 0);
     Ok(Some(backend))
 }
