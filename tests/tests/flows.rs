@@ -178,6 +178,22 @@ fn allowed_and_denied_flows_field_by_field() {
             assert!(err.message().contains(needle), "{needle}: {}", err.message());
         }
     });
+
+    // `sightline observe` with a field mask: the server sends only those
+    // fields; a bad path is refused before anything is sent.
+    let out = sightline(&["observe", "--lab", &lab.name, "--last", "3", "-o", "jsonpb", "--experimental-field-mask", "time,verdict"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("jsonpb");
+        let mut keys: Vec<&String> = v["flow"].as_object().expect("a flow").keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["time", "verdict"], "{line}");
+    }
+    let out = sightline(&["observe", "--lab", &lab.name, "--experimental-field-mask", "time,verdikt"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"verdikt\""), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

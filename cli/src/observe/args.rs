@@ -80,6 +80,15 @@ pub struct ObserveOpts {
     /// Print addresses instead of pod, service and DNS names.
     #[arg(long, help_heading = "Output")]
     pub numeric: bool,
+    /// Ask the server for these flow fields only (comma-separated
+    /// flow.proto paths, e.g. time,source.pod_name,verdict); the others
+    /// arrive empty.
+    #[arg(long, value_name = "FIELDS", value_delimiter = ',', help_heading = "Output")]
+    pub experimental_field_mask: Vec<String>,
+    /// With the compact, dict and table formats, ask the server only for
+    /// the fields they print (smaller messages, faster streams).
+    #[arg(long, help_heading = "Output")]
+    pub experimental_use_default_field_masks: bool,
 
     #[command(flatten)]
     pub conn: ConnectionArgs,

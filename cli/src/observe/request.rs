@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::SystemTime;
 
+use sightline_collector::flow::{FieldMask, PRINTED_FIELDS};
 use sightline_proto::flow::FlowFilter;
 use sightline_proto::observer::GetFlowsRequest;
 
@@ -28,6 +29,8 @@ pub enum RequestError {
     Filter(FilterError),
     /// An `--allowlist`/`--denylist` value.
     RawFilter { flag: &'static str, reason: String },
+    /// An `--experimental-field-mask` path.
+    FieldMask(String),
 }
 
 impl fmt::Display for RequestError {
@@ -38,6 +41,7 @@ impl fmt::Display for RequestError {
             Self::EmptyRange => f.write_str("--since is later than --until: no flow can match"),
             Self::Filter(e) => e.fmt(f),
             Self::RawFilter { flag, reason } => write!(f, "--{flag}: {reason}"),
+            Self::FieldMask(reason) => write!(f, "--experimental-field-mask: {reason}"),
         }
     }
 }
@@ -132,6 +136,15 @@ pub fn build(opts: &ObserveOpts, tokens: &[Token], now: SystemTime) -> Result<Ge
     whitelist.extend(raw_filters("allowlist", &opts.allowlist)?);
     blacklist.extend(raw_filters("denylist", &opts.denylist)?);
 
+    let mut paths: Vec<String> = opts.experimental_field_mask.iter().map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect();
+    let printed = matches!(opts.output, OutputFormat::Compact | OutputFormat::Dict | OutputFormat::Table);
+    if paths.is_empty() && opts.experimental_use_default_field_masks && printed {
+        paths = PRINTED_FIELDS.iter().map(|p| (*p).to_owned()).collect();
+    }
+    // Checked here, so that a typo is named before anything is sent.
+    FieldMask::new(&paths).map_err(RequestError::FieldMask)?;
+    let field_mask = (!paths.is_empty()).then_some(prost_types::FieldMask { paths });
+
     Ok(GetFlowsRequest {
         number,
         first: first.is_some(),
@@ -140,6 +153,7 @@ pub fn build(opts: &ObserveOpts, tokens: &[Token], now: SystemTime) -> Result<Ge
         blacklist,
         since,
         until,
+        field_mask,
         ..GetFlowsRequest::default()
     })
 }
@@ -313,5 +327,21 @@ mod tests {
         let back = json::flow_filters_from_json(json).expect("parses back");
         assert_eq!(back, r.whitelist);
         assert_eq!(raw_filters_text(&req(&[])).expect("prints"), "{}\n");
+    }
+
+    #[test]
+    fn field_masks_are_checked_and_sent() {
+        let r = req(&["--experimental-field-mask", "time,source.pod_name", "--experimental-field-mask", "verdict"]);
+        assert_eq!(r.field_mask.expect("a mask").paths, s(&["time", "source.pod_name", "verdict"]));
+        assert_eq!(req(&[]).field_mask, None);
+        // The default masks: only for the formats that print fields.
+        let r = req(&["--experimental-use-default-field-masks"]);
+        assert_eq!(r.field_mask.expect("a mask").paths.len(), PRINTED_FIELDS.len());
+        assert_eq!(req(&["--experimental-use-default-field-masks", "-o", "jsonpb"]).field_mask, None);
+        // An explicit mask wins.
+        let r = req(&["--experimental-use-default-field-masks", "--experimental-field-mask", "time"]);
+        assert_eq!(r.field_mask.expect("a mask").paths, s(&["time"]));
+        let e = req_err(&["--experimental-field-mask", "time,source.pod_nmae"]);
+        assert!(e.starts_with("--experimental-field-mask: ") && e.contains("source.pod_nmae"), "{e}");
     }
 }

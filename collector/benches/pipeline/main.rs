@@ -37,31 +37,7 @@ const LOCAL_PODS: u32 = 30;
 const EVENT_SIZE: usize = size_of::<Event>();
 
 /// The field mask `hubble observe` requests with its default output.
-const HUBBLE_DEFAULT_MASK: &[&str] = &[
-    "time",
-    "source.identity",
-    "source.namespace",
-    "source.pod_name",
-    "destination.identity",
-    "destination.namespace",
-    "destination.pod_name",
-    "source_service",
-    "destination_service",
-    "l4",
-    "IP",
-    "ethernet",
-    "l7",
-    "Type",
-    "node_name",
-    "is_reply",
-    "event_type",
-    "verdict",
-    "drop_reason_desc",
-    "traffic_direction",
-    "policy_match_type",
-    "trace_observation_point",
-    "Summary",
-];
+const HUBBLE_DEFAULT_MASK: &[&str] = sightline_collector::flow::PRINTED_FIELDS;
 
 fn pod_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, (i / 200) as u8 + 1, (i % 200) as u8 + 2)

@@ -66,6 +66,35 @@ enum Node {
     Some(Fields),
 }
 
+/// The fields `hubble observe` asks for when it prints flows in its
+/// compact, dict or table format with `--experimental-use-default-field-masks`:
+/// everything those formats show.
+pub const PRINTED_FIELDS: &[&str] = &[
+    "time",
+    "source.identity",
+    "source.namespace",
+    "source.pod_name",
+    "destination.identity",
+    "destination.namespace",
+    "destination.pod_name",
+    "source_service",
+    "destination_service",
+    "l4",
+    "IP",
+    "ethernet",
+    "l7",
+    "Type",
+    "node_name",
+    "is_reply",
+    "event_type",
+    "verdict",
+    "drop_reason_desc",
+    "traffic_direction",
+    "policy_match_type",
+    "trace_observation_point",
+    "Summary",
+];
+
 impl FieldMask {
     /// A mask of `paths`, each checked against flow.proto; the error names
     /// the first invalid path and why.

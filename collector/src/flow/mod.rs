@@ -27,7 +27,7 @@ pub mod store;
 pub(crate) mod tests_support;
 
 pub use builder::FlowBuilder;
-pub use convert::{FieldMask, lost_event, to_proto};
+pub use convert::{FieldMask, PRINTED_FIELDS, lost_event, to_proto};
 pub use record::{Flow, Side};
 pub use store::{Entry, Reader, Start, Store, StoreError};
 
