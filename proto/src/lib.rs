@@ -131,6 +131,7 @@ mod tests {
             forward_bytes: 180,
             reply_packets: 2,
             reply_bytes: u64::MAX,
+            kernel_drop_reason: "NO_SOCKET".to_owned(),
         }
     }
 
@@ -160,15 +161,17 @@ mod tests {
 
     #[test]
     fn flow_counters_wire_layout() {
-        // Field 1 varint 3, field 2 varint 180, field 3 varint 2.
+        // Field 1 varint 3, field 2 varint 180, field 3 varint 2, field 5
+        // length-delimited "NO".
         let bytes = FlowCounters {
             forward_packets: 3,
             forward_bytes: 180,
             reply_packets: 2,
             reply_bytes: 0,
+            kernel_drop_reason: "NO".to_owned(),
         }
         .encode_to_vec();
-        assert_eq!(bytes, [0x08, 3, 0x10, 0xb4, 0x01, 0x18, 2]);
+        assert_eq!(bytes, [0x08, 3, 0x10, 0xb4, 0x01, 0x18, 2, 0x2a, 2, b'N', b'O']);
     }
 
     #[test]

@@ -707,6 +707,7 @@ fn full_flow() -> flow::Flow {
                 forward_bytes: 2,
                 reply_packets: 3,
                 reply_bytes: 4,
+                kernel_drop_reason: "NO_SOCKET".into(),
             }
             .to_any(),
         ),

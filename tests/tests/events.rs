@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sightline_collector::decoder::Record;
-use sightline_e2e::{Lab, require_root, two_pods};
+use sightline_e2e::{Lab, require_root, sightline, two_pods};
 
 fn endpoint_ifname(lab: &Lab, pod: &str) -> String {
     let (ns, name) = pod.split_once('/').unwrap();
@@ -142,6 +142,11 @@ fn kernel_drops_carry_the_kernel_reason() {
     assert_eq!(drop.verdict.as_deref(), Some("dropped"));
     assert_eq!(drop.source.identity, u32::try_from(lab.pod_identity("t/a")).unwrap());
     assert_eq!(drop.destination.identity, u32::try_from(lab.pod_identity("t/b")).unwrap());
+    // The flow API carries the kernel's reason too (in Sightline's flow
+    // extension), and `sightline observe` prints it.
+    let out = sightline(&["observe", "--lab", &lab.name, "-t", "drop", "--to-port", "9999", "--last", "5"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("Kernel drop: NO_SOCKET DROPPED"), "{text}{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Runs a 30 MB iperf3 transfer from t/a to t/b and returns the events of

@@ -562,6 +562,12 @@ pub fn flow_type(f: &Flow) -> String {
             .iter()
             .find(|(_, v)| *v == i32::from(sub as u8))
             .map_or_else(|| (sub as u8).to_string(), |(n, _)| (*n).to_owned()),
+        // A drop the kernel made: its own reason rides in Sightline's
+        // extension (Hubble's reason 0 would read "Success").
+        1 if sub == 0 => match f.extensions.as_ref().and_then(FlowCounters::from_any) {
+            Some(c) if !c.kernel_drop_reason.is_empty() => format!("Kernel drop: {}", c.kernel_drop_reason),
+            _ => drop_reason_text(0),
+        },
         1 => drop_reason_text(u32::from(sub as u8)),
         5 => {
             format!("policy-verdict:{} {}", policy_match_text(f.policy_match_type), direction_name(f.traffic_direction))
@@ -972,7 +978,7 @@ mod tests {
     fn counters_in_compact_and_dict() {
         let mut f = flow();
         f.extensions =
-            Some(FlowCounters { forward_packets: 3, forward_bytes: 180, reply_packets: 2, reply_bytes: 120 }.to_any());
+            Some(FlowCounters { forward_packets: 3, forward_bytes: 180, reply_packets: 2, reply_bytes: 120, ..FlowCounters::default() }.to_any());
         let opts = PrintOptions { counters: true, ..PrintOptions::default() };
         assert_eq!(
             print(opts, &[resp(f.clone())]).0,
@@ -1105,6 +1111,20 @@ mod tests {
         let names: Vec<String> = (0..20).map(|i| format!("node-{i:02}")).collect();
         assert_eq!(join_with_cutoff(&names[..2], ", ", 50), "node-00, node-01");
         assert_eq!(join_with_cutoff(&names, ", ", 50), "node-00, node-01, node-02, node-03, node-04 (and 15 more)");
+    }
+
+    #[test]
+    fn kernel_drops_show_the_kernels_reason() {
+        let mut f = Flow {
+            verdict: Verdict::Dropped as i32,
+            event_type: Some(sightline_proto::flow::CiliumEventType { r#type: 1, sub_type: 0 }),
+            ..Flow::default()
+        };
+        assert_eq!(flow_type(&f), "Success", "without the extension, as hubble prints it");
+        f.extensions = Some(FlowCounters { kernel_drop_reason: "NO_SOCKET".into(), ..FlowCounters::default() }.to_any());
+        assert_eq!(flow_type(&f), "Kernel drop: NO_SOCKET");
+        f.event_type = Some(sightline_proto::flow::CiliumEventType { r#type: 1, sub_type: 133 });
+        assert_eq!(flow_type(&f), "Policy denied");
     }
 
     #[test]

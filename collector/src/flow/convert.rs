@@ -443,6 +443,7 @@ pub fn to_proto(flow: &Flow, node_name: &str, mask: Option<&FieldMask>) -> pb::F
             forward_bytes: flow.counters[1],
             reply_packets: flow.counters[2],
             reply_bytes: flow.counters[3],
+            kernel_drop_reason: flow.kernel_drop_reason_name.as_deref().unwrap_or_default().to_owned(),
         };
         let mut any = counters.to_any();
         let e = k(Top::Extensions);
