@@ -194,6 +194,15 @@ fn allowed_and_denied_flows_field_by_field() {
     let out = sightline(&["observe", "--lab", &lab.name, "--experimental-field-mask", "time,verdikt"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"verdikt\""), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // `sightline observe agent-events`: the collector started, made the
+    // endpoints, and took the policy.
+    let out = sightline(&["observe", "agent-events", "--lab", &lab.name, "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.lines().next().is_some_and(|l| l.contains("[node-1]: AGENT_STARTED")), "{text}");
+    assert!(text.contains("ENDPOINT_CREATED") && text.contains("pod=x/a"), "{text}");
+    assert!(text.contains("POLICY_UPDATED"), "{text}");
 }
 
 #[test]

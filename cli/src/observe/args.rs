@@ -21,6 +21,8 @@ pub struct ObserveArgs {
     pub opts: ObserveOpts,
     /// Filter flags and `--not`, in command-line order.
     pub filters: Vec<Token>,
+    /// `observe agent-events …` instead of flows.
+    pub agent_events: Option<super::agent_events::AgentEventsArgs>,
 }
 
 /// The options of `observe` other than the filter flags.
@@ -218,7 +220,14 @@ fn filter_arg(spec: &filters::FlagSpec) -> Arg {
 impl clap::Args for ObserveArgs {
     fn augment_args(cmd: Command) -> Command {
         let cmd = <ObserveOpts as clap::Args>::augment_args(cmd);
-        filters::FILTER_FLAGS.iter().fold(cmd, |cmd, spec| cmd.arg(filter_arg(spec)))
+        let events = <super::agent_events::AgentEventsArgs as clap::Args>::augment_args(
+            Command::new("agent-events").about("Prints what the collectors did (started, policies updated, endpoints created or deleted), like `hubble observe agent-events`"),
+        );
+        filters::FILTER_FLAGS
+            .iter()
+            .fold(cmd, |cmd, spec| cmd.arg(filter_arg(spec)))
+            .subcommand(events)
+            .args_conflicts_with_subcommands(true)
     }
 
     fn augment_args_for_update(cmd: Command) -> Command {
@@ -240,7 +249,11 @@ impl FromArgMatches for ObserveArgs {
             }
         }
         ordered.sort_by_key(|(i, _)| *i);
-        Ok(Self { opts, filters: ordered.into_iter().map(|(_, t)| t).collect() })
+        let agent_events = match matches.subcommand() {
+            Some(("agent-events", sub)) => Some(super::agent_events::AgentEventsArgs::from_arg_matches(sub)?),
+            _ => None,
+        };
+        Ok(Self { opts, filters: ordered.into_iter().map(|(_, t)| t).collect(), agent_events })
     }
 
     fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {

@@ -9,7 +9,8 @@
 //! - [`request`]: selectors and checks → `GetFlowsRequest`;
 //! - [`time`]: `--since`/`--until` and timestamp printing;
 //! - [`client`]: address, TLS, timeouts, and errors that say what to do;
-//! - [`printer`], [`json`], [`status`]: output.
+//! - [`printer`], [`json`], [`status`]: output;
+//! - [`agent_events`]: `observe agent-events`.
 //!
 //! Every argument is checked before anything is sent; any failure is an
 //! error (exit status 1) that names the flag or the server address. The
@@ -18,6 +19,7 @@
 //!
 //! This module reads flows; it never changes the lab or the datapath.
 
+mod agent_events;
 mod args;
 mod client;
 mod filters;
@@ -60,6 +62,13 @@ pub fn observe(args: ObserveArgs) -> anyhow::Result<()> {
     let stdout = io::stdout();
     let is_terminal = stdout.is_terminal();
     let out = io::BufWriter::new(stdout.lock());
+    if let Some(events) = &args.agent_events {
+        return runtime()?.block_on(agent_events::run(events, SystemTime::now(), out, async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }));
+    }
     let err = io::stderr().lock();
     runtime()?.block_on(observe_with(&args, SystemTime::now(), out, err, is_terminal, async {
         // If the handler cannot be installed, Ctrl-C still ends the process.
