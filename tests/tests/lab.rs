@@ -149,10 +149,16 @@ fn bad_manifests_are_refused_whole() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("Secret"));
     assert!(netns_names().iter().all(|n| !n.starts_with("e2e-badup.")));
-    // More than one node is refused with a reason.
-    let out = sightline(&["lab", "up", "--name", "e2e-badup", "--nodes", "2"]);
+    // Too many nodes, or a pod pinned to a node the lab does not have, are
+    // refused with a reason before anything is made.
+    let out = sightline(&["lab", "up", "--name", "e2e-badup", "--nodes", "17"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("relay"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 16 nodes"));
+    let pinned = write_temp("bad-node.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: node-3}\n");
+    let out = sightline(&["lab", "up", "--name", "e2e-badup", "--nodes", "2", "-f", pinned.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("node-3"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(netns_names().iter().all(|n| !n.starts_with("e2e-badup.")));
 }
 
 #[test]

@@ -231,8 +231,14 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
             labels,
         });
     }
-    for other in &state.nodes {
-        ipcache.push(IpcacheEntry { cidr: format!("{}/32", other.node_ip), identity: abi::IDENTITY_HOST });
+    // This node is `host`; the others are `remote-node`, by their node
+    // address and their fabric address, as Cilium numbers them.
+    for (i, other) in state.nodes.iter().enumerate() {
+        let identity = if other.name == node.name { abi::IDENTITY_HOST } else { abi::IDENTITY_REMOTE_NODE };
+        ipcache.push(IpcacheEntry { cidr: format!("{}/32", other.node_ip), identity });
+        if state.nodes.len() > 1 {
+            ipcache.push(IpcacheEntry { cidr: format!("{}/32", topology::fabric_ip(i as u8 + 1)), identity });
+        }
     }
     let identities = state
         .identities
@@ -506,14 +512,17 @@ pub struct UpOptions {
     pub prometheus: bool,
 }
 
+/// Nodes a lab may have (each gets a /24 of 10.244.0.0/16).
+pub const MAX_NODES: u32 = 16;
+
 /// `lab up`.
 pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     validate_name(&opts.name)?;
     if opts.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    if opts.nodes > 1 {
-        bail!("--nodes {}: multi-node labs need the relay, which this version does not have yet; use --nodes 1", opts.nodes);
+    if opts.nodes > MAX_NODES {
+        bail!("--nodes {}: a lab has at most {MAX_NODES} nodes", opts.nodes);
     }
     opts.aggregation
         .parse::<sightline_collector::agent::Aggregation>()
@@ -544,10 +553,22 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = (|| -> anyhow::Result<LabState> {
         let mut nodes = Vec::new();
+        if opts.nodes > 1 {
+            topology::create_fabric(&opts.name)?;
+        }
         for i in 1..=opts.nodes {
             let name = format!("node-{i}");
             let node_ip = Ipv4Addr::new(10, 244, i as u8, 1);
             topology::create_node(&opts.name, &name, node_ip)?;
+            if opts.nodes > 1 {
+                // Every other node's pods (and node address) through its
+                // fabric address: pod traffic between nodes is routed, not
+                // encapsulated.
+                topology::connect_node(&opts.name, &name, i as u8)?;
+                for j in (1..=opts.nodes).filter(|j| *j != i) {
+                    topology::route_via_fabric(&opts.name, &name, &format!("10.244.{j}.0/24"), topology::fabric_ip(j as u8))?;
+                }
+            }
             let mut node = Node {
                 pod_cidr: format!("10.244.{i}.0/24"),
                 node_ip,

@@ -206,6 +206,75 @@ fn configure_node(name: &str, node_ip: Ipv4Addr) -> Result<(), TopologyError> {
     Ok(())
 }
 
+/// The namespace joining a multi-node lab's nodes: `L.fabric`, holding one
+/// bridge that every node's `fab0` veth is plugged into.
+pub fn fabric_netns(lab: &str) -> String {
+    format!("{lab}.fabric")
+}
+
+/// The nodes' side of the fabric.
+pub const FABRIC_IFNAME: &str = "fab0";
+const FABRIC_BRIDGE: &str = "br0";
+
+/// Node `index`'s (1-based) address on the fabric: `10.243.0.INDEX/24`.
+#[must_use]
+pub fn fabric_ip(index: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 243, 0, index)
+}
+
+/// Creates the fabric namespace and its bridge. On failure removes what it
+/// created.
+pub fn create_fabric(lab: &str) -> Result<(), TopologyError> {
+    validate_lab(lab)?;
+    let name = fabric_netns(lab);
+    validate_netns_name(&name)?;
+    ensure_absent(&name)?;
+    run_ip("creating the fabric namespace", &["netns", "add", &name])?;
+    let configured = (|| {
+        run_ip(&format!("bringing up lo in {name}"), &["-n", &name, "link", "set", "lo", "up"])?;
+        run_ip(
+            &format!("creating bridge {FABRIC_BRIDGE} in {name}"),
+            &["-n", &name, "link", "add", FABRIC_BRIDGE, "type", "bridge"],
+        )?;
+        run_ip(&format!("bringing up {FABRIC_BRIDGE} in {name}"), &["-n", &name, "link", "set", FABRIC_BRIDGE, "up"])
+    })();
+    if let Err(e) = configured {
+        discard_netns(&name);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Plugs node `node` (number `index`) into the fabric: `fab0` in the node's
+/// namespace with its fabric address, the peer `nINDEX` on the bridge.
+pub fn connect_node(lab: &str, node: &str, index: u8) -> Result<(), TopologyError> {
+    let (node_ns, fabric) = (node_netns(lab, node), fabric_netns(lab));
+    let peer = format!("n{index}");
+    run_ip(
+        &format!("plugging node {node} into the fabric"),
+        &["link", "add", FABRIC_IFNAME, "netns", &node_ns, "type", "veth", "peer", "name", &peer, "netns", &fabric],
+    )?;
+    run_ip(&format!("enslaving {peer} to {FABRIC_BRIDGE}"), &["-n", &fabric, "link", "set", &peer, "master", FABRIC_BRIDGE])?;
+    run_ip(&format!("bringing up {peer}"), &["-n", &fabric, "link", "set", &peer, "up"])?;
+    write_sysctls(&node_ns, &[(&format!("net.ipv6.conf.{FABRIC_IFNAME}.disable_ipv6"), "1")])?;
+    run_ip(
+        &format!("addressing {FABRIC_IFNAME} of node {node}"),
+        &["-n", &node_ns, "addr", "add", &format!("{}/24", fabric_ip(index)), "dev", FABRIC_IFNAME],
+    )?;
+    run_ip(&format!("bringing up {FABRIC_IFNAME} of node {node}"), &["-n", &node_ns, "link", "set", FABRIC_IFNAME, "up"])
+        .map(|_| ())
+}
+
+/// Routes `cidr` (another node's pod CIDR) from node `node` through that
+/// node's fabric address.
+pub fn route_via_fabric(lab: &str, node: &str, cidr: &str, via: Ipv4Addr) -> Result<(), TopologyError> {
+    run_ip(
+        &format!("routing {cidr} from node {node} via {via}"),
+        &["-n", &node_netns(lab, node), "route", "add", cidr, "via", &via.to_string(), "dev", FABRIC_IFNAME],
+    )
+    .map(|_| ())
+}
+
 /// Creates pod `ns/pod`'s namespace and plugs it into node `node` (whose
 /// namespace must exist) as endpoint `endpoint_id` with address `ip`. On
 /// failure removes what it created.

@@ -878,7 +878,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
     let cfg = config();
-    let pkt = match parse(&ctx) {
+    let mut pkt = match parse(&ctx) {
         Ok(Some(p)) => p,
         Ok(None) => return TC_ACT_OK as i32,
         Err(reason) => return drop_unparsed(&cfg, &ctx, reason, abi::DIR_INGRESS),
@@ -903,6 +903,13 @@ pub fn to_container(ctx: TcContext) -> i32 {
     count(abi::COUNTER_PACKETS_FORWARDED);
     account(abi::REASON_FORWARDED, abi::DIR_INGRESS, pkt.len);
     trace(&cfg, &pkt, &ct, abi::TRACE_TO_LXC, ifx, ids, dst_ep.endpoint_id, now);
+    // The reply of a backend on another node to a client of a service here:
+    // from the service's address (the translation was made on this node).
+    if let Some(r) = reverse_translation(&ct) {
+        if rewrite(&ctx, &mut pkt, false, r.addr, r.port).is_err() {
+            return TC_ACT_SHOT as i32;
+        }
+    }
     TC_ACT_OK as i32
 }
 
