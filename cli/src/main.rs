@@ -39,6 +39,9 @@ enum Command {
     Demo(DemoArgs),
     /// Runs the node agent (started by `lab up`; not usually run by hand).
     Collector(CollectorArgs),
+    /// Runs the relay: one flow API for every node's collector, flows merged
+    /// in time order (started by `lab up`).
+    Relay(RelayArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -208,6 +211,22 @@ pub struct DemoArgs {
 }
 
 #[derive(Args)]
+struct RelayArgs {
+    /// Serve the relay's gRPC API (Hubble's Observer, health, reflection) here.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+    /// A node's collector: NAME=HOST:PORT (repeatable).
+    #[arg(long = "peer", value_name = "NAME=HOST:PORT", required = true)]
+    peers: Vec<String>,
+    /// The lab the relay belongs to (so that `lab down` finds it).
+    #[arg(long)]
+    lab: Option<String>,
+    /// Print `ready` on stdout once the listener is bound.
+    #[arg(long, hide = true)]
+    notify_ready: bool,
+}
+
+#[derive(Args)]
 struct CollectorArgs {
     /// The node's name.
     #[arg(long)]
@@ -333,6 +352,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let notify = args.notify_ready;
             runtime()?.block_on(agent::run(opts, notify))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Relay(args) => {
+            run_relay(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command } => match command {
@@ -504,4 +527,39 @@ fn print_report(report: &lab::manifest::ApplyReport) {
             println!("{item} {verb}");
         }
     }
+}
+
+/// `sightline relay`: serves until SIGTERM or Ctrl-C.
+fn run_relay(args: &RelayArgs) -> anyhow::Result<()> {
+    let mut peers = Vec::new();
+    for p in &args.peers {
+        let (name, address) = p
+            .split_once('=')
+            .filter(|(n, a)| !n.is_empty() && !a.is_empty())
+            .ok_or_else(|| anyhow!("--peer {p:?}: expected NAME=HOST:PORT"))?;
+        peers.push(sightline_relay::Peer { name: name.to_owned(), address: address.to_owned() });
+    }
+    runtime()?.block_on(async {
+        // Inside the runtime: the peers' channels start their workers on it.
+        let relay = sightline_relay::Relay::new(sightline_relay::Config::new("relay", peers))?;
+        let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        if args.notify_ready {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "ready");
+            let _ = out.flush();
+        }
+        let stop = async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return std::future::pending::<()>().await,
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        sightline_relay::serve(relay, listener, stop).await?;
+        anyhow::Ok(())
+    })
 }

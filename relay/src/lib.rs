@@ -1,7 +1,23 @@
 //! The Sightline relay: merges every node's flows into one cluster-wide
-//! stream and forwards it to Azure Monitor and OTLP.
+//! stream, served over the same `observer.Observer` API as a collector's
+//! (Hubble Relay's role).
 //!
-//! Not built yet: a lab has a single node and no relay (`lab status` reports
-//! `"relay": null`). This crate must not depend on the collector; it speaks to
-//! collectors only over their public gRPC API.
+//! - [`merge`]: the sort buffer that puts the nodes' items in time order;
+//! - [`server`]: the Observer service (GetFlows merged; ServerStatus,
+//!   GetNodes, GetNamespaces aggregated) and [`serve`].
+//!
+//! The relay speaks to collectors only over their public gRPC API; it must
+//! not depend on the collector crate. Export to Azure Monitor and OTLP is
+//! not built yet.
 #![forbid(unsafe_code)]
+
+pub mod merge;
+pub mod server;
+
+pub use server::{Config, Peer, Relay, RelayError, serve};
+
+/// The relay's version, as `ServerStatus` reports it.
+#[must_use]
+pub fn version() -> String {
+    format!("sightline-relay {}", env!("CARGO_PKG_VERSION"))
+}

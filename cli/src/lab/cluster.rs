@@ -55,6 +55,14 @@ pub struct Prometheus {
     pub address: String,
 }
 
+/// The lab's relay: one flow API for every collector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Relay {
+    pub pid: u32,
+    /// `127.0.0.1:PORT`.
+    pub grpc: String,
+}
+
 /// A pod as the lab plugged it in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodRuntime {
@@ -82,6 +90,9 @@ pub struct LabState {
     /// The lab's Prometheus, when started with `--prometheus`.
     #[serde(default)]
     pub prometheus: Option<Prometheus>,
+    /// The relay (with the datapath).
+    #[serde(default)]
+    pub relay: Option<Relay>,
     pub nodes: Vec<Node>,
     pub objects: ObjectStore,
     /// `ns/name` → runtime.
@@ -445,6 +456,22 @@ fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u
     wait_ready(child, &log, &format!("the collector of {}", node.name), Duration::from_secs(60))
 }
 
+/// Starts the relay on a free loopback port, with every collector as a peer.
+fn start_relay(state: &LabState) -> anyhow::Result<Relay> {
+    let log = lab_dir(&state.name).join("relay.log");
+    let grpc = free_loopback_port()?;
+    let mut cmd = Command::new(self_exe()?);
+    cmd.arg("relay").arg("--listen").arg(&grpc).arg("--lab").arg(&state.name).arg("--notify-ready");
+    for node in &state.nodes {
+        if let Some(addr) = &node.grpc {
+            cmd.arg("--peer").arg(format!("{}={addr}", node.name));
+        }
+    }
+    let child = spawn_detached(&mut cmd, &log, true)?;
+    let pid = wait_ready(child, &log, "the relay", Duration::from_secs(30))?;
+    Ok(Relay { pid, grpc })
+}
+
 fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
     let log = lab_dir(lab).join(format!("pod-{}.{}.log", rt.namespace, rt.name));
     let mut cmd = Command::new("ip");
@@ -591,6 +618,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             datapath: opts.datapath,
             policy_audit: opts.policy_audit,
             prometheus: None,
+            relay: None,
             nodes,
             objects: ObjectStore::new(),
             pods: BTreeMap::new(),
@@ -598,6 +626,10 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             service_ips: BTreeMap::new(),
         };
         state.save()?;
+        if opts.datapath {
+            state.relay = Some(start_relay(&state)?);
+            state.save()?;
+        }
         if opts.prometheus {
             state.prometheus = Some(start_prometheus(&state)?);
             state.save()?;
@@ -783,6 +815,9 @@ pub fn teardown(name: &str) -> anyhow::Result<()> {
         if let Some(p) = &state.prometheus {
             kill(p.pid);
         }
+        if let Some(r) = &state.relay {
+            kill(r.pid);
+        }
         for node in &state.nodes {
             kill(node.collector_pid);
         }
@@ -827,7 +862,8 @@ fn stray_collectors(name: &str) -> Vec<u32> {
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let collector = args.iter().any(|a| a == "collector") && args.iter().any(|a| a.starts_with(&format!("{marker}/")));
         let prometheus = args.iter().any(|a| *a == prometheus_config);
-        if collector || prometheus {
+        let relay = args.get(1).is_some_and(|a| a == "relay") && args.windows(2).any(|w| w[0] == "--lab" && w[1] == name);
+        if collector || prometheus || relay {
             pids.push(pid);
         }
     }
@@ -894,7 +930,8 @@ fn free_loopback_port() -> anyhow::Result<String> {
 
 /// The gRPC address of a running lab's first collector, if any.
 pub fn default_server(lab_name: &str) -> Option<String> {
-    LabState::load(lab_name).ok()?.nodes.first()?.grpc.clone()
+    let state = LabState::load(lab_name).ok()?;
+    state.relay.as_ref().map(|r| r.grpc.clone()).or_else(|| state.nodes.first()?.grpc.clone())
 }
 
 /// `lab down`.

@@ -54,7 +54,7 @@ pub fn json(state: &LabState) -> Value {
         "name": state.name,
         "aggregation": state.aggregation,
         "nodes": nodes,
-        "relay": Value::Null,
+        "relay": state.relay.as_ref().map(|r| json!({"grpc": r.grpc})),
         "prometheus": state.prometheus.as_ref().map(|p| p.address.clone()),
         "pods": pods,
         "services": services,
@@ -103,6 +103,9 @@ pub fn table(state: &LabState) -> String {
         } else {
             let _ = writeln!(out, "          no datapath (lab started with --no-datapath)");
         }
+    }
+    if let Some(r) = &state.relay {
+        let _ = writeln!(out, "\nRELAY     {} (pid {}): every node's flows, `sightline observe` reads it", r.grpc, r.pid);
     }
     let _ = writeln!(out, "\nPOD                            IP             NODE      IDENTITY  PORTS");
     for p in state.pods.values() {

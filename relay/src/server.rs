@@ -1,0 +1,412 @@
+//! The relay's `observer.Observer` service: every request goes to every
+//! node's collector; flows come back merged in time order.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prost_types::Timestamp;
+use sightline_proto::observer::observer_client::ObserverClient;
+use sightline_proto::observer::observer_server::{Observer, ObserverServer};
+use sightline_proto::observer::{
+    GetAgentEventsRequest, GetAgentEventsResponse, GetDebugEventsRequest, GetDebugEventsResponse, GetFlowsRequest,
+    GetFlowsResponse, GetNamespacesRequest, GetNamespacesResponse, GetNodesRequest, GetNodesResponse, Node,
+    ServerStatusRequest, ServerStatusResponse, get_flows_response::ResponseTypes,
+};
+use sightline_proto::relay::{NodeState, NodeStatusEvent};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::merge::SortBuffer;
+
+/// A node's collector, as the relay reaches it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub name: String,
+    /// `host:port` of its gRPC API.
+    pub address: String,
+}
+
+/// How the relay runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The relay's own name, on the node-status events it sends.
+    pub name: String,
+    pub peers: Vec<Peer>,
+    /// Sort buffer size (Hubble's `sort-buffer-len-max`).
+    pub sort_buffer: usize,
+    /// How long an item may wait for older ones from other nodes (Hubble's
+    /// `sort-buffer-drain-timeout`).
+    pub drain_timeout: Duration,
+    /// How long to wait for a node to answer before calling it unavailable.
+    pub dial_timeout: Duration,
+}
+
+impl Config {
+    #[must_use]
+    pub fn new(name: &str, peers: Vec<Peer>) -> Self {
+        Self {
+            name: name.to_owned(),
+            peers,
+            sort_buffer: crate::merge::DEFAULT_CAPACITY,
+            drain_timeout: Duration::from_secs(1),
+            dial_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Why the relay could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("peer {name}: {address:?} is not a host:port address")]
+    PeerAddress { name: String, address: String },
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+    #[error("serving the relay on {address}")]
+    Serve {
+        address: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+struct Connected {
+    peer: Peer,
+    channel: Channel,
+}
+
+struct State {
+    config: Config,
+    peers: Vec<Connected>,
+    started: SystemTime,
+}
+
+impl State {
+    fn client(&self, i: usize) -> Option<ObserverClient<Channel>> {
+        self.peers.get(i).map(|p| ObserverClient::new(p.channel.clone()))
+    }
+}
+
+fn now() -> Timestamp {
+    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0) }
+}
+
+fn minus(ts: &Timestamp, d: Duration) -> Timestamp {
+    let total = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos) - i128::try_from(d.as_nanos()).unwrap_or(0);
+    Timestamp {
+        seconds: i64::try_from(total.div_euclid(1_000_000_000)).unwrap_or(0),
+        nanos: i32::try_from(total.rem_euclid(1_000_000_000)).unwrap_or(0),
+    }
+}
+
+fn node_status(relay: &str, state: NodeState, nodes: Vec<String>, message: String) -> GetFlowsResponse {
+    GetFlowsResponse {
+        response_types: Some(ResponseTypes::NodeStatus(NodeStatusEvent {
+            state_change: state as i32,
+            node_names: nodes,
+            message,
+        })),
+        node_name: relay.to_owned(),
+        time: Some(now()),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The relay service.
+#[derive(Clone)]
+pub struct Relay {
+    state: Arc<State>,
+}
+
+impl Relay {
+    /// Prepares connections to the peers (made on first use). Call it
+    /// inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`RelayError::PeerAddress`] for an address that is not `host:port`.
+    pub fn new(config: Config) -> Result<Self, RelayError> {
+        let mut peers = Vec::new();
+        for peer in &config.peers {
+            let bad = || RelayError::PeerAddress { name: peer.name.clone(), address: peer.address.clone() };
+            if !peer.address.contains(':') || peer.address.contains('/') {
+                return Err(bad());
+            }
+            let channel = Endpoint::from_shared(format!("http://{}", peer.address))
+                .map_err(|_| bad())?
+                .connect_timeout(config.dial_timeout)
+                .connect_lazy();
+            peers.push(Connected { peer: peer.clone(), channel });
+        }
+        Ok(Self { state: Arc::new(State { config, peers, started: SystemTime::now() }) })
+    }
+
+    /// Asks every peer for its status, concurrently: (index, status or why not).
+    async fn statuses(&self) -> Vec<(usize, Result<ServerStatusResponse, Status>)> {
+        let mut set = JoinSet::new();
+        for i in 0..self.state.peers.len() {
+            let (client, wait) = (self.state.client(i), self.state.config.dial_timeout);
+            set.spawn(async move {
+                let Some(mut client) = client else { return (i, Err(Status::internal("no such peer"))) };
+                let answer = tokio::time::timeout(wait, client.server_status(ServerStatusRequest {})).await;
+                (i, match answer {
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                    Ok(Err(status)) => Err(status),
+                    Err(_) => Err(Status::unavailable("no answer in time")),
+                })
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(Ok(item)) = set.join_next().await {
+            out.push(item);
+        }
+        out.sort_by_key(|(i, _)| *i);
+        out
+    }
+}
+
+/// Hubble's cap on the unavailable nodes a status lists.
+const UNAVAILABLE_LISTED: usize = 10;
+
+#[tonic::async_trait]
+impl Observer for Relay {
+    type GetFlowsStream = BoxStream<GetFlowsResponse>;
+    type GetAgentEventsStream = BoxStream<GetAgentEventsResponse>;
+    type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
+
+    async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<GetFlowsResponse, Status>>(256);
+        let relay = self.clone();
+        tokio::spawn(async move { relay.merge_flows(req, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_agent_events(
+        &self,
+        _request: Request<GetAgentEventsRequest>,
+    ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        Err(Status::unimplemented("GetAgentEvents is served by each node's collector, not by the relay"))
+    }
+
+    async fn get_debug_events(
+        &self,
+        _request: Request<GetDebugEventsRequest>,
+    ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        Err(Status::unimplemented("GetDebugEvents is served by each node's collector, not by the relay"))
+    }
+
+    async fn get_nodes(&self, _request: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
+        let nodes = self
+            .statuses()
+            .await
+            .into_iter()
+            .filter_map(|(i, status)| {
+                let peer = &self.state.peers.get(i)?.peer;
+                let base = Node { name: peer.name.clone(), address: peer.address.clone(), ..Node::default() };
+                Some(match status {
+                    Ok(s) => Node {
+                        version: s.version,
+                        state: NodeState::NodeConnected as i32,
+                        uptime_ns: s.uptime_ns,
+                        num_flows: s.num_flows,
+                        max_flows: s.max_flows,
+                        seen_flows: s.seen_flows,
+                        ..base
+                    },
+                    Err(_) => Node { state: NodeState::NodeUnavailable as i32, ..base },
+                })
+            })
+            .collect();
+        Ok(Response::new(GetNodesResponse { nodes }))
+    }
+
+    async fn get_namespaces(
+        &self,
+        request: Request<GetNamespacesRequest>,
+    ) -> Result<Response<GetNamespacesResponse>, Status> {
+        let req = request.into_inner();
+        let mut set = JoinSet::new();
+        for i in 0..self.state.peers.len() {
+            let (client, wait, req) = (self.state.client(i), self.state.config.dial_timeout, req.clone());
+            set.spawn(async move {
+                let mut client = client?;
+                tokio::time::timeout(wait, client.get_namespaces(req)).await.ok()?.ok().map(|r| r.into_inner().namespaces)
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(Ok(found)) = set.join_next().await {
+            all.extend(found.unwrap_or_default());
+        }
+        all.sort_by(|a, b| (&a.cluster, &a.namespace).cmp(&(&b.cluster, &b.namespace)));
+        all.dedup_by(|a, b| a.cluster == b.cluster && a.namespace == b.namespace);
+        Ok(Response::new(GetNamespacesResponse { namespaces: all }))
+    }
+
+    async fn server_status(
+        &self,
+        _request: Request<ServerStatusRequest>,
+    ) -> Result<Response<ServerStatusResponse>, Status> {
+        let mut out = ServerStatusResponse { version: crate::version(), ..ServerStatusResponse::default() };
+        let (mut connected, mut unavailable) = (0u32, 0u32);
+        for (i, status) in self.statuses().await {
+            match status {
+                Ok(s) => {
+                    connected += 1;
+                    out.num_flows += s.num_flows;
+                    out.max_flows += s.max_flows;
+                    out.seen_flows += s.seen_flows;
+                    out.uptime_ns = out.uptime_ns.max(s.uptime_ns);
+                    out.flows_rate += s.flows_rate;
+                }
+                Err(_) => {
+                    unavailable += 1;
+                    if out.unavailable_nodes.len() < UNAVAILABLE_LISTED
+                        && let Some(p) = self.state.peers.get(i)
+                    {
+                        out.unavailable_nodes.push(p.peer.name.clone());
+                    }
+                }
+            }
+        }
+        if connected == 0 {
+            out.uptime_ns = u64::try_from(self.state.started.elapsed().unwrap_or_default().as_nanos()).unwrap_or(u64::MAX);
+        }
+        out.num_connected_nodes = Some(connected);
+        out.num_unavailable_nodes = Some(unavailable);
+        Ok(Response::new(out))
+    }
+}
+
+impl Relay {
+    /// Forwards `req` to every peer and sends the merged responses to
+    /// `tx`: first which nodes take part (`NODE_CONNECTED`) and which do
+    /// not (`NODE_UNAVAILABLE`), then the items in time order, with a
+    /// `NODE_ERROR` event for a node whose stream fails.
+    async fn merge_flows(&self, req: GetFlowsRequest, tx: mpsc::Sender<Result<GetFlowsResponse, Status>>) {
+        let config = &self.state.config;
+        let mut opening = JoinSet::new();
+        for i in 0..self.state.peers.len() {
+            let (client, wait, req) = (self.state.client(i), config.dial_timeout, req.clone());
+            opening.spawn(async move {
+                let Some(mut client) = client else { return (i, Err(Status::internal("no such peer"))) };
+                (i, match tokio::time::timeout(wait, client.get_flows(req)).await {
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                    Ok(Err(status)) => Err(status),
+                    Err(_) => Err(Status::unavailable("no answer in time")),
+                })
+            });
+        }
+        let mut streams = Vec::new();
+        let (mut connected, mut unavailable, mut refused) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(Ok((i, opened))) = opening.join_next().await {
+            let Some(peer) = self.state.peers.get(i).map(|p| p.peer.name.clone()) else { continue };
+            match opened {
+                Ok(stream) => {
+                    connected.push(peer.clone());
+                    streams.push((peer, stream));
+                }
+                // The node answered and refused the request (a bad filter):
+                // the client must hear why.
+                Err(status) if status.code() == tonic::Code::InvalidArgument => refused.push(status),
+                Err(status) => {
+                    log::debug!("peer {peer} unavailable: {status}");
+                    unavailable.push(peer);
+                }
+            }
+        }
+        if let Some(status) = refused.into_iter().next() {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+        connected.sort();
+        unavailable.sort();
+        let node_count = connected.len();
+        for (state, nodes) in [(NodeState::NodeConnected, connected), (NodeState::NodeUnavailable, unavailable)] {
+            if !nodes.is_empty() && tx.send(Ok(node_status(&config.name, state, nodes, String::new()))).await.is_err() {
+                return;
+            }
+        }
+
+        let (items_tx, mut items) = mpsc::channel::<Result<GetFlowsResponse, (String, Status)>>(1024);
+        for (peer, mut stream) in streams {
+            let items_tx = items_tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = match stream.message().await {
+                        Ok(Some(r)) => Ok(r),
+                        Ok(None) => break,
+                        Err(status) => Err((peer.clone(), status)),
+                    };
+                    let failed = next.is_err();
+                    if items_tx.send(next).await.is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(items_tx);
+
+        let mut buffer = SortBuffer::new(config.sort_buffer, req.number, node_count);
+        let mut tick = tokio::time::interval(config.drain_timeout);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let ready = tokio::select! {
+                item = items.recv() => match item {
+                    Some(Ok(r)) => buffer.push(r).into_iter().collect(),
+                    Some(Err((peer, status))) => {
+                        vec![node_status(&config.name, NodeState::NodeError, vec![peer], status.message().to_owned())]
+                    }
+                    None => {
+                        for r in buffer.drain() {
+                            if tx.send(Ok(r)).await.is_err() {
+                                return;
+                            }
+                        }
+                        return;
+                    }
+                },
+                _ = tick.tick() => buffer.older_than(&minus(&now(), config.drain_timeout)),
+                () = tx.closed() => return,
+            };
+            for r in ready {
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Serves the relay on `listener` until `shutdown` resolves.
+///
+/// # Errors
+///
+/// [`RelayError::Serve`] when the server fails.
+pub async fn serve(
+    relay: Relay,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    let address = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ObserverServer<Relay>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(sightline_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RelayError::Reflection(e.to_string()))?;
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ObserverServer::new(relay))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(|source| RelayError::Serve { address, source })
+}
