@@ -189,11 +189,17 @@ impl Observer for Relay {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// Every node's agent events: the stored ones in time order, then (with
+    /// `follow`) new ones as they come. Nodes that do not answer are left out.
     async fn get_agent_events(
         &self,
-        _request: Request<GetAgentEventsRequest>,
+        request: Request<GetAgentEventsRequest>,
     ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
-        Err(Status::unimplemented("GetAgentEvents is served by each node's collector, not by the relay"))
+        let req = request.into_inner();
+        let (tx, rx) = mpsc::channel::<Result<GetAgentEventsResponse, Status>>(256);
+        let relay = self.clone();
+        tokio::spawn(async move { relay.merge_agent_events(req, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn get_debug_events(
@@ -286,6 +292,44 @@ impl Observer for Relay {
 }
 
 impl Relay {
+    async fn merge_agent_events(&self, req: GetAgentEventsRequest, tx: mpsc::Sender<Result<GetAgentEventsResponse, Status>>) {
+        let (items_tx, mut items) = mpsc::channel::<GetAgentEventsResponse>(1024);
+        let mut opened = JoinSet::new();
+        for i in 0..self.state.peers.len() {
+            let (client, wait, req, items_tx) = (self.state.client(i), self.state.config.dial_timeout, req.clone(), items_tx.clone());
+            opened.spawn(async move {
+                let Some(mut client) = client else { return };
+                let Ok(Ok(stream)) = tokio::time::timeout(wait, client.get_agent_events(req)).await else { return };
+                let mut stream = stream.into_inner();
+                while let Ok(Some(r)) = stream.message().await {
+                    if items_tx.send(r).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(items_tx);
+        let key = |r: &GetAgentEventsResponse| r.time.as_ref().map_or((0, 0), |t| (t.seconds, t.nanos));
+        if !req.follow {
+            let mut all = Vec::new();
+            while let Some(r) = items.recv().await {
+                all.push(r);
+            }
+            all.sort_by_key(key);
+            for r in all {
+                if tx.send(Ok(r)).await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        while let Some(r) = items.recv().await {
+            if tx.send(Ok(r)).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Forwards `req` to every peer and sends the merged responses to
     /// `tx`: first which nodes take part (`NODE_CONNECTED`) and which do
     /// not (`NODE_UNAVAILABLE`), then the items in time order, with a

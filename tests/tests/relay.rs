@@ -123,4 +123,11 @@ fn the_relay_merges_every_nodes_flows_and_reports_the_nodes() {
     let out = sightline(&["observe", "--lab", &lab.name, "--from-pod", "x/a", "--to-pod", "x/b", "--last", "100", "--print-node-name"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("[node-1]") && text.contains("[node-2]"), "{text}");
+    // … and its agent events, of every node that answers, in time order.
+    let out = sightline(&["observe", "agent-events", "--lab", &lab.name, "--all"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for node in ["node-1", "node-2"] {
+        assert!(text.contains(&format!("[{node}]: AGENT_STARTED")), "{text}");
+    }
 }

@@ -928,10 +928,17 @@ fn free_loopback_port() -> anyhow::Result<String> {
     Ok(listener.local_addr()?.to_string())
 }
 
-/// The gRPC address of a running lab's first collector, if any.
-pub fn default_server(lab_name: &str) -> Option<String> {
+/// The flow API of a running lab, if any, and what it is: its relay, or the
+/// first collector (`collector of node-1`) in a lab without one.
+pub fn default_server_named(lab_name: &str) -> Option<(String, String)> {
     let state = LabState::load(lab_name).ok()?;
-    state.relay.as_ref().map(|r| r.grpc.clone()).or_else(|| state.nodes.first()?.grpc.clone())
+    match &state.relay {
+        Some(r) => Some((r.grpc.clone(), "relay".to_owned())),
+        None => {
+            let node = state.nodes.first()?;
+            Some((node.grpc.clone()?, format!("collector of {}", node.name)))
+        }
+    }
 }
 
 /// `lab down`.

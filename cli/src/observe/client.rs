@@ -61,15 +61,15 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// The address to use: `--server`, else the lab's collector, else
+/// The address to use: `--server`, else the lab's relay (or collector), else
 /// `localhost:4245`; and how to name it in messages.
 pub fn server_address(conn: &ConnectionArgs) -> (String, String) {
     if let Some(s) = &conn.server {
         return (s.clone(), s.clone());
     }
-    match crate::lab::cluster::default_server(&conn.lab) {
-        Some(addr) => {
-            let label = format!("{addr} (the collector of lab {:?})", conn.lab);
+    match crate::lab::cluster::default_server_named(&conn.lab) {
+        Some((addr, what)) => {
+            let label = format!("{addr} (the {what} of lab {:?})", conn.lab);
             (addr, label)
         }
         None => {
