@@ -84,5 +84,28 @@ fn upstream_hubble_client_works_against_the_collector() {
         assert_eq!(first.name, "node-1");
         assert_eq!(first.r#type, upstream::peer::ChangeNotificationType::PeerAdded as i32);
         assert!(!first.address.is_empty());
+
+        // The relay, with the same client: node status first, then the
+        // node's flows; the status aggregated.
+        let relay = format!("http://{}", lab.status()["relay"]["grpc"].as_str().expect("relay"));
+        let mut r = ObserverClient::connect(relay).await.expect("connect to the relay with the upstream client");
+        let mut stream = r.get_flows(GetFlowsRequest { number: 20, ..Default::default() }).await.unwrap().into_inner();
+        let first = stream.next().await.expect("an item").unwrap();
+        match first.response_types {
+            Some(upstream::observer::get_flows_response::ResponseTypes::NodeStatus(s)) => {
+                assert_eq!(s.state_change, upstream::relay::NodeState::NodeConnected as i32);
+                assert_eq!(s.node_names, ["node-1"]);
+            }
+            other => panic!("the relay starts with the node status, not {other:?}"),
+        }
+        let mut relayed = 0;
+        while let Some(item) = stream.next().await {
+            if let Some(upstream::observer::get_flows_response::ResponseTypes::Flow(_)) = item.unwrap().response_types {
+                relayed += 1;
+            }
+        }
+        assert!(relayed > 0);
+        let status = r.server_status(ServerStatusRequest {}).await.unwrap().into_inner();
+        assert_eq!((status.num_connected_nodes, status.num_unavailable_nodes), (Some(1), Some(0)));
     });
 }
