@@ -150,7 +150,9 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
     }
     let node = &state.nodes[0];
     eprintln!(
-        "demo: flows: `sightline observe --lab {name} -f` (gRPC {}); metrics: http://{}/metrics",
+        "demo: flows: `sightline observe --lab {name} -f` (the relay, gRPC {}; the collector of {}: {}); metrics: http://{}/metrics",
+        state.relay.as_ref().map_or("?", |r| r.grpc.as_str()),
+        node.name,
         node.grpc.as_deref().unwrap_or("?"),
         node.metrics.as_deref().unwrap_or("?")
     );
@@ -178,18 +180,21 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
 }
 
 /// Prints flows until stopped, as `sightline observe --follow` would: the
-/// demo is a client of the collector's Hubble-compatible gRPC API. A closed
+/// demo is a client of the lab's Hubble-compatible gRPC API (its relay). A closed
 /// stdout (e.g. `| head`) ends the demo normally, so that it still cleans up.
 fn print_events(state: &LabState, stop: &AtomicBool, duration: Option<Duration>) -> anyhow::Result<()> {
     use sightline_proto::observer::GetFlowsRequest;
     use sightline_proto::observer::observer_client::ObserverClient;
     use tokio_stream::StreamExt as _;
 
-    let grpc = state.nodes[0].grpc.clone().context("the lab's collector serves no gRPC address")?;
+    let grpc = match &state.relay {
+        Some(r) => r.grpc.clone(),
+        None => state.nodes[0].grpc.clone().context("the lab's collector serves no gRPC address")?,
+    };
     eprintln!("demo: flows from {grpc} (the same as `sightline observe --lab {} --follow`):", state.name);
     let rt = crate::runtime()?;
     rt.block_on(async {
-        let mut client = ObserverClient::connect(format!("http://{grpc}")).await.context("connecting to the collector")?;
+        let mut client = ObserverClient::connect(format!("http://{grpc}")).await.context("connecting to the flow API")?;
         let mut stream = client
             .get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() })
             .await
