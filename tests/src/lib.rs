@@ -174,6 +174,17 @@ impl Lab {
     }
 
     /// `lab exec POD -- ARGS…`.
+    /// Connects from `from` to `ip:port` over TCP and returns the first
+    /// line the responder wrote (its `namespace/name`), or `None` when the
+    /// connection did not open within two seconds.
+    #[must_use]
+    pub fn who_answers(&self, from: &str, ip: &str, port: u16) -> Option<String> {
+        let script = "exec 3<>/dev/tcp/$0/$1 && head -1 <&3";
+        let out = self.exec(from, &["timeout", "2", "bash", "-c", script, ip, &port.to_string()]);
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    }
+
     pub fn exec(&self, pod: &str, args: &[&str]) -> Output {
         let mut all = vec!["lab", "exec", pod, "--name", &self.name, "--"];
         all.extend_from_slice(args);

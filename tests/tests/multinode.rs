@@ -61,12 +61,6 @@ fn matrix(lab: &Lab, port: u16, protocol: &str) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-fn who_answers(lab: &Lab, from: &str, ip: &str) -> Option<String> {
-    let out = lab.exec(from, &["timeout", "2", "bash", "-c", "exec 3<>/dev/tcp/$0/80 && head -1 <&3", ip]);
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
-}
-
 #[test]
 fn pods_on_three_nodes_reach_each_other_under_each_nodes_policy() {
     if !require_root() {
@@ -107,7 +101,7 @@ fn pods_on_three_nodes_reach_each_other_under_each_nodes_policy() {
     let ip = status["services"][0]["cluster_ip"].as_str().expect("cluster ip").to_owned();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..16 {
-        if let Some(who) = who_answers(&lab, "x/a", &ip) {
+        if let Some(who) = lab.who_answers("x/a", &ip, 80) {
             seen.insert(who);
         }
     }

@@ -55,21 +55,11 @@ fn cluster_ip(lab: &Lab, service: &str) -> String {
     svc["cluster_ip"].as_str().expect("cluster_ip").to_owned()
 }
 
-/// Connects from `from` to `ip:port` over TCP and returns the first line
-/// the responder wrote (its `namespace/name`), or `None` when the
-/// connection did not open within a second.
-fn who_answers(lab: &Lab, from: &str, ip: &str, port: u16) -> Option<String> {
-    let script = "exec 3<>/dev/tcp/$0/$1 && head -1 <&3";
-    let out = lab.exec(from, &["timeout", "2", "bash", "-c", script, ip, &port.to_string()]);
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
-}
-
 /// Who answers `tries` connections to the service, counted.
 fn answers(lab: &Lab, ip: &str, tries: usize) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for _ in 0..tries {
-        let who = who_answers(lab, "x/a", ip, 80).unwrap_or_else(|| "blocked".to_owned());
+        let who = lab.who_answers("x/a", ip, 80).unwrap_or_else(|| "blocked".to_owned());
         *seen.entry(who).or_insert(0) += 1;
     }
     seen
@@ -100,7 +90,7 @@ fn services_balance_connections_over_their_backends() {
     // A backend calling its own service is sent to another backend (its
     // own replies would not come back through the datapath).
     for _ in 0..6 {
-        assert_eq!(who_answers(&lab, "x/b", &web, 80).as_deref(), Some("x/c"));
+        assert_eq!(lab.who_answers("x/b", &web, 80).as_deref(), Some("x/c"));
     }
     // UDP: the reply comes back from the service address.
     assert!(lab.probe("x/a", "svc/x/web", 53, "UDP"));
@@ -144,5 +134,5 @@ fn services_balance_connections_over_their_backends() {
     );
     let out = sightline(&["lab", "delete", "--name", &lab.name, "-f", svc.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(who_answers(&lab, "x/a", &web, 80), None);
+    assert_eq!(lab.who_answers("x/a", &web, 80), None);
 }
