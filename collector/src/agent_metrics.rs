@@ -24,6 +24,9 @@ use sightline_abi::{TrafficCount, TrafficKey};
 
 use crate::flow::Flow;
 use crate::loader::MapFill;
+use crate::metrics::names::{
+    self, DROP_POLICY_DENIED as POLICY_DENIED, MESSAGE_DROP as DROP, MESSAGE_POLICY_VERDICT as POLICY_VERDICT,
+};
 use crate::metrics::tally::{self, Keep, Tally, Target, address};
 
 type Count = Counter<u64, AtomicU64>;
@@ -296,18 +299,15 @@ fn level_of(gauge: &Level, value: u64) {
     gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
 }
 
-/// `ingress`, `egress`, or `unknown`.
+/// `ingress`, `egress`, or `unknown` (the datapath's and `flow.TrafficDirection`
+/// numbering agree: 1 ingress, 2 egress).
 fn direction_name(direction: u8) -> &'static str {
-    match direction {
-        abi::DIR_INGRESS => "ingress",
-        abi::DIR_EGRESS => "egress",
-        _ => "unknown",
-    }
+    names::TRAFFIC_DIRECTIONS.get(usize::from(direction)).copied().unwrap_or("unknown")
 }
 
 /// Hubble's name of a datapath drop reason (its number when unnamed).
 fn drop_reason_name(reason: u8) -> String {
-    crate::metrics::names::drop_reason(u16::from(reason)).map_or_else(|| reason.to_string(), str::to_owned)
+    names::drop_reason(u16::from(reason)).map_or_else(|| reason.to_string(), str::to_owned)
 }
 
 #[cfg(test)]
@@ -323,7 +323,7 @@ fn every_datapath_drop_reason_has_a_hubble_name() {
         abi::DROP_CT_MAP_INSERTION_FAILED,
         abi::DROP_FRAG_NOT_SUPPORTED,
     ] {
-        assert!(crate::metrics::names::drop_reason(u16::from(code)).is_some(), "drop reason {code}");
+        assert!(names::drop_reason(u16::from(code)).is_some(), "drop reason {code}");
     }
     assert_eq!(drop_reason_name(abi::DROP_POLICY_DENIED), "POLICY_DENIED");
 }
@@ -452,11 +452,8 @@ impl std::fmt::Debug for PolicyRecorder {
     }
 }
 
-const POLICY_VERDICT: u8 = 5;
-const DROP: u8 = 1;
-const POLICY_DENIED: u16 = 133;
-const INGRESS: u8 = 1;
-const ALLOWED: u8 = 1;
+const INGRESS: u8 = abi::DIR_INGRESS;
+const ALLOWED: u8 = names::VERDICT_FORWARDED;
 
 impl PolicyRecorder {
     /// Counts a policy verdict or policy drop; other flows cost a
@@ -511,11 +508,7 @@ impl PolicyRecorder {
 
     /// The series a kind of verdict counts in.
     fn resolve(&self, flow: &Flow, is_policy_drop: bool) -> Vec<Target> {
-        let direction = match flow.traffic_direction {
-            INGRESS => "ingress",
-            2 => "egress",
-            _ => "unknown",
-        };
+        let direction = direction_name(flow.traffic_direction);
         // The endpoint whose policy decided: the destination for ingress,
         // the source for egress.
         let side = if direction == "ingress" { &flow.destination } else { &flow.source };
@@ -536,13 +529,7 @@ impl PolicyRecorder {
             4 => "audit",
             _ => "unknown",
         };
-        let matched = match flow.policy_match_type {
-            1 => "l3-only",
-            2 => "l3-l4",
-            3 => "l4-only",
-            4 => "all",
-            _ => "none",
-        };
+        let matched = names::POLICY_MATCHES.get(usize::from(flow.policy_match_type)).copied().unwrap_or("none");
         let names = if action == "allowed" { &flow.allowed_by } else { &flow.denied_by };
         for p in names.iter().flat_map(|d| d.iter()) {
             let (ns, n) = split(p);
