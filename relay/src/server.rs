@@ -86,12 +86,6 @@ struct State {
     started: SystemTime,
 }
 
-impl State {
-    fn client(&self, i: usize) -> Option<ObserverClient<Channel>> {
-        self.peers.get(i).map(|p| ObserverClient::new(p.channel.clone()))
-    }
-}
-
 fn now() -> Timestamp {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0) }
@@ -148,15 +142,20 @@ impl Relay {
         Ok(Self { state: Arc::new(State { config, peers, started: SystemTime::now() }) })
     }
 
-    /// Asks every peer for its status, concurrently: (index, status or why not).
-    async fn statuses(&self) -> Vec<(usize, Result<ServerStatusResponse, Status>)> {
+    /// Calls every peer concurrently, each call bounded by the dial
+    /// timeout: (peer index, answer or why not), in peer order.
+    async fn ask_all<T, F, Fut>(&self, call: F) -> Vec<(usize, Result<T, Status>)>
+    where
+        T: Send + 'static,
+        F: Fn(ObserverClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>> + Send + 'static,
+    {
+        let wait = self.state.config.dial_timeout;
         let mut set = JoinSet::new();
-        for i in 0..self.state.peers.len() {
-            let (client, wait) = (self.state.client(i), self.state.config.dial_timeout);
+        for (i, peer) in self.state.peers.iter().enumerate() {
+            let answer = call(ObserverClient::new(peer.channel.clone()));
             set.spawn(async move {
-                let Some(mut client) = client else { return (i, Err(Status::internal("no such peer"))) };
-                let answer = tokio::time::timeout(wait, client.server_status(ServerStatusRequest {})).await;
-                (i, match answer {
+                (i, match tokio::time::timeout(wait, answer).await {
                     Ok(Ok(r)) => Ok(r.into_inner()),
                     Ok(Err(status)) => Err(status),
                     Err(_) => Err(Status::unavailable("no answer in time")),
@@ -169,6 +168,11 @@ impl Relay {
         }
         out.sort_by_key(|(i, _)| *i);
         out
+    }
+
+    /// Every peer's status: (index, status or why not).
+    async fn statuses(&self) -> Vec<(usize, Result<ServerStatusResponse, Status>)> {
+        self.ask_all(|mut c| async move { c.server_status(ServerStatusRequest {}).await }).await
     }
 }
 
@@ -239,18 +243,13 @@ impl Observer for Relay {
         request: Request<GetNamespacesRequest>,
     ) -> Result<Response<GetNamespacesResponse>, Status> {
         let req = request.into_inner();
-        let mut set = JoinSet::new();
-        for i in 0..self.state.peers.len() {
-            let (client, wait, req) = (self.state.client(i), self.state.config.dial_timeout, req.clone());
-            set.spawn(async move {
-                let mut client = client?;
-                tokio::time::timeout(wait, client.get_namespaces(req)).await.ok()?.ok().map(|r| r.into_inner().namespaces)
-            });
-        }
-        let mut all = Vec::new();
-        while let Some(Ok(found)) = set.join_next().await {
-            all.extend(found.unwrap_or_default());
-        }
+        let answers = self
+            .ask_all(|mut c| {
+                let req = req.clone();
+                async move { c.get_namespaces(req).await }
+            })
+            .await;
+        let mut all: Vec<_> = answers.into_iter().filter_map(|(_, a)| a.ok()).flat_map(|r| r.namespaces).collect();
         all.sort_by(|a, b| (&a.cluster, &a.namespace).cmp(&(&b.cluster, &b.namespace)));
         all.dedup_by(|a, b| a.cluster == b.cluster && a.namespace == b.namespace);
         Ok(Response::new(GetNamespacesResponse { namespaces: all }))
@@ -293,14 +292,20 @@ impl Observer for Relay {
 
 impl Relay {
     async fn merge_agent_events(&self, req: GetAgentEventsRequest, tx: mpsc::Sender<Result<GetAgentEventsResponse, Status>>) {
+        let opened = self
+            .ask_all(|mut c| {
+                let req = req.clone();
+                async move { c.get_agent_events(req).await }
+            })
+            .await;
         let (items_tx, mut items) = mpsc::channel::<GetAgentEventsResponse>(1024);
-        let mut opened = JoinSet::new();
-        for i in 0..self.state.peers.len() {
-            let (client, wait, req, items_tx) = (self.state.client(i), self.state.config.dial_timeout, req.clone(), items_tx.clone());
-            opened.spawn(async move {
-                let Some(mut client) = client else { return };
-                let Ok(Ok(stream)) = tokio::time::timeout(wait, client.get_agent_events(req)).await else { return };
-                let mut stream = stream.into_inner();
+        // Held until this returns: dropping it stops the forwarders (and so
+        // the node streams) when the client goes away.
+        let mut forwarders = JoinSet::new();
+        for (_, stream) in opened {
+            let Ok(mut stream) = stream else { continue };
+            let items_tx = items_tx.clone();
+            forwarders.spawn(async move {
                 while let Ok(Some(r)) = stream.message().await {
                     if items_tx.send(r).await.is_err() {
                         return;
@@ -336,21 +341,15 @@ impl Relay {
     /// `NODE_ERROR` event for a node whose stream fails.
     async fn merge_flows(&self, req: GetFlowsRequest, tx: mpsc::Sender<Result<GetFlowsResponse, Status>>) {
         let config = &self.state.config;
-        let mut opening = JoinSet::new();
-        for i in 0..self.state.peers.len() {
-            let (client, wait, req) = (self.state.client(i), config.dial_timeout, req.clone());
-            opening.spawn(async move {
-                let Some(mut client) = client else { return (i, Err(Status::internal("no such peer"))) };
-                (i, match tokio::time::timeout(wait, client.get_flows(req)).await {
-                    Ok(Ok(r)) => Ok(r.into_inner()),
-                    Ok(Err(status)) => Err(status),
-                    Err(_) => Err(Status::unavailable("no answer in time")),
-                })
-            });
-        }
+        let opened = self
+            .ask_all(|mut c| {
+                let req = req.clone();
+                async move { c.get_flows(req).await }
+            })
+            .await;
         let mut streams = Vec::new();
         let (mut connected, mut unavailable, mut refused) = (Vec::new(), Vec::new(), Vec::new());
-        while let Some(Ok((i, opened))) = opening.join_next().await {
+        for (i, opened) in opened {
             let Some(peer) = self.state.peers.get(i).map(|p| p.peer.name.clone()) else { continue };
             match opened {
                 Ok(stream) => {
