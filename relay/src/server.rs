@@ -379,9 +379,13 @@ impl Relay {
         }
 
         let (items_tx, mut items) = mpsc::channel::<Result<GetFlowsResponse, (String, Status)>>(1024);
+        // Held until this returns: when the client goes away, dropping it
+        // stops the forwarders and closes the node streams at once (a quiet
+        // followed stream would otherwise stay open until its next flow).
+        let mut forwarders = JoinSet::new();
         for (peer, mut stream) in streams {
             let items_tx = items_tx.clone();
-            tokio::spawn(async move {
+            forwarders.spawn(async move {
                 loop {
                     let next = match stream.message().await {
                         Ok(Some(r)) => Ok(r),

@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prost_types::Timestamp;
@@ -17,17 +19,35 @@ use sightline_proto::observer::{
 };
 use sightline_proto::relay::NodeState;
 use sightline_relay::{Config, Peer, Relay};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// A collector that holds flows at fixed times and refuses requests with a
 /// whitelist (as a bad filter would be refused).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 struct FakeNode {
     name: String,
     times: Vec<i64>,
+    /// Follow streams currently open (they never end by themselves).
+    following: Arc<AtomicUsize>,
+}
+
+/// Counts an open follow stream while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[tonic::async_trait]
@@ -51,6 +71,14 @@ impl Observer for FakeNode {
                 })
             })
             .collect();
+        if request.get_ref().follow {
+            let open = Open::new(&self.following);
+            let rest = tokio_stream::pending().map(move |item| {
+                let _held = &open;
+                item
+            });
+            return Ok(Response::new(Box::pin(tokio_stream::iter(items).chain(rest))));
+        }
         Ok(Response::new(Box::pin(tokio_stream::iter(items))))
     }
 
@@ -116,8 +144,8 @@ async fn relay(peers: Vec<(&str, SocketAddr)>) -> ObserverClient<tonic::transpor
 
 #[tokio::test]
 async fn flows_of_every_node_arrive_in_time_order_after_the_node_status() {
-    let a = start(FakeNode { name: "node-a".into(), times: vec![1, 4, 5, 9] }).await;
-    let b = start(FakeNode { name: "node-b".into(), times: vec![2, 3, 6, 7, 8] }).await;
+    let a = start(FakeNode { name: "node-a".into(), times: vec![1, 4, 5, 9], ..FakeNode::default() }).await;
+    let b = start(FakeNode { name: "node-b".into(), times: vec![2, 3, 6, 7, 8], ..FakeNode::default() }).await;
     let mut c = relay(vec![("node-a", a), ("node-b", b), ("node-c", closed_port())]).await;
 
     let mut stream = c.get_flows(GetFlowsRequest::default()).await.expect("GetFlows").into_inner();
@@ -167,7 +195,7 @@ async fn flows_of_every_node_arrive_in_time_order_after_the_node_status() {
 
 #[tokio::test]
 async fn a_request_the_nodes_refuse_is_refused_with_their_reason() {
-    let a = start(FakeNode { name: "node-a".into(), times: vec![1] }).await;
+    let a = start(FakeNode { name: "node-a".into(), times: vec![1], ..FakeNode::default() }).await;
     let mut c = relay(vec![("node-a", a)]).await;
     let req = GetFlowsRequest { whitelist: vec![Default::default()], ..GetFlowsRequest::default() };
     let err = match c.get_flows(req).await {
@@ -176,6 +204,26 @@ async fn a_request_the_nodes_refuse_is_refused_with_their_reason() {
     };
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("no such filter"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn a_follower_that_leaves_closes_the_node_streams() {
+    let node = FakeNode { name: "node-a".into(), times: vec![1, 2], ..FakeNode::default() };
+    let following = Arc::clone(&node.following);
+    let a = start(node).await;
+    let mut c = relay(vec![("node-a", a)]).await;
+    let mut stream = c.get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() }).await.expect("GetFlows").into_inner();
+    // The node status, then both flows (drained after the 100 ms window).
+    for _ in 0..3 {
+        stream.message().await.expect("stream").expect("an item");
+    }
+    assert_eq!(following.load(Ordering::SeqCst), 1);
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while following.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(following.load(Ordering::SeqCst), 0, "the node's stream stays open after the client left");
 }
 
 #[test]
