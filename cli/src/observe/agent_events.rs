@@ -2,7 +2,7 @@
 //! (started, policies updated, endpoints created or deleted), from
 //! `GetAgentEvents`, like `hubble observe agent-events`.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
@@ -11,7 +11,7 @@ use sightline_proto::observer::{GetAgentEventsRequest, GetAgentEventsResponse};
 
 use super::args::ConnectionArgs;
 use super::client;
-use super::json;
+use super::{is_broken_pipe, json, next_item};
 use super::request::{DEFAULT_LAST, RequestError};
 use super::time::{self, TimeFormat};
 
@@ -127,10 +127,6 @@ fn describe(event: &AgentEvent) -> String {
     if details.is_empty() { kind } else { format!("{kind} {details}") }
 }
 
-fn is_broken_pipe(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::BrokenPipe
-}
-
 /// Streams the events to `out` until the selection is exhausted (or,
 /// with `--follow`, until `cancel`).
 pub async fn run<O: Write>(
@@ -149,15 +145,9 @@ pub async fn run<O: Write>(
         .into_inner();
     let mut cancel = std::pin::pin!(cancel);
     loop {
-        let next = tokio::select! {
-            biased;
-            () = &mut cancel => break,
-            next = stream.message() => next,
-        };
-        let resp = match next {
+        let resp = match next_item(&mut stream, cancel.as_mut()).await {
             Ok(Some(resp)) => resp,
             Ok(None) => break,
-            Err(status) if status.code() == tonic::Code::Cancelled => break,
             Err(status) => {
                 let _ = out.flush();
                 return Err(client::ClientError::Rpc { addr: conn.label.clone(), what: "GetAgentEvents", status }.into());

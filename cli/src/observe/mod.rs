@@ -82,6 +82,22 @@ fn is_broken_pipe(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::BrokenPipe
 }
 
+/// The next item of a server stream: `None` at its end, once `cancel` has
+/// fired (Ctrl-C), or when the server cancelled the stream.
+async fn next_item<T>(
+    stream: &mut tonic::Streaming<T>,
+    cancel: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<T>, tonic::Status> {
+    tokio::select! {
+        biased;
+        () = cancel => Ok(None),
+        next = stream.message() => match next {
+            Err(status) if status.code() == tonic::Code::Cancelled => Ok(None),
+            other => other,
+        },
+    }
+}
+
 async fn observe_with<O: Write, E: Write>(
     args: &ObserveArgs,
     now: SystemTime,
@@ -122,15 +138,9 @@ async fn observe_with<O: Write, E: Write>(
     let mut printer = Printer::new(print_opts, out, err);
     let mut cancel = std::pin::pin!(cancel);
     loop {
-        let next = tokio::select! {
-            biased;
-            () = &mut cancel => break,
-            next = stream.message() => next,
-        };
-        let resp = match next {
+        let resp = match next_item(&mut stream, cancel.as_mut()).await {
             Ok(Some(resp)) => resp,
             Ok(None) => break,
-            Err(status) if status.code() == tonic::Code::Cancelled => break,
             Err(status) => {
                 // Print what arrived before the error, then report it.
                 let _ = printer.finish();
