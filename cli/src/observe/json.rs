@@ -74,9 +74,8 @@ pub fn flow_filters_from_json(text: &str) -> Result<Vec<FlowFilter>, String> {
 
 #[cfg(test)]
 mod tests {
-    use prost_types::Timestamp;
     use sightline_proto::FlowCounters;
-    use sightline_proto::flow::{Endpoint, Flow, FlowType, Ip, IpVersion, Layer4, Tcp, TcpFlags, Verdict, layer4};
+    use sightline_proto::flow::Flow;
     use sightline_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 
     use super::*;
@@ -84,34 +83,9 @@ mod tests {
     #[test]
     fn flows_use_hubble_field_names() {
         let flow = Flow {
-            time: Some(Timestamp { seconds: 1_732_617_596, nanos: 395_000_000 }),
-            verdict: Verdict::Forwarded as i32,
-            ip: Some(Ip {
-                source: "10.244.1.2".into(),
-                destination: "10.244.1.3".into(),
-                ip_version: IpVersion::IPv4 as i32,
-                ..Ip::default()
-            }),
-            l4: Some(Layer4 {
-                protocol: Some(layer4::Protocol::Tcp(Tcp {
-                    source_port: 35702,
-                    destination_port: 80,
-                    flags: Some(TcpFlags { syn: true, ..TcpFlags::default() }),
-                })),
-            }),
-            source: Some(Endpoint {
-                id: 1,
-                identity: 256,
-                namespace: "x".into(),
-                pod_name: "a".into(),
-                ..Endpoint::default()
-            }),
-            r#type: FlowType::L3L4 as i32,
-            node_name: "node-1".into(),
-            is_reply: Some(false),
             socket_cookie: 1 << 40,
             extensions: Some(FlowCounters { forward_packets: 3, ..FlowCounters::default() }.to_any()),
-            ..Flow::default()
+            ..crate::observe::printer::tests::flow()
         };
         let resp = GetFlowsResponse {
             node_name: "node-1".into(),

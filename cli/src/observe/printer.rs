@@ -770,7 +770,7 @@ pub fn counters(f: &Flow) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use prost_types::Timestamp;
     use sightline_proto::flow::{
         CiliumEventType, Endpoint, Ethernet, FlowType, IcmPv4, Ip, IpTraceId, IpVersion, Layer4, Service, Tcp,
@@ -781,7 +781,7 @@ mod tests {
 
     /// x/a:35702 → x/b:80, SYN, to-endpoint, FORWARDED, at
     /// 2024-11-26T10:39:56.395Z on node-1.
-    fn flow() -> Flow {
+    pub(crate) fn flow() -> Flow {
         #[expect(deprecated, reason = "hubble servers fill Summary")]
         Flow {
             time: Some(Timestamp { seconds: 1_732_617_596, nanos: 395_000_000 }),
