@@ -201,6 +201,22 @@ impl Drop for Lab {
     }
 }
 
+/// `GET path` on a loopback HTTP server (optionally with an `Accept`
+/// header); (status code, body). Panics when the server cannot be reached.
+#[must_use]
+pub fn http_get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).expect("read timeout");
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n").expect("request");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_owned())
+}
+
 /// A file under the temp dir, removed (with its folder, once empty) when
 /// dropped.
 #[derive(Debug)]

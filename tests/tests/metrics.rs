@@ -2,23 +2,10 @@
 //! drop counts equal what the datapath itself counted, `promtool check
 //! metrics`, health endpoints, and bad metric options.
 
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::time::Duration;
 
-use sightline_e2e::{Lab, require_root, sightline, write_temp, xyz_manifests};
-
-/// `GET path` on a loopback address; (status code, body).
-fn http_get(addr: &str, path: &str, accept: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (code, body.to_owned())
-}
+use sightline_e2e::{Lab, http_get, require_root, sightline, write_temp, xyz_manifests};
 
 /// Sum of the samples of `metric` whose labels contain every `key="value"` in `with`.
 fn sum(text: &str, metric: &str, with: &[&str]) -> f64 {

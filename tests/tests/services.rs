@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sightline_e2e::{Lab, require_root, sightline, write_temp};
+use sightline_e2e::{Lab, http_get, require_root, sightline, write_temp};
 
 const APP: &str = "\
 apiVersion: v1
@@ -67,11 +67,7 @@ fn answers(lab: &Lab, ip: &str, tries: usize) -> BTreeMap<String, usize> {
 
 fn metrics_text(lab: &Lab) -> String {
     let addr = lab.status()["nodes"][0]["collector"]["metrics"].as_str().expect("metrics address").to_owned();
-    let mut s = std::net::TcpStream::connect(&addr).expect("metrics endpoint");
-    std::io::Write::write_all(&mut s, format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).unwrap();
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
-    out
+    http_get(&addr, "/metrics", None).1
 }
 
 #[test]
