@@ -342,11 +342,16 @@ pub struct CtEntry {
     pub fwd_flags: u8,
     pub rev_flags: u8,
     pub tcp_state: u8,
-    pub _pad: u8,
+    /// `CT_FLAG_*` bits.
+    pub flags: u8,
     /// `Config::policy_revision` the connection was last allowed under.
     pub policy_revision: u32,
 }
 const _: () = assert!(core::mem::size_of::<CtEntry>() == 80);
+
+/// `CtEntry::flags`: the connection was translated to a service backend,
+/// so its replies must be translated back (`REV_NAT`).
+pub const CT_FLAG_SERVICE: u8 = 0x1;
 
 // ---------------------------------------------------------------------------
 // Policy.

@@ -105,6 +105,8 @@ struct CtResult {
     state: u8,
     /// Whether aggregation lets this packet be reported.
     report: bool,
+    /// `CtEntry::flags`.
+    flags: u8,
     fwd_packets: u64,
     fwd_bytes: u64,
     rev_packets: u64,
@@ -117,6 +119,7 @@ impl CtResult {
         policy_revision: 0,
         state: abi::CT_NONE,
         report: true,
+        flags: 0,
         fwd_packets: 0,
         fwd_bytes: 0,
         rev_packets: 0,
@@ -380,6 +383,7 @@ fn conntrack(
             policy_revision: 0,
             state: abi::CT_NEW,
             report: true,
+            flags: 0,
             fwd_packets: 1,
             fwd_bytes: bytes,
             rev_packets: 0,
@@ -436,6 +440,7 @@ fn conntrack(
         policy_revision: e.policy_revision,
         state: if reply { abi::CT_REPLY } else { abi::CT_ESTABLISHED },
         report,
+        flags: e.flags,
         fwd_packets,
         fwd_bytes,
         rev_packets,
@@ -742,10 +747,12 @@ fn rewrite(ctx: &TcContext, pkt: &mut Packet, dst: bool, addr: [u8; 4], port: u1
     Ok(())
 }
 
-/// The service address a reply of a translated connection must come from.
+/// The service address a reply of a translated connection must come from
+/// (looked up only for connections marked translated, so that other
+/// replies pay nothing).
 #[inline(always)]
 fn reverse_translation(ct: &CtResult) -> Option<ServiceValue> {
-    if ct.state != abi::CT_REPLY {
+    if ct.state != abi::CT_REPLY || ct.flags & abi::CT_FLAG_SERVICE == 0 {
         return None;
     }
     // SAFETY: the value is copied out at once.
@@ -829,10 +836,17 @@ pub fn from_container(ctx: TcContext) -> i32 {
     };
 
     if service.is_some() {
-        // Where the backend's replies must appear to come from.
+        // Where the backend's replies must appear to come from, and the mark
+        // that tells the reply path to look.
         // SAFETY: presence check only.
         if ct.state == abi::CT_NEW || unsafe { REV_NAT.get(&ct.key) }.is_none() {
             let _ = REV_NAT.insert(&ct.key, &front, 0);
+        }
+        if ct.flags & abi::CT_FLAG_SERVICE == 0 {
+            if let Some(e) = CT.get_ptr_mut(&ct.key) {
+                // SAFETY: map value pointer, valid for the program's run.
+                unsafe { (*e).flags |= abi::CT_FLAG_SERVICE };
+            }
         }
     }
     // A backend's reply to a client of the service: sent from the service's
