@@ -562,10 +562,10 @@ mod tests {
     use super::*;
     use crate::decoder::PodMeta;
     use crate::flow::Side;
-    use crate::flow::tests_support::flow;
+    use sightline_flow::testing::flow;
 
     fn side(pod: Option<Arc<PodMeta>>) -> Side {
-        Side { pod, ..crate::flow::tests_support::side([10, 0, 0, 1], 80) }
+        Side { pod, ..sightline_flow::testing::side([10, 0, 0, 1], 80) }
     }
 
     fn sorted(registry: &Registry) -> Vec<String> {

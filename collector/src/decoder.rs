@@ -58,19 +58,7 @@ pub struct Metadata {
     pub selected_by: BTreeMap<(u16, u8), Vec<String>>,
 }
 
-/// What is known about a pod, shared by every flow that involves it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodMeta {
-    pub namespace: String,
-    pub name: String,
-    /// Endpoint id on this node; 0 for pods of other nodes.
-    pub endpoint_id: u16,
-    pub identity: u32,
-    /// Identity labels in Cilium's `k8s:key=value` form, sorted.
-    pub labels: Arc<[String]>,
-    /// The node the pod runs on.
-    pub node: String,
-}
+pub use sightline_flow::PodMeta;
 
 /// One side of a record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

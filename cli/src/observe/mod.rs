@@ -23,7 +23,7 @@ mod agent_events;
 mod args;
 mod client;
 mod filters;
-mod json;
+use sightline_flow::json;
 mod printer;
 mod request;
 mod status;

@@ -40,35 +40,16 @@ use std::sync::Arc;
 use sightline_abi as abi;
 use sightline_abi::Event;
 
-use super::record::{Flow, Side};
+use super::{Flow, Side};
 use crate::decoder::Metadata;
 
-/// `CiliumEventType.type` values (pkg/monitor/api/types.go).
-pub const MESSAGE_TYPE_UNSPEC: u8 = 0;
-pub const MESSAGE_TYPE_DROP: u8 = 1;
-pub const MESSAGE_TYPE_TRACE: u8 = 4;
-pub const MESSAGE_TYPE_POLICY_VERDICT: u8 = 5;
+pub use sightline_flow::numbers::{
+    MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE, MESSAGE_TYPE_UNSPEC, OBSERVATION_POINT_TO_ENDPOINT,
+    TRACE_REASON_ESTABLISHED, TRACE_REASON_NEW, TRACE_REASON_REPLY, TRACE_REASON_UNKNOWN, TRAFFIC_DIRECTION_EGRESS,
+    TRAFFIC_DIRECTION_INGRESS, TRAFFIC_DIRECTION_UNKNOWN, VERDICT_AUDIT, VERDICT_DROPPED, VERDICT_FORWARDED,
+    VERDICT_UNKNOWN,
+};
 
-/// `flow.Verdict` values.
-pub const VERDICT_UNKNOWN: u8 = 0;
-pub const VERDICT_FORWARDED: u8 = 1;
-pub const VERDICT_DROPPED: u8 = 2;
-pub const VERDICT_AUDIT: u8 = 4;
-
-/// `flow.TrafficDirection` values.
-pub const TRAFFIC_DIRECTION_UNKNOWN: u8 = 0;
-pub const TRAFFIC_DIRECTION_INGRESS: u8 = 1;
-pub const TRAFFIC_DIRECTION_EGRESS: u8 = 2;
-
-/// `flow.TraceReason` values.
-pub const TRACE_REASON_UNKNOWN: u8 = 0;
-pub const TRACE_REASON_NEW: u8 = 1;
-pub const TRACE_REASON_ESTABLISHED: u8 = 2;
-pub const TRACE_REASON_REPLY: u8 = 3;
-
-/// `flow.TraceObservationPoint::TO_ENDPOINT`, the proto value of the
-/// datapath's `TRACE_TO_LXC` (0).
-pub const OBSERVATION_POINT_TO_ENDPOINT: u8 = 101;
 /// Highest datapath trace point whose proto value equals it (`TO_CRYPTO`).
 const OBSERVATION_POINT_MAX_EQUAL: u8 = 13;
 

@@ -29,8 +29,8 @@ use sightline_abi as abi;
 use sightline_proto::FlowCounters;
 use sightline_proto::flow as pb;
 
-use super::builder::{TRAFFIC_DIRECTION_EGRESS, TRAFFIC_DIRECTION_INGRESS};
-use super::record::{Flow, Side};
+use crate::numbers::{TRAFFIC_DIRECTION_EGRESS, TRAFFIC_DIRECTION_INGRESS};
+use crate::record::{Flow, Side};
 
 /// `Emitter.name` of Sightline's flows.
 pub const EMITTER_NAME: &str = "Sightline";
@@ -127,10 +127,45 @@ impl FieldMask {
         self.root.is_none()
     }
 
+    /// Limits a `flow.Flow` that is already built (as the relay and the
+    /// exporters receive them) to the mask: a message field the mask names
+    /// in part keeps only those parts, and stays present if it was, as
+    /// Hubble's field-mask copy does. [`to_proto`] with the mask gives the
+    /// same flow for a record.
+    pub fn prune(&self, flow: &mut pb::Flow) {
+        let Some(root) = &self.root else { return };
+        let Ok(pool) = crate::json::pool() else { return };
+        let Some(desc) = pool.get_message_by_name(FLOW_MESSAGE) else { return };
+        let Ok(mut dynamic) = prost_reflect::DynamicMessage::decode(desc, flow.encode_to_vec().as_slice()) else {
+            return;
+        };
+        prune_message(&mut dynamic, root);
+        if let Ok(pruned) = dynamic.transcode_to::<pb::Flow>() {
+            *flow = pruned;
+        }
+    }
+
     fn selection(&self) -> Selection<'_> {
         match &self.root {
             None => Selection::ALL,
             Some(_) => Selection { top: Some(&self.top) },
+        }
+    }
+}
+
+fn prune_message(message: &mut prost_reflect::DynamicMessage, keep: &Fields) {
+    let fields: Vec<_> = prost_reflect::ReflectMessage::descriptor(&*message).fields().collect();
+    for field in fields {
+        match keep.get(field.name()) {
+            None => message.clear_field(&field),
+            Some(Node::All) => {}
+            Some(Node::Some(children)) => {
+                if message.has_field(&field)
+                    && let prost_reflect::Value::Message(inner) = message.get_field_mut(&field)
+                {
+                    prune_message(inner, children);
+                }
+            }
         }
     }
 }
@@ -524,7 +559,9 @@ fn l4(flow: &Flow, keep: Keep<'_>) -> Option<pb::Layer4> {
         abi::IPPROTO_TCP => {
             let k = keep.field("TCP");
             if !k.any() {
-                return None;
+                // The mask names l4 but not this protocol: l4 stays, empty
+                // (as Hubble's field-mask copy leaves it).
+                return Some(pb::Layer4::default());
             }
             let (source_port, destination_port) = ports(k);
             let flags = k.field("flags");
@@ -537,7 +574,9 @@ fn l4(flow: &Flow, keep: Keep<'_>) -> Option<pb::Layer4> {
         abi::IPPROTO_UDP => {
             let k = keep.field("UDP");
             if !k.any() {
-                return None;
+                // The mask names l4 but not this protocol: l4 stays, empty
+                // (as Hubble's field-mask copy leaves it).
+                return Some(pb::Layer4::default());
             }
             let (source_port, destination_port) = ports(k);
             Protocol::Udp(pb::Udp { source_port, destination_port })
@@ -545,7 +584,9 @@ fn l4(flow: &Flow, keep: Keep<'_>) -> Option<pb::Layer4> {
         abi::IPPROTO_SCTP => {
             let k = keep.field("SCTP");
             if !k.any() {
-                return None;
+                // The mask names l4 but not this protocol: l4 stays, empty
+                // (as Hubble's field-mask copy leaves it).
+                return Some(pb::Layer4::default());
             }
             let (source_port, destination_port) = ports(k);
             Protocol::Sctp(pb::Sctp { source_port, destination_port })
@@ -553,7 +594,9 @@ fn l4(flow: &Flow, keep: Keep<'_>) -> Option<pb::Layer4> {
         abi::IPPROTO_ICMP => {
             let k = keep.field("ICMPv4");
             if !k.any() {
-                return None;
+                // The mask names l4 but not this protocol: l4 stays, empty
+                // (as Hubble's field-mask copy leaves it).
+                return Some(pb::Layer4::default());
             }
             let (r#type, code) = icmp(k);
             Protocol::IcmPv4(pb::IcmPv4 { r#type, code })
@@ -561,7 +604,9 @@ fn l4(flow: &Flow, keep: Keep<'_>) -> Option<pb::Layer4> {
         abi::IPPROTO_ICMPV6 => {
             let k = keep.field("ICMPv6");
             if !k.any() {
-                return None;
+                // The mask names l4 but not this protocol: l4 stays, empty
+                // (as Hubble's field-mask copy leaves it).
+                return Some(pb::Layer4::default());
             }
             let (r#type, code) = icmp(k);
             Protocol::IcmPv6(pb::IcmPv6 { r#type, code })
@@ -609,7 +654,11 @@ fn endpoint(side: &Side, keep: Keep<'_>) -> pb::Endpoint {
         },
         // Lab pods have no controllers.
         workloads: Vec::new(),
-        cluster_name: String::new(),
+        // Pods are in Cilium's default cluster, as the filters take them.
+        cluster_name: match pod {
+            Some(_) if keep.has("cluster_name") => crate::numbers::CLUSTER_NAME.to_owned(),
+            _ => String::new(),
+        },
     }
 }
 
@@ -724,7 +773,7 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::decoder::PodMeta;
+    use crate::record::PodMeta;
     use pb::layer4::Protocol;
 
     fn pod(name: &str, ep: u16) -> Arc<PodMeta> {
@@ -894,7 +943,7 @@ mod tests {
         let udp = FieldMask::from_proto(&prost_types::FieldMask { paths: vec!["l4.UDP".into(), "egress_allowed_by".into()] })
             .expect("mask");
         let p = to_proto(&flow(), "n", Some(&udp));
-        assert_eq!(p.l4, None);
+        assert_eq!(p.l4, Some(pb::Layer4::default()));
         assert_eq!(p.egress_allowed_by.len(), 2);
 
         let ext = FieldMask::new(["extensions.type_url", "is_reply", "Type", "node_name"]).expect("mask");
@@ -902,6 +951,39 @@ mod tests {
         let any = p.extensions.expect("extensions");
         assert_eq!((any.type_url.as_str(), any.value.len()), (sightline_proto::FLOW_COUNTERS_TYPE_URL, 0));
         assert_eq!((p.is_reply, p.r#type, p.node_name.as_str()), (Some(false), 1, "n"));
+    }
+
+    /// Pruning a full protobuf gives what `to_proto` builds with the mask.
+    #[test]
+    fn pruning_a_protobuf_equals_converting_with_the_mask() {
+        let mut flows = vec![flow()];
+        let mut udp = flow();
+        udp.protocol = abi::IPPROTO_UDP;
+        udp.ifindex = 0;
+        udp.is_reply = None;
+        flows.push(udp);
+        let mut world = flow();
+        world.destination.pod = None;
+        world.destination.identity_labels = Some(Arc::from(vec!["reserved:world".to_owned()]));
+        world.traffic_direction = TRAFFIC_DIRECTION_INGRESS;
+        flows.push(world);
+        let masks: &[&[&str]] = &[
+            &["source.pod_name", "IP", "l4.TCP.flags.SYN", "verdict", "time"],
+            &["l4.UDP", "egress_allowed_by"],
+            &["extensions.type_url", "is_reply", "Type", "node_name"],
+            &["time.seconds", "emitter.name", "interface.index", "destination.labels", "destination.cluster_name"],
+            &["uuid", "IP.destination", "l4.UDP.destination_port", "ingress_allowed_by", "trace_observation_point"],
+            PRINTED_FIELDS,
+            &["source", "destination", "event_type.sub_type", "drop_reason_desc", "traffic_direction", "is_reply.value"],
+        ];
+        for paths in masks {
+            let mask = FieldMask::new(*paths).expect("mask");
+            for f in &flows {
+                let mut pruned = to_proto(f, "node-1", None);
+                mask.prune(&mut pruned);
+                assert_eq!(pruned, to_proto(f, "node-1", Some(&mask)), "mask {paths:?}");
+            }
+        }
     }
 
     #[test]

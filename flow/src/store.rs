@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::record::Flow;
+use crate::record::Flow;
 
 /// Hubble's default ring capacity (`hubble-event-buffer-capacity`).
 pub const DEFAULT_CAPACITY: usize = 4095;
@@ -395,7 +395,7 @@ mod tests {
     use super::*;
 
     fn flow(seq: u64) -> Flow {
-        Flow { seq, ..crate::flow::tests_support::flow() }
+        Flow { seq, ..crate::testing::flow() }
     }
 
     fn seqs(flows: &[Arc<Flow>]) -> Vec<u64> {

@@ -12,7 +12,20 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::decoder::PodMeta;
+
+/// What is known about a pod, shared by every flow that involves it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodMeta {
+    pub namespace: String,
+    pub name: String,
+    /// Endpoint id on this node; 0 for pods of other nodes.
+    pub endpoint_id: u16,
+    pub identity: u32,
+    /// Identity labels in Cilium's `k8s:key=value` form, sorted.
+    pub labels: Arc<[String]>,
+    /// The node the pod runs on.
+    pub node: String,
+}
 
 /// One side of a flow.
 #[derive(Clone, Debug, PartialEq, Eq)]

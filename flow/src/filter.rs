@@ -108,17 +108,15 @@ use std::fmt;
 use std::net::IpAddr;
 
 use sightline_abi as abi;
-use sightline_proto::flow::{EventTypeFilter, FlowFilter, NetworkInterface, TcpFlags};
+use sightline_proto::flow::{self as pb, EventTypeFilter, FlowFilter, NetworkInterface, TcpFlags};
 
-use super::builder::VERDICT_DROPPED;
-use super::convert::flow_uuid;
-use super::record::{Flow, Side};
+use crate::convert::flow_uuid;
+use crate::numbers::VERDICT_DROPPED;
+use crate::record::{Flow, Side};
 
-/// The cluster of every endpoint and node Sightline reports (Cilium's
-/// default cluster name).
-pub const CLUSTER_NAME: &str = "default";
+pub use crate::numbers::CLUSTER_NAME;
 /// `CiliumEventType.type` of L7 (access log) events.
-const MESSAGE_TYPE_ACCESS_LOG: i32 = 129;
+const MESSAGE_TYPE_ACCESS_LOG: i32 = crate::numbers::MESSAGE_TYPE_ACCESS_LOG as i32;
 /// The namespace of a pod filter value without one (Hubble's `default`).
 const DEFAULT_NAMESPACE: &str = "default";
 
@@ -197,9 +195,241 @@ impl FlowFilters {
     /// Included if any whitelist filter matches (or the whitelist is empty) and no blacklist filter matches.
     #[must_use]
     pub fn matches(&self, flow: &Flow, node_name: &str) -> bool {
-        (self.whitelist.is_empty() || self.whitelist.iter().any(|f| f.matches(flow, node_name)))
-            && !self.blacklist.iter().any(|f| f.matches(flow, node_name))
+        self.matches_view(&Compact { flow, node_name })
     }
+
+    /// The same decision on a `flow.Flow` protobuf (as the relay and the
+    /// exporters receive flows): a protobuf built by
+    /// [`to_proto`](crate::convert::to_proto) from a record is decided
+    /// exactly as the record.
+    #[must_use]
+    pub fn matches_proto(&self, flow: &pb::Flow) -> bool {
+        self.matches_view(flow)
+    }
+
+    /// Whether no filter is set (every flow passes).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.whitelist.is_empty() && self.blacklist.is_empty()
+    }
+
+    fn matches_view<F: FlowView>(&self, flow: &F) -> bool {
+        (self.whitelist.is_empty() || self.whitelist.iter().any(|f| f.matches(flow)))
+            && !self.blacklist.iter().any(|f| f.matches(flow))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the filters read of a flow.
+
+/// What a filter reads of a flow, whatever its form. One implementation for
+/// the compact record (with the node it was seen on), one for `flow.Flow`;
+/// each method answers what the protobuf that `to_proto` builds says.
+trait FlowView {
+    fn uuid(&self) -> std::borrow::Cow<'_, str>;
+    fn ip(&self, end: End) -> Option<IpAddr>;
+    /// `(namespace, pod name)` when the side is a pod.
+    fn pod(&self, end: End) -> Option<(&str, &str)>;
+    /// The labels the side is matched on: its pod's, else its identity's.
+    fn labels(&self, end: End) -> &[String];
+    fn cluster(&self, end: End) -> Option<&str>;
+    fn identity(&self, end: End) -> u32;
+    /// The side's port, for TCP, UDP and SCTP flows only.
+    fn port(&self, end: End) -> Option<u16>;
+    /// The IP protocol of the L4 header Sightline decodes, if any.
+    fn protocol(&self) -> Option<u8>;
+    fn verdict(&self) -> i32;
+    fn drop_reason(&self) -> i32;
+    /// `(type, sub_type)`.
+    fn event_type(&self) -> (i32, i32);
+    fn traffic_direction(&self) -> i32;
+    fn is_reply(&self) -> Option<bool>;
+    fn ip_version(&self) -> i32;
+    /// `(index, name)` when the flow has an interface.
+    fn interface(&self) -> Option<(u32, &str)>;
+    fn node_name(&self) -> &str;
+    /// Flag bits of a TCP flow.
+    fn tcp_flags(&self) -> Option<u8>;
+}
+
+/// A compact record and the node it was seen on.
+struct Compact<'a> {
+    flow: &'a Flow,
+    node_name: &'a str,
+}
+
+impl Compact<'_> {
+    fn side(&self, end: End) -> &Side {
+        match end {
+            End::Source => &self.flow.source,
+            End::Destination => &self.flow.destination,
+        }
+    }
+}
+
+impl FlowView for Compact<'_> {
+    fn uuid(&self) -> std::borrow::Cow<'_, str> {
+        flow_uuid(self.flow.seq).into()
+    }
+    fn ip(&self, end: End) -> Option<IpAddr> {
+        Some(self.side(end).ip)
+    }
+    fn pod(&self, end: End) -> Option<(&str, &str)> {
+        self.side(end).pod.as_deref().map(|p| (p.namespace.as_str(), p.name.as_str()))
+    }
+    fn labels(&self, end: End) -> &[String] {
+        side_labels(self.side(end))
+    }
+    fn cluster(&self, end: End) -> Option<&str> {
+        self.side(end).pod.is_some().then_some(CLUSTER_NAME)
+    }
+    fn identity(&self, end: End) -> u32 {
+        self.side(end).identity
+    }
+    fn port(&self, end: End) -> Option<u16> {
+        has_ports(self.flow).then(|| self.side(end).port)
+    }
+    fn protocol(&self) -> Option<u8> {
+        matches!(
+            self.flow.protocol,
+            abi::IPPROTO_TCP | abi::IPPROTO_UDP | abi::IPPROTO_SCTP | abi::IPPROTO_ICMP | abi::IPPROTO_ICMPV6
+        )
+        .then_some(self.flow.protocol)
+    }
+    fn verdict(&self) -> i32 {
+        i32::from(self.flow.verdict)
+    }
+    fn drop_reason(&self) -> i32 {
+        i32::from(self.flow.drop_reason)
+    }
+    fn event_type(&self) -> (i32, i32) {
+        (i32::from(self.flow.event_type), i32::from(self.flow.event_sub_type))
+    }
+    fn traffic_direction(&self) -> i32 {
+        i32::from(self.flow.traffic_direction)
+    }
+    fn is_reply(&self) -> Option<bool> {
+        self.flow.is_reply
+    }
+    fn ip_version(&self) -> i32 {
+        ip_version(self.flow)
+    }
+    fn interface(&self) -> Option<(u32, &str)> {
+        (self.flow.ifindex != 0).then(|| (self.flow.ifindex, self.flow.interface.as_deref().unwrap_or("")))
+    }
+    fn node_name(&self) -> &str {
+        self.node_name
+    }
+    fn tcp_flags(&self) -> Option<u8> {
+        (self.flow.protocol == abi::IPPROTO_TCP).then_some(self.flow.tcp_flags)
+    }
+}
+
+fn endpoint(flow: &pb::Flow, end: End) -> Option<&pb::Endpoint> {
+    match end {
+        End::Source => flow.source.as_ref(),
+        End::Destination => flow.destination.as_ref(),
+    }
+}
+
+fn l4(flow: &pb::Flow) -> Option<&pb::layer4::Protocol> {
+    flow.l4.as_ref().and_then(|l| l.protocol.as_ref())
+}
+
+impl FlowView for pb::Flow {
+    fn uuid(&self) -> std::borrow::Cow<'_, str> {
+        self.uuid.as_str().into()
+    }
+    fn ip(&self, end: End) -> Option<IpAddr> {
+        let ip = self.ip.as_ref()?;
+        match end {
+            End::Source => ip.source.parse().ok(),
+            End::Destination => ip.destination.parse().ok(),
+        }
+    }
+    fn pod(&self, end: End) -> Option<(&str, &str)> {
+        endpoint(self, end).filter(|e| !e.pod_name.is_empty()).map(|e| (e.namespace.as_str(), e.pod_name.as_str()))
+    }
+    fn labels(&self, end: End) -> &[String] {
+        endpoint(self, end).map_or(&[], |e| e.labels.as_slice())
+    }
+    fn cluster(&self, end: End) -> Option<&str> {
+        endpoint(self, end).map(|e| e.cluster_name.as_str()).filter(|c| !c.is_empty())
+    }
+    fn identity(&self, end: End) -> u32 {
+        endpoint(self, end).map_or(0, |e| e.identity)
+    }
+    fn port(&self, end: End) -> Option<u16> {
+        use pb::layer4::Protocol;
+        let (source, destination) = match l4(self)? {
+            Protocol::Tcp(t) => (t.source_port, t.destination_port),
+            Protocol::Udp(u) => (u.source_port, u.destination_port),
+            Protocol::Sctp(s) => (s.source_port, s.destination_port),
+            _ => return None,
+        };
+        u16::try_from(match end {
+            End::Source => source,
+            End::Destination => destination,
+        })
+        .ok()
+    }
+    fn protocol(&self) -> Option<u8> {
+        use pb::layer4::Protocol;
+        Some(match l4(self)? {
+            Protocol::Tcp(_) => abi::IPPROTO_TCP,
+            Protocol::Udp(_) => abi::IPPROTO_UDP,
+            Protocol::Sctp(_) => abi::IPPROTO_SCTP,
+            Protocol::IcmPv4(_) => abi::IPPROTO_ICMP,
+            Protocol::IcmPv6(_) => abi::IPPROTO_ICMPV6,
+            _ => return None,
+        })
+    }
+    fn verdict(&self) -> i32 {
+        self.verdict
+    }
+    fn drop_reason(&self) -> i32 {
+        self.drop_reason_desc
+    }
+    fn event_type(&self) -> (i32, i32) {
+        self.event_type.as_ref().map_or((0, 0), |e| (e.r#type, e.sub_type))
+    }
+    fn traffic_direction(&self) -> i32 {
+        self.traffic_direction
+    }
+    fn is_reply(&self) -> Option<bool> {
+        self.is_reply
+    }
+    fn ip_version(&self) -> i32 {
+        self.ip.as_ref().map_or(0, |ip| ip.ip_version)
+    }
+    fn interface(&self) -> Option<(u32, &str)> {
+        self.interface.as_ref().map(|i| (i.index, i.name.as_str()))
+    }
+    fn node_name(&self) -> &str {
+        &self.node_name
+    }
+    fn tcp_flags(&self) -> Option<u8> {
+        let pb::layer4::Protocol::Tcp(tcp) = l4(self)? else { return None };
+        Some(tcp.flags.as_ref().map_or(0, tcp_bits))
+    }
+}
+
+/// The flag bits of a `TCPFlags` value (NS has no bit: the datapath never
+/// reports it).
+fn tcp_bits(f: &TcpFlags) -> u8 {
+    [
+        (f.fin, abi::TCP_FIN),
+        (f.syn, abi::TCP_SYN),
+        (f.rst, abi::TCP_RST),
+        (f.psh, abi::TCP_PSH),
+        (f.ack, abi::TCP_ACK),
+        (f.urg, abi::TCP_URG),
+        (f.ece, abi::TCP_ECE),
+        (f.cwr, abi::TCP_CWR),
+    ]
+    .iter()
+    .filter(|(set, _)| *set)
+    .fold(0, |mask, (_, bit)| mask | bit)
 }
 
 /// One `FlowFilter`: every check must pass (none: every flow passes).
@@ -215,14 +445,6 @@ enum End {
     Destination,
 }
 
-impl End {
-    fn of(self, flow: &Flow) -> &Side {
-        match self {
-            End::Source => &flow.source,
-            End::Destination => &flow.destination,
-        }
-    }
-}
 
 /// One set field of a filter, compiled.
 #[derive(Debug)]
@@ -417,52 +639,47 @@ impl Filter {
         Ok(Self { checks })
     }
 
-    fn matches(&self, flow: &Flow, node_name: &str) -> bool {
-        self.checks.iter().all(|c| c.matches(flow, node_name))
+    fn matches<F: FlowView>(&self, flow: &F) -> bool {
+        self.checks.iter().all(|c| c.matches(flow))
     }
 }
 
 impl Check {
-    fn matches(&self, flow: &Flow, node_name: &str) -> bool {
+    fn matches<F: FlowView>(&self, flow: &F) -> bool {
         match self {
             Check::Never => false,
             Check::Uuid(ids) => {
-                let id = flow_uuid(flow.seq);
-                ids.contains(&id)
+                let id = flow.uuid();
+                ids.iter().any(|i| *i == *id)
             }
-            Check::Ip(end, nets) => {
-                let ip = end.of(flow).ip;
-                nets.iter().any(|n| n.contains(ip))
-            }
+            Check::Ip(end, nets) => flow.ip(*end).is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
             Check::Pod(end, names) => {
-                end.of(flow).pod.as_deref().is_some_and(|p| names.iter().any(|n| n.matches(&p.namespace, &p.name)))
+                flow.pod(*end).is_some_and(|(namespace, name)| names.iter().any(|n| n.matches(namespace, name)))
             }
             Check::Label(end, selectors) => {
-                let labels = side_labels(end.of(flow));
+                let labels = flow.labels(*end);
                 selectors.iter().any(|s| s.matches(labels))
             }
-            Check::InCluster(end) => end.of(flow).pod.is_some(),
-            Check::Identity(end, ids) => ids.contains(&end.of(flow).identity),
-            Check::Port(end, ports) => has_ports(flow) && ports.contains(&end.of(flow).port),
-            Check::Protocol(protocols) => protocols.contains(&flow.protocol),
-            Check::Verdict(v) => v.contains(&i32::from(flow.verdict)),
-            Check::DropReason(v) => v.contains(&i32::from(flow.drop_reason)),
-            Check::EventType(types) => types.iter().any(|t| t.matches(flow)),
-            Check::TrafficDirection(v) => v.contains(&i32::from(flow.traffic_direction)),
+            Check::InCluster(end) => flow.cluster(*end) == Some(CLUSTER_NAME),
+            Check::Identity(end, ids) => ids.contains(&flow.identity(*end)),
+            Check::Port(end, ports) => flow.port(*end).is_some_and(|p| ports.contains(&p)),
+            Check::Protocol(protocols) => flow.protocol().is_some_and(|p| protocols.contains(&p)),
+            Check::Verdict(v) => v.contains(&flow.verdict()),
+            Check::DropReason(v) => v.contains(&flow.drop_reason()),
+            Check::EventType(types) => types.iter().any(|t| t.matches(flow.event_type())),
+            Check::TrafficDirection(v) => v.contains(&flow.traffic_direction()),
             Check::Reply(values) => {
-                let reply = match flow.is_reply {
+                let reply = match flow.is_reply() {
                     Some(reply) => reply,
-                    None if flow.verdict == VERDICT_DROPPED => false,
+                    None if flow.verdict() == i32::from(VERDICT_DROPPED) => false,
                     None => return false,
                 };
                 values.contains(&reply)
             }
-            Check::IpVersion(v) => v.contains(&ip_version(flow)),
-            Check::Interface(ifaces) => ifaces.iter().any(|i| i.matches(flow)),
-            Check::NodeName(patterns) => patterns.iter().any(|p| p.matches(node_name)),
-            Check::TcpFlags(masks) => {
-                flow.protocol == abi::IPPROTO_TCP && masks.iter().any(|&m| m & !flow.tcp_flags == 0)
-            }
+            Check::IpVersion(v) => v.contains(&flow.ip_version()),
+            Check::Interface(ifaces) => flow.interface().is_some_and(|i| ifaces.iter().any(|f| f.matches(i))),
+            Check::NodeName(patterns) => patterns.iter().any(|p| p.matches(flow.node_name())),
+            Check::TcpFlags(masks) => flow.tcp_flags().is_some_and(|bits| masks.iter().any(|&m| m & !bits == 0)),
         }
     }
 }
@@ -504,9 +721,8 @@ impl EventType {
         Self { r#type: f.r#type, sub_type: f.match_sub_type.then_some(f.sub_type) }
     }
 
-    fn matches(&self, flow: &Flow) -> bool {
-        (self.r#type == 0 || self.r#type == i32::from(flow.event_type))
-            && self.sub_type.is_none_or(|s| s == i32::from(flow.event_sub_type))
+    fn matches(&self, (r#type, sub_type): (i32, i32)) -> bool {
+        (self.r#type == 0 || self.r#type == r#type) && self.sub_type.is_none_or(|s| s == sub_type)
     }
 }
 
@@ -523,11 +739,8 @@ impl Interface {
         Self { index: i.index, name: i.name.clone() }
     }
 
-    fn matches(&self, flow: &Flow) -> bool {
-        // A flow has an interface only when its ifindex is known.
-        flow.ifindex != 0
-            && (self.index == 0 || self.index == flow.ifindex)
-            && (self.name.is_empty() || flow.interface.as_deref() == Some(self.name.as_str()))
+    fn matches(&self, (index, name): (u32, &str)) -> bool {
+        (self.index == 0 || self.index == index) && (self.name.is_empty() || self.name == name)
     }
 }
 
@@ -1188,7 +1401,7 @@ mod tests {
     use sightline_proto::flow::{HttpHeader, Workload, flow_filter::Experimental};
 
     use super::*;
-    use crate::decoder::PodMeta;
+    use crate::record::PodMeta;
 
     const NODE: &str = "kind-worker";
 
@@ -1236,7 +1449,7 @@ mod tests {
             tcp_flags: abi::TCP_SYN | abi::TCP_ACK,
             ifindex: 5,
             interface: Some(Arc::from("eth0")),
-            ..crate::flow::tests_support::flow()
+            ..crate::testing::flow()
         }
     }
 
@@ -1287,7 +1500,16 @@ mod tests {
 
     /// Whether the single whitelist filter `f` selects `flow` on `NODE`.
     fn selects(f: &FlowFilter, flow: &Flow) -> bool {
-        FlowFilters::new(std::slice::from_ref(f), &[]).unwrap().matches(flow, NODE)
+        decide(&FlowFilters::new(std::slice::from_ref(f), &[]).unwrap(), flow, NODE)
+    }
+
+    /// The filters' decision on the record, checked to be the decision on
+    /// the protobuf of the record too (one engine, two views).
+    fn decide(filters: &FlowFilters, flow: &Flow, node: &str) -> bool {
+        let compact = filters.matches(flow, node);
+        let proto = filters.matches_proto(&crate::to_proto(flow, node, None));
+        assert_eq!(compact, proto, "the record and its protobuf are decided differently: {flow:?}");
+        compact
     }
 
     /// The error of a single whitelist filter.
@@ -1300,10 +1522,10 @@ mod tests {
     #[test]
     fn no_filters_and_empty_filter_match_everything() {
         let all = FlowFilters::new(&[], &[]).unwrap();
-        assert!(all.matches(&flow(), NODE));
-        assert!(all.matches(&world_flow(), ""));
+        assert!(decide(&all, &flow(), NODE));
+        assert!(decide(&all, &world_flow(), ""));
         assert!(selects(&FlowFilter::default(), &flow()));
-        assert!(FlowFilters::default().matches(&flow(), NODE));
+        assert!(decide(&FlowFilters::default(), &flow(), NODE));
     }
 
     #[test]
@@ -1328,19 +1550,19 @@ mod tests {
         let udp = ff(|f| f.protocol = strings(&["udp"]));
         let to_world = ff(|f| f.destination_identity = vec![2]);
         let either = FlowFilters::new(&[tcp.clone(), udp.clone()], &[]).unwrap();
-        assert!(either.matches(&flow(), NODE));
-        assert!(either.matches(&world_flow(), NODE));
-        assert!(!either.matches(&icmp6_flow(), NODE));
+        assert!(decide(&either, &flow(), NODE));
+        assert!(decide(&either, &world_flow(), NODE));
+        assert!(!decide(&either, &icmp6_flow(), NODE));
 
         let minus_world = FlowFilters::new(&[tcp.clone(), udp], std::slice::from_ref(&to_world)).unwrap();
-        assert!(minus_world.matches(&flow(), NODE));
-        assert!(!minus_world.matches(&world_flow(), NODE));
+        assert!(decide(&minus_world, &flow(), NODE));
+        assert!(!decide(&minus_world, &world_flow(), NODE));
 
         // Blacklist only: everything but what it matches.
         let not_tcp = FlowFilters::new(&[], &[tcp]).unwrap();
-        assert!(!not_tcp.matches(&flow(), NODE));
-        assert!(not_tcp.matches(&world_flow(), NODE));
-        assert!(not_tcp.matches(&icmp6_flow(), NODE));
+        assert!(!decide(&not_tcp, &flow(), NODE));
+        assert!(decide(&not_tcp, &world_flow(), NODE));
+        assert!(decide(&not_tcp, &icmp6_flow(), NODE));
     }
 
     #[test]
@@ -1740,7 +1962,7 @@ mod tests {
     // -- node names ----------------------------------------------------------
 
     fn on_node(patterns: &[&str], node: &str) -> bool {
-        FlowFilters::new(&[ff(|f| f.node_name = strings(patterns))], &[]).unwrap().matches(&flow(), node)
+        decide(&FlowFilters::new(&[ff(|f| f.node_name = strings(patterns))], &[]).unwrap(), &flow(), node)
     }
 
     #[test]
@@ -1852,7 +2074,7 @@ mod tests {
         ] {
             assert!(!selects(&f, &flow()), "{f:?}");
             // In a blacklist it excludes nothing.
-            assert!(FlowFilters::new(&[], &[f]).unwrap().matches(&flow(), NODE));
+            assert!(decide(&FlowFilters::new(&[], &[f]).unwrap(), &flow(), NODE));
         }
     }
 
@@ -2003,7 +2225,7 @@ mod tests {
                 if let Ok(compiled) = FlowFilters::new(&[f], &[]) {
                     for flow in [flow(), world_flow(), icmp6_flow()] {
                         let _ = compiled.matches(&flow, s);
-                        let _ = compiled.matches(&flow, NODE);
+                        let _ = decide(&compiled, &flow, NODE);
                     }
                 }
             }

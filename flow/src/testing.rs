@@ -3,10 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::{Flow, Side};
+use crate::record::{Flow, Side};
 
 /// A side with an address and nothing else.
-pub(crate) fn side(ip: [u8; 4], port: u16) -> Side {
+pub fn side(ip: [u8; 4], port: u16) -> Side {
     Side {
         ip: IpAddr::V4(Ipv4Addr::from(ip)),
         port,
@@ -18,7 +18,7 @@ pub(crate) fn side(ip: [u8; 4], port: u16) -> Side {
 
 /// A forwarded IPv4 TCP trace from 10.0.0.1:40000 to 10.0.0.2:80, with no
 /// metadata.
-pub(crate) fn flow() -> Flow {
+pub fn flow() -> Flow {
     Flow {
         time_ns: 0,
         seq: 0,

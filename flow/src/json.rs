@@ -25,7 +25,7 @@ impl fmt::Display for JsonError {
 
 impl std::error::Error for JsonError {}
 
-fn pool() -> Result<&'static DescriptorPool, JsonError> {
+pub(crate) fn pool() -> Result<&'static DescriptorPool, JsonError> {
     static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
     POOL.get_or_init(|| {
         DescriptorPool::decode(sightline_proto::FILE_DESCRIPTOR_SET)
@@ -74,7 +74,6 @@ pub fn flow_filters_from_json(text: &str) -> Result<Vec<FlowFilter>, String> {
 
 #[cfg(test)]
 mod tests {
-    use sightline_proto::FlowCounters;
     use sightline_proto::flow::Flow;
     use sightline_proto::observer::{GetFlowsResponse, get_flows_response::ResponseTypes};
 
@@ -82,11 +81,18 @@ mod tests {
 
     #[test]
     fn flows_use_hubble_field_names() {
-        let flow = Flow {
-            socket_cookie: 1 << 40,
-            extensions: Some(FlowCounters { forward_packets: 3, ..FlowCounters::default() }.to_any()),
-            ..crate::observe::printer::tests::flow()
+        use std::sync::Arc;
+
+        let pod = Arc::new(crate::PodMeta { namespace: "x".into(), name: "a".into(), endpoint_id: 1, ..crate::PodMeta::default() });
+        let compact = crate::Flow {
+            time_ns: 1_732_617_596_395_000_000,
+            source: crate::Side { pod: Some(pod), identity: 1, ..crate::testing::side([10, 244, 1, 2], 35702) },
+            tcp_flags: 0x02,
+            is_reply: Some(false),
+            counters: [3, 0, 0, 0],
+            ..crate::testing::flow()
         };
+        let flow = Flow { socket_cookie: 1 << 40, ..crate::to_proto(&compact, "node-1", None) };
         let resp = GetFlowsResponse {
             node_name: "node-1".into(),
             time: flow.time,
