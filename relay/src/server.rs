@@ -245,7 +245,6 @@ impl Observer for Relay {
         let req = request.into_inner();
         let answers = self
             .ask_all(|mut c| {
-                let req = req;
                 async move { c.get_namespaces(req).await }
             })
             .await;
@@ -294,7 +293,6 @@ impl Relay {
     async fn merge_agent_events(&self, req: GetAgentEventsRequest, tx: mpsc::Sender<Result<GetAgentEventsResponse, Status>>) {
         let opened = self
             .ask_all(|mut c| {
-                let req = req;
                 async move { c.get_agent_events(req).await }
             })
             .await;
