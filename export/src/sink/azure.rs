@@ -1,0 +1,1 @@
+//! The Azure Monitor Logs Ingestion sink (to be written).

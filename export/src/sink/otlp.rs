@@ -1,0 +1,1 @@
+//! The OTLP sink (to be written).

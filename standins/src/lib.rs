@@ -1,0 +1,6 @@
+//! Local stand-ins for the services Sightline exports to, for tests and
+//! benchmarks: they enforce the documented contracts (status codes, limits,
+//! headers, payload shapes) and nothing looser, record what they accepted,
+//! and can be told to misbehave (throttle, fail, go down).
+//!
+//! Nothing here is used by the product itself.
