@@ -4,3 +4,6 @@
 //! and can be told to misbehave (throttle, fail, go down).
 //!
 //! Nothing here is used by the product itself.
+#![forbid(unsafe_code)]
+
+pub mod tls;
