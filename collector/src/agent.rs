@@ -149,22 +149,10 @@ impl FromStr for CtTimeouts {
     }
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
+/// Parses a duration as Go spells it (`500ms`, `30s`, `2m`, `1h30m`), or
+/// plain seconds; never panics, however long the input.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map_or((s, "s"), |i| s.split_at(i));
-    let v: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration (try 500ms, 30s, 2m, 1h)"))?;
-    let secs = match unit {
-        "ms" => v / 1000.0,
-        "s" => v,
-        "m" => v * 60.0,
-        "h" => v * 3600.0,
-        _ => return Err(format!("{s:?} has an unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    sightline_flow::duration::parse_or_seconds(s)
 }
 
 /// Why the collector stopped.
@@ -758,7 +746,7 @@ mod tests {
         assert!("bogus=1s".parse::<CtTimeouts>().unwrap_err().contains("bogus"));
         assert!("other".parse::<CtTimeouts>().is_err());
         assert!("other=0s".parse::<CtTimeouts>().is_err());
-        assert!("other=3x".parse::<CtTimeouts>().unwrap_err().contains("unit"));
+        assert!("other=3x".parse::<CtTimeouts>().unwrap_err().contains("3x"));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
     }

@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod duration;
 pub mod filter;
 pub mod json;
 pub mod numbers;
