@@ -24,6 +24,7 @@ pub mod convert;
 pub mod duration;
 pub mod filter;
 pub mod json;
+pub mod json_fast;
 pub mod numbers;
 pub mod record;
 pub mod store;
