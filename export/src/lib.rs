@@ -19,6 +19,7 @@
 //! own spool.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod encode;
 pub mod sink;
 pub mod spool;

@@ -66,4 +66,13 @@ pub const COLUMNS: &[(&str, ColumnType)] = &[
 ];
 
 /// Names Azure reserves, never sent as columns.
-pub const RESERVED: &[&str] = &["TenantId", "Type", "SourceSystem", "_ResourceId", "id", "_SubscriptionId", "UniqueId", "Title"];
+pub const RESERVED: &[&str] = &[
+    "TenantId",
+    "Type",
+    "SourceSystem",
+    "_ResourceId",
+    "id",
+    "_SubscriptionId",
+    "UniqueId",
+    "Title",
+];

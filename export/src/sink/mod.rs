@@ -46,7 +46,10 @@ pub enum Outcome {
     /// Not delivered; send the same batch again later: after `after` when
     /// the service said how long to wait (`Retry-After`), never sooner;
     /// otherwise after an exponential back-off with jitter.
-    Retry { after: Option<Duration>, reason: String },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
     /// The batch is too large for one request (HTTP 413, or over a size
     /// limit found while encoding it): send it again in halves.
     TooLarge,
