@@ -21,5 +21,6 @@
 
 pub mod config;
 pub mod encode;
+pub mod record;
 pub mod sink;
 pub mod spool;
