@@ -19,8 +19,10 @@
 //! own spool.
 #![forbid(unsafe_code)]
 
+pub mod aggregate;
 pub mod config;
 pub mod encode;
+pub mod metrics;
 pub mod record;
 pub mod sink;
 pub mod spool;
