@@ -6,4 +6,5 @@
 //! Nothing here is used by the product itself.
 #![forbid(unsafe_code)]
 
+pub mod azure;
 pub mod tls;
