@@ -169,7 +169,9 @@ impl TokenSource {
             }
             Err(e) => match cached.as_ref() {
                 Some(c) if Instant::now() < c.expires_at => {
-                    log::warn!("refreshing the Azure Monitor token failed, using the current one until it expires: {e}");
+                    log::warn!(
+                        "refreshing the Azure Monitor token failed, using the current one until it expires: {e}"
+                    );
                     Ok(c.token.clone())
                 }
                 _ => {
@@ -228,20 +230,23 @@ impl TokenSource {
         };
         // The URL carries no secret (tenant, client id, resource only).
         let shown = url.to_string();
-        let response = request
-            .send()
-            .await
-            .map_err(|e| TokenError::Request { url: shown.clone(), reason: error_chain(&e) })?;
+        let response =
+            request.send().await.map_err(|e| TokenError::Request { url: shown.clone(), reason: error_chain(&e) })?;
         let status = response.status().as_u16();
-        let body = read_limited(response, MAX_READ)
-            .await
-            .map_err(|reason| TokenError::BadResponse { url: shown.clone(), status, reason })?;
+        let body = read_limited(response, MAX_READ).await.map_err(|reason| TokenError::BadResponse {
+            url: shown.clone(),
+            status,
+            reason,
+        })?;
         if !(200..300).contains(&status) {
             let (error, description) = token_error(&body);
             return Err(TokenError::Refused { url: shown, status, error, description });
         }
-        let parsed = parse_token_response(&body, started_wall)
-            .map_err(|reason| TokenError::BadResponse { url: shown.clone(), status, reason })?;
+        let parsed = parse_token_response(&body, started_wall).map_err(|reason| TokenError::BadResponse {
+            url: shown.clone(),
+            status,
+            reason,
+        })?;
         let expires_at = started.checked_add(parsed.lifetime).unwrap_or(started);
         let refresh_at = expires_at.checked_sub(refresh_margin(parsed.lifetime)).unwrap_or(started);
         log::debug!("got an Azure Monitor token from {shown}, valid for {:?}", parsed.lifetime);

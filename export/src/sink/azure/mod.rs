@@ -71,7 +71,12 @@ pub struct AzureOptions {
 impl AzureOptions {
     /// Options with no CA file and [`DEFAULT_REQUEST_TIMEOUT`].
     #[must_use]
-    pub fn new(endpoint: impl Into<String>, dcr_immutable_id: impl Into<String>, stream: impl Into<String>, auth: AzureAuth) -> Self {
+    pub fn new(
+        endpoint: impl Into<String>,
+        dcr_immutable_id: impl Into<String>,
+        stream: impl Into<String>,
+        auth: AzureAuth,
+    ) -> Self {
         Self {
             endpoint: endpoint.into(),
             dcr_immutable_id: dcr_immutable_id.into(),
@@ -255,9 +260,10 @@ impl AzureSink {
                 after: retry_after(&headers, SystemTime::now()),
                 reason: format!("HTTP {status}: {}", describe(&headers, &body, status).1),
             },
-            408 | 500..=599 => {
-                Outcome::Retry { after: None, reason: format!("HTTP {status}: {}", describe(&headers, &body, status).1) }
-            }
+            408 | 500..=599 => Outcome::Retry {
+                after: None,
+                reason: format!("HTTP {status}: {}", describe(&headers, &body, status).1),
+            },
             // A fresh token refused too: the credentials are at fault, not
             // the rows; keep them.
             401 => {
@@ -363,10 +369,12 @@ fn ingestion_url(endpoint: &str, dcr: &str, stream: &str) -> Result<reqwest::Url
     if dcr.is_empty() || stream.is_empty() {
         return Err(bad("the DCR immutable id and the stream must not be empty"));
     }
-    url.path_segments_mut()
-        .map_err(|()| bad("it cannot carry a path"))?
-        .pop_if_empty()
-        .extend(["dataCollectionRules", dcr, "streams", stream]);
+    url.path_segments_mut().map_err(|()| bad("it cannot carry a path"))?.pop_if_empty().extend([
+        "dataCollectionRules",
+        dcr,
+        "streams",
+        stream,
+    ]);
     url.query_pairs_mut().append_pair("api-version", API_VERSION);
     Ok(url)
 }
@@ -421,12 +429,7 @@ fn describe(headers: &HeaderMap, body: &[u8], status: u16) -> (String, String) {
     let parsed = serde_json::from_slice::<Value>(body).ok();
     let error = parsed.as_ref().and_then(|v| v.get("error"));
     let field = |k: &str| {
-        error
-            .and_then(|e| e.get(k))
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
+        error.and_then(|e| e.get(k)).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
     };
     let header_code = headers
         .get("x-ms-error-code")
@@ -529,7 +532,15 @@ mod tests {
             parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
             Some(UNIX_EPOCH + Duration::from_secs(1_835_481_599))
         );
-        for bad in ["", "soon", "Sun, 06 Nov 1994 08:49:37 UTC", "Sun, 06 Foo 1994 08:49:37 GMT", "Sun, 06 Nov 1994 25:49:37 GMT", "Sun, 99999999999999999999 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 1994 08:49 GMT"] {
+        for bad in [
+            "",
+            "soon",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+            "Sun, 99999999999999999999 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+        ] {
             assert_eq!(parse_http_date(bad), None, "{bad}");
         }
     }
@@ -596,7 +607,10 @@ mod tests {
     #[test]
     fn urls_are_checked() {
         let url = ingestion_url("https://dce.example/", "dcr-1", "Custom-X").expect("url");
-        assert_eq!(url.as_str(), "https://dce.example/dataCollectionRules/dcr-1/streams/Custom-X?api-version=2023-01-01");
+        assert_eq!(
+            url.as_str(),
+            "https://dce.example/dataCollectionRules/dcr-1/streams/Custom-X?api-version=2023-01-01"
+        );
         assert!(ingestion_url("http://dce.example", "dcr-1", "Custom-X").is_err());
         assert!(ingestion_url("https://dce.example?x=1", "dcr-1", "Custom-X").is_err());
         assert!(ingestion_url("dce.example", "dcr-1", "Custom-X").is_err());
