@@ -151,14 +151,18 @@ impl ColumnKind {
 /// What the stand-in accepts.
 #[derive(Clone, Debug)]
 pub struct StandinOptions {
+    /// The only DCR immutable id served (others: 404).
     pub dcr_immutable_id: String,
+    /// The only stream declared (others: 404).
     pub stream: String,
     /// The stream declaration: column names and kinds.
     pub columns: Vec<(String, ColumnKind)>,
+    /// The only tenant the token endpoint knows.
     pub tenant_id: String,
     /// The app registration's client id (also the managed identity's, when
     /// a client asks IMDS for a user-assigned one).
     pub client_id: String,
+    /// The client secret the token endpoint accepts.
     pub client_secret: String,
     /// The federated (workload identity) token expected as
     /// `client_assertion`.
@@ -217,7 +221,9 @@ pub struct RequestLog {
     pub uncompressed_bytes: usize,
     /// The rows stored (0 unless 204).
     pub rows: usize,
+    /// The `Content-Type` sent, if any.
     pub content_type: Option<String>,
+    /// The `Content-Encoding` sent, if any.
     pub content_encoding: Option<String>,
     /// `x-ms-client-request-id`, if sent.
     pub request_id: Option<String>,
@@ -241,11 +247,15 @@ pub enum Grant {
 /// One token request, as the stand-in saw and answered it.
 #[derive(Clone, Debug)]
 pub struct TokenRequestLog {
+    /// When it arrived.
     pub at: SystemTime,
+    /// Which way a token was asked for.
     pub grant: Grant,
     /// The `scope` (token endpoint) or `resource` (IMDS) asked for.
     pub scope: Option<String>,
+    /// The `client_id` sent, if any.
     pub client_id: Option<String>,
+    /// The status answered.
     pub status: u16,
     /// The OAuth `error` answered, if any.
     pub error: Option<String>,

@@ -92,13 +92,15 @@ impl AzureOptions {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AzureAuth {
     /// An app registration's client secret, read from `secret_file` at
-    /// every token request.
+    /// every token request (without its trailing line end), exchanged at
+    /// `{authority_host}/{tenant_id}/oauth2/v2.0/token`.
     ClientSecret { tenant_id: String, client_id: String, secret_file: PathBuf, authority_host: String },
     /// A federated credential (AKS workload identity): the projected
-    /// service account token in `token_file`, read at every token request.
+    /// service account token in `token_file`, read at every token request,
+    /// exchanged at `{authority_host}/{tenant_id}/oauth2/v2.0/token`.
     WorkloadIdentity { tenant_id: String, client_id: String, token_file: PathBuf, authority_host: String },
-    /// The managed identity endpoint (IMDS); `client_id` picks a
-    /// user-assigned identity.
+    /// The managed identity endpoint (IMDS, normally [`IMDS_ENDPOINT`]);
+    /// `client_id` picks a user-assigned identity.
     ManagedIdentity { client_id: Option<String>, endpoint: String },
 }
 
@@ -207,7 +209,8 @@ impl AzureSink {
             return self.outcome(first).await;
         }
         log::info!("Azure Monitor answered 401, refreshing the token and sending again");
-        drop(first);
+        // Read the short error body so that the connection can be reused.
+        let _ = read_limited(first, MAX_RESPONSE_BYTES).await;
         self.tokens.invalidate(&token).await;
         let token = match self.tokens.token().await {
             Ok(token) => token,
