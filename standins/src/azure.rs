@@ -633,10 +633,8 @@ async fn ingest(shared: &Shared, req: Request<Incoming>, dcr: Option<&str>, stre
         }
         Err(refusal) => {
             let retry_secs = refusal.retry_after.map(|d| d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)));
-            if let Some(secs) = retry_secs {
-                if let Some(until) = Instant::now().checked_add(Duration::from_secs(secs)) {
-                    state.not_before = Some(state.not_before.map_or(until, |t| t.max(until)));
-                }
+            if let Some(until) = retry_secs.and_then(|secs| Instant::now().checked_add(Duration::from_secs(secs))) {
+                state.not_before = Some(state.not_before.map_or(until, |t| t.max(until)));
             }
             log.status = refusal.status;
             log.error_code = Some(refusal.code.clone());
