@@ -6,5 +6,6 @@
 //! Nothing here is used by the product itself.
 #![forbid(unsafe_code)]
 
+pub mod azure;
 pub mod otlp;
 pub mod tls;

@@ -1,1 +1,0 @@
-//! The Azure Monitor Logs Ingestion sink (to be written).
