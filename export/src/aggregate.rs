@@ -116,6 +116,12 @@ impl Aggregator {
         std::mem::take(&mut self.windows).into_iter().flat_map(|(end, groups)| emit(end, groups)).collect()
     }
 
+    /// The start (Unix ns) of the oldest window still open.
+    #[must_use]
+    pub fn oldest_start(&self) -> Option<i64> {
+        self.windows.keys().next().map(|end| end - self.window_ns)
+    }
+
     /// How many flows are waiting in open windows.
     #[must_use]
     pub fn pending(&self) -> u64 {

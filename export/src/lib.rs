@@ -21,8 +21,15 @@
 
 pub mod aggregate;
 pub mod config;
+pub mod deliver;
 pub mod encode;
+pub mod manager;
 pub mod metrics;
+pub mod pipeline;
 pub mod record;
 pub mod sink;
 pub mod spool;
+
+pub use config::{ConfigError, Context, ExportConfig};
+pub use manager::{ApplyReport, Exporters, Identity, Items};
+pub use metrics::ExportMetrics;
