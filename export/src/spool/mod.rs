@@ -1005,7 +1005,7 @@ impl State {
             fault.offset,
             fault.error
         );
-        segment.records -= lost;
+        segment.records = segment.records.saturating_sub(lost);
         segment.end = fault.offset;
         segment.sealed = true;
         self.pending = self.pending.saturating_sub(lost);
