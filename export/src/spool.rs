@@ -1,1 +1,0 @@
-//! The on-disk spool (to be written).
