@@ -65,7 +65,8 @@ pub async fn run(spool: Spool, mut sink: Box<dyn Sink>, metrics: ExporterMetrics
         let payloads: Vec<Vec<u8>> = batch.records.iter_mut().map(|r| std::mem::take(&mut r.payload)).collect();
         // Ranges still to send, in order; a range that is too large is
         // replaced by its halves.
-        let mut pending: Vec<std::ops::Range<usize>> = vec![0..payloads.len()];
+        let mut pending: Vec<std::ops::Range<usize>> = Vec::with_capacity(4);
+        pending.push(0..payloads.len());
         while let Some(range) = pending.first().cloned() {
             if *stop.borrow() {
                 return Ended::Stopped;

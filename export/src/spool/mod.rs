@@ -404,6 +404,25 @@ impl Spool {
     /// A batch that is not the one in flight is ignored. When writing them
     /// fails, they are still counted and leave the spool (they would be
     /// refused again), and the error says so.
+    /// Writes `records` (part of a batch the sink refused in part) to
+    /// `rejected/` with the sink's error code and reason, without settling
+    /// anything: the caller acknowledges the batch once every record of it
+    /// is either sent or dead-lettered. Nothing is kept by a memory spool.
+    ///
+    /// # Errors
+    ///
+    /// [`SpoolError::WriteRejected`] when the folder cannot be written.
+    pub fn dead_letter(&self, records: &[SpooledRecord], error_code: &str, reason: &str) -> Result<(), SpoolError> {
+        let dir = {
+            let state = self.lock();
+            match &state.disk {
+                Some(disk) => disk.paths.rejected(),
+                None => return Ok(()),
+            }
+        };
+        rejected::write(&dir, records, error_code, reason, SystemTime::now()).map(|_| ())
+    }
+
     pub fn reject(&self, batch: &Batch, error_code: &str, reason: &str) -> Result<(), SpoolError> {
         let mut state = self.lock();
         let Some(inflight) = state.inflight_of(self.inner.id, batch) else {
