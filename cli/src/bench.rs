@@ -291,6 +291,7 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
         flow_capacity: 4095,
         metrics: Vec::new(),
         prometheus: false,
+        export_config: None,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

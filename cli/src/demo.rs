@@ -112,8 +112,29 @@ impl Drop for Cleanup {
     }
 }
 
+/// Where the demo's flow log goes unless `--flow-log` or `--export-config`
+/// says otherwise: outside the lab, so that it outlives it.
+pub const DEFAULT_FLOW_LOG: &str = "/var/log/sightline/demo-flows.log";
+
+/// How the demo exports flows.
+#[derive(Clone, Debug)]
+pub enum Export {
+    /// A file exporter writing Hubble's JSON lines here.
+    FlowLog(PathBuf),
+    /// The user's export configuration.
+    Config(PathBuf),
+}
+
+/// The export configuration of the demo's flow log.
+fn flow_log_config(path: &std::path::Path) -> String {
+    format!(
+        "# Written by `sightline demo`: every flow, as Hubble's exporter writes them.\nexporters:\n  - name: flow-log\n    sink:\n      file:\n        path: {}\n        maxSizeMB: 10\n        maxBackups: 3\n",
+        serde_json::to_string(&path.display().to_string()).unwrap_or_default()
+    )
+}
+
 /// Runs the demo.
-pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow::Result<()> {
+pub fn run(name: &str, aggregation: &str, duration: Option<Duration>, export: Export) -> anyhow::Result<()> {
     crate::check_root()?;
     cluster::validate_name(name)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -125,8 +146,17 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
         cluster::down(name)?;
     }
     let dir = tempdir()?;
+    let _remove_dir = RemoveDir(dir.clone());
     let manifest = dir.join("sample-app.yaml");
     std::fs::write(&manifest, SAMPLE_APP).with_context(|| format!("writing {}", manifest.display()))?;
+    let (export_config, flow_log) = match &export {
+        Export::Config(path) => (path.clone(), None),
+        Export::FlowLog(log) => {
+            let config = dir.join("export.yaml");
+            std::fs::write(&config, flow_log_config(log)).with_context(|| format!("writing {}", config.display()))?;
+            (config, Some(log.clone()))
+        }
+    };
     eprintln!("demo: starting lab {name} (aggregation {aggregation}) with the sample application …");
     let _cleanup = Cleanup(name.to_owned());
     let state = cluster::up(&cluster::UpOptions {
@@ -143,8 +173,8 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
         metrics: Vec::new(),
         // Where Debian's Prometheus is installed, the demo shows its metrics too.
         prometheus: std::path::Path::new(cluster::PROMETHEUS_BIN).exists(),
+        export_config: Some(export_config.clone()),
     })?;
-    let _ = std::fs::remove_dir_all(&dir);
     for p in state.pods.values() {
         eprintln!("demo:   pod {}/{} at {} (identity {})", p.namespace, p.name, p.ip, p.identity);
     }
@@ -156,6 +186,16 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>) -> anyhow:
         node.grpc.as_deref().unwrap_or("?"),
         node.metrics.as_deref().unwrap_or("?")
     );
+    match &flow_log {
+        Some(log) => eprintln!(
+            "demo: flow log: {} (Hubble's JSON lines, one flow per line; `tail -f` it, or `--export-config FILE` for Azure Monitor or OTLP)",
+            log.display()
+        ),
+        None => eprintln!("demo: exporting flows as {} says", export_config.display()),
+    }
+    if let Some(r) = state.relay.as_ref().and_then(|r| r.metrics.as_ref()) {
+        eprintln!("demo: relay and export metrics: http://{r}/metrics");
+    }
     if let Some(p) = &state.prometheus {
         eprintln!(
             "demo: Prometheus: http://{}/graph (try `rate(hubble_flows_processed_total[1m])`); Grafana dashboards to import: dashboards/*.json",
@@ -235,6 +275,15 @@ fn generate_traffic(state: &LabState, stop: &AtomicBool) {
             let _ = rt.block_on(crate::lab::probe::probe(&netns, target, proto, Duration::from_millis(500)));
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Removes the demo's scratch folder when the demo ends.
+struct RemoveDir(PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

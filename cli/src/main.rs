@@ -108,9 +108,14 @@ enum LabCommand {
         /// `flow:sourceContext=pod;destinationContext=pod,drop,policy`.
         #[arg(long = "metrics")]
         metrics: Vec<String>,
-        /// Also run Debian's Prometheus on loopback, scraping the collectors.
+        /// Also run Debian's Prometheus on loopback, scraping the collectors
+        /// and the relay.
         #[arg(long)]
         prometheus: bool,
+        /// The relay exports flows as this file says (YAML; docs/EXPORT.md);
+        /// edits are applied while the lab runs.
+        #[arg(long, value_name = "FILE")]
+        export_config: Option<PathBuf>,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -208,6 +213,12 @@ pub struct DemoArgs {
     aggregation: String,
     #[arg(long, default_value = "sightline-demo")]
     name: String,
+    /// Where the flow log goes (Hubble's JSON lines).
+    #[arg(long, value_name = "FILE", default_value = demo::DEFAULT_FLOW_LOG, conflicts_with = "export_config")]
+    flow_log: PathBuf,
+    /// Export as this file says instead of the flow log (YAML; docs/EXPORT.md).
+    #[arg(long, value_name = "FILE")]
+    export_config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -221,6 +232,21 @@ struct RelayArgs {
     /// The lab the relay belongs to (so that `lab down` finds it).
     #[arg(long)]
     lab: Option<String>,
+    /// Export flows as this file says (YAML; see docs/EXPORT.md). Re-read
+    /// when it changes and on SIGHUP; a bad file is refused and the running
+    /// exporters keep going.
+    #[arg(long, value_name = "FILE")]
+    export_config: Option<PathBuf>,
+    /// Where exporters keep their spools unless their configuration says
+    /// otherwise (`<dir>/<exporter>`).
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/sightline/spool")]
+    spool_dir: PathBuf,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, value_name = "ADDR")]
+    metrics_address: Option<std::net::SocketAddr>,
+    /// The cluster's name (`k8s.cluster.name` of exported OTLP records).
+    #[arg(long, default_value = "default")]
+    cluster_name: String,
     /// Print `ready` on stdout once the listener is bound.
     #[arg(long, hide = true)]
     notify_ready: bool,
@@ -334,7 +360,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Lab { command } => lab_command(command),
-        Command::Demo(args) => demo::run(&args.name, &args.aggregation, args.duration).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => {
+            let export = match args.export_config {
+                Some(path) => demo::Export::Config(path),
+                None => demo::Export::FlowLog(args.flow_log),
+            };
+            demo::run(&args.name, &args.aggregation, args.duration, export).map(|()| ExitCode::SUCCESS)
+        }
         Command::Collector(args) => {
             let opts = AgentOptions {
                 node_name: args.node,
@@ -396,6 +428,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             flow_capacity,
             metrics,
             prometheus,
+            export_config,
         } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
@@ -410,6 +443,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 flow_capacity,
                 metrics,
                 prometheus,
+                export_config,
             })?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",
@@ -539,10 +573,61 @@ fn run_relay(args: &RelayArgs) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow!("--peer {p:?}: expected NAME=HOST:PORT"))?;
         peers.push(sightline_relay::Peer { name: name.to_owned(), address: address.to_owned() });
     }
+    let export_ctx = sightline_export::Context::from_env(args.spool_dir.clone());
+    // A bad configuration stops the start, with the line and the field.
+    let export_config = match &args.export_config {
+        Some(path) => Some(sightline_export::config::load(path, &export_ctx).map_err(|e| anyhow!("--export-config {e}"))?),
+        None => None,
+    };
     runtime()?.block_on(async {
         // Inside the runtime: the peers' channels start their workers on it.
         let relay = sightline_relay::Relay::new(sightline_relay::Config::new("relay", peers))?;
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let export_metrics = sightline_export::ExportMetrics::register(&mut registry);
+        let exporters = std::sync::Arc::new(sightline_export::Exporters::new(
+            sightline_export::Identity { service: "sightline-relay".to_owned(), cluster: args.cluster_name.clone() },
+            export_metrics.clone(),
+        ));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let feed_status = sightline_relay::feed::FeedStatus::default();
+        let mut background = tokio::task::JoinSet::new();
+        if let (Some(path), Some(config)) = (&args.export_config, &export_config) {
+            let report = exporters.apply(config).await.map_err(|e| anyhow!("--export-config {}: {e}", path.display()))?;
+            export_metrics.reload(true);
+            log::info!("export: {} exporter(s) started from {}", report.started.len(), path.display());
+            let resume = sightline_export::Exporters::resume_points(config);
+            background.spawn(sightline_relay::feed::run(
+                relay.peer_channels(),
+                std::sync::Arc::clone(&exporters),
+                resume,
+                feed_status.clone(),
+                stop_rx.clone(),
+            ));
+            background.spawn(sightline_export::manager::watch_config(
+                std::sync::Arc::clone(&exporters),
+                path.clone(),
+                export_ctx.clone(),
+                Duration::from_secs(1),
+                stop_rx.clone(),
+            ));
+        }
+        if let Some(addr) = args.metrics_address {
+            let http = sightline_relay::http::bind(addr).await.with_context(|| format!("binding the metrics address {addr}"))?;
+            let exporting = args.export_config.is_some();
+            let status = feed_status.clone();
+            let ready: sightline_relay::http::Ready = std::sync::Arc::new(move || !exporting || status.connected() > 0);
+            let mut stop = stop_rx.clone();
+            let registry = std::sync::Arc::new(registry);
+            background.spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.changed().await;
+                };
+                if let Err(e) = sightline_relay::http::serve(http, registry, ready, shutdown).await {
+                    log::error!("metrics endpoint: {e}");
+                }
+            });
+        }
         if args.notify_ready {
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
@@ -559,7 +644,12 @@ fn run_relay(args: &RelayArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        sightline_relay::serve(relay, listener, stop).await?;
+        let served = sightline_relay::serve(relay, listener, stop).await;
+        // Stop the feed first, then let the exporters spool what they hold.
+        let _ = stop_tx.send(true);
+        while background.join_next().await.is_some() {}
+        exporters.shutdown().await;
+        served?;
         anyhow::Ok(())
     })
 }

@@ -6,11 +6,16 @@
 //! - [`server`]: the Observer service (GetFlows merged; ServerStatus,
 //!   GetNodes, GetNamespaces aggregated) and [`serve`].
 //!
+//! - [`feed`]: the export feed, a permanent follow stream to every node
+//!   handed to the exporters (`sightline-export`);
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//!
 //! The relay speaks to collectors only over their public gRPC API; it must
-//! not depend on the collector crate. Export to Azure Monitor and OTLP is
-//! not built yet.
+//! not depend on the collector crate.
 #![forbid(unsafe_code)]
 
+pub mod feed;
+pub mod http;
 pub mod merge;
 pub mod server;
 

@@ -142,6 +142,12 @@ impl Relay {
         Ok(Self { state: Arc::new(State { config, peers, started: SystemTime::now() }) })
     }
 
+    /// Every peer's name and channel (the export feed follows them).
+    #[must_use]
+    pub fn peer_channels(&self) -> Vec<(String, Channel)> {
+        self.state.peers.iter().map(|p| (p.peer.name.clone(), p.channel.clone())).collect()
+    }
+
     /// Calls every peer concurrently, each call bounded by the dial
     /// timeout: (peer index, answer or why not), in peer order.
     async fn ask_all<T, F, Fut>(&self, call: F) -> Vec<(usize, Result<T, Status>)>

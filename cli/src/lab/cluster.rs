@@ -61,6 +61,12 @@ pub struct Relay {
     pub pid: u32,
     /// `127.0.0.1:PORT`.
     pub grpc: String,
+    /// `127.0.0.1:PORT` of its `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// The export configuration it follows (re-read when it changes).
+    #[serde(default)]
+    pub export_config: Option<PathBuf>,
 }
 
 /// A pod as the lab plugged it in.
@@ -456,12 +462,23 @@ fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u
     wait_ready(child, &log, &format!("the collector of {}", node.name), Duration::from_secs(60))
 }
 
-/// Starts the relay on a free loopback port, with every collector as a peer.
-fn start_relay(state: &LabState) -> anyhow::Result<Relay> {
+/// The folder under which the lab's relay keeps its exporters' spools.
+pub fn spool_dir(name: &str) -> PathBuf {
+    lab_dir(name).join("spool")
+}
+
+/// Starts the relay on a free loopback port, with every collector as a
+/// peer, its metrics endpoint on another, exporting as `export_config` says.
+fn start_relay(state: &LabState, export_config: Option<&Path>) -> anyhow::Result<Relay> {
     let log = lab_dir(&state.name).join("relay.log");
     let grpc = free_loopback_port()?;
+    let metrics = free_loopback_port()?;
     let mut cmd = Command::new(self_exe()?);
     cmd.arg("relay").arg("--listen").arg(&grpc).arg("--lab").arg(&state.name).arg("--notify-ready");
+    cmd.arg("--metrics-address").arg(&metrics).arg("--spool-dir").arg(spool_dir(&state.name));
+    if let Some(path) = export_config {
+        cmd.arg("--export-config").arg(path);
+    }
     for node in &state.nodes {
         if let Some(addr) = &node.grpc {
             cmd.arg("--peer").arg(format!("{}={addr}", node.name));
@@ -469,7 +486,7 @@ fn start_relay(state: &LabState) -> anyhow::Result<Relay> {
     }
     let child = spawn_detached(&mut cmd, &log, true)?;
     let pid = wait_ready(child, &log, "the relay", Duration::from_secs(30))?;
-    Ok(Relay { pid, grpc })
+    Ok(Relay { pid, grpc, metrics: Some(metrics), export_config: export_config.map(Path::to_path_buf) })
 }
 
 fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
@@ -537,6 +554,8 @@ pub struct UpOptions {
     pub metrics: Vec<String>,
     /// Start Debian's Prometheus scraping the collectors.
     pub prometheus: bool,
+    /// The relay exports flows as this file says.
+    pub export_config: Option<PathBuf>,
 }
 
 /// Nodes a lab may have (each gets a /24 of 10.244.0.0/16).
@@ -566,6 +585,20 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     if opts.prometheus && !Path::new(PROMETHEUS_BIN).exists() {
         bail!("--prometheus needs Debian's prometheus at {PROMETHEUS_BIN} (scripts/setup.sh installs it)");
     }
+    // The export configuration is checked before anything is created, and
+    // followed by its absolute path (the relay re-reads it when it changes).
+    let export_config = match &opts.export_config {
+        Some(path) => {
+            if !opts.datapath {
+                bail!("--export-config needs the datapath: without collectors there are no flows to export");
+            }
+            let path = fs::canonicalize(path).with_context(|| format!("--export-config {}", path.display()))?;
+            let ctx = sightline_export::Context::from_env(spool_dir(&opts.name));
+            sightline_export::config::load(&path, &ctx).map_err(|e| anyhow!("--export-config {e}"))?;
+            Some(path)
+        }
+        None => None,
+    };
     // Bad input fails before anything is created.
     let objects = read_manifests(&opts.files)?;
     let _lock = lock(&opts.name)?;
@@ -627,7 +660,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
         };
         state.save()?;
         if opts.datapath {
-            state.relay = Some(start_relay(&state)?);
+            state.relay = Some(start_relay(&state, export_config.as_deref())?);
             state.save()?;
         }
         if opts.prometheus {
@@ -882,9 +915,14 @@ fn start_prometheus(state: &LabState) -> anyhow::Result<Prometheus> {
     fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nscrape_configs:\n  - job_name: sightline\n    static_configs:\n      - targets: [{}]\n        labels: {{lab: '{}'}}\n",
+            "global:\n  scrape_interval: 5s\n  evaluation_interval: 5s\nscrape_configs:\n  - job_name: sightline\n    static_configs:\n      - targets: [{}]\n        labels: {{lab: '{}'}}\n{}",
             targets.join(", "),
-            state.name
+            state.name,
+            // The relay's own and export metrics.
+            state.relay.as_ref().and_then(|r| r.metrics.as_ref()).map_or(String::new(), |m| format!(
+                "  - job_name: sightline-relay\n    static_configs:\n      - targets: ['{m}']\n        labels: {{lab: '{}'}}\n",
+                state.name
+            ))
         ),
     )
     .with_context(|| format!("writing {}", config.display()))?;

@@ -54,7 +54,8 @@ pub fn json(state: &LabState) -> Value {
         "name": state.name,
         "aggregation": state.aggregation,
         "nodes": nodes,
-        "relay": state.relay.as_ref().map(|r| json!({"grpc": r.grpc})),
+        "relay": state.relay.as_ref().map(|r| json!({"grpc": r.grpc, "metrics": r.metrics, "pid": r.pid,
+                                                     "export_config": r.export_config.as_ref().map(|p| p.display().to_string())})),
         "prometheus": state.prometheus.as_ref().map(|p| p.address.clone()),
         "pods": pods,
         "services": services,
@@ -106,6 +107,12 @@ pub fn table(state: &LabState) -> String {
     }
     if let Some(r) = &state.relay {
         let _ = writeln!(out, "\nRELAY     {} (pid {}): every node's flows, `sightline observe` reads it", r.grpc, r.pid);
+        if let Some(m) = &r.metrics {
+            let _ = writeln!(out, "          metrics http://{m}/metrics");
+        }
+        if let Some(c) = &r.export_config {
+            let _ = writeln!(out, "          exporting as {} says", c.display());
+        }
     }
     let _ = writeln!(out, "\nPOD                            IP             NODE      IDENTITY  PORTS");
     for p in state.pods.values() {

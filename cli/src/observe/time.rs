@@ -19,7 +19,7 @@
 //! calendar), so no time-zone database is needed.
 
 use std::fmt;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost_types::Timestamp;
 
@@ -278,6 +278,7 @@ pub fn timestamp_cmp(a: &Timestamp, b: &Timestamp) -> std::cmp::Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)
