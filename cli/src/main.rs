@@ -71,6 +71,11 @@ enum Output {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum RestartTarget {
+    Relay,
+}
+
 #[derive(Subcommand)]
 enum LabCommand {
     /// Creates the lab, starts its collectors, applies the files.
@@ -184,6 +189,14 @@ enum LabCommand {
         /// Stop after this long (e.g. 10s); default: until Ctrl-C.
         #[arg(long, value_parser = parse_duration)]
         duration: Option<Duration>,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// Restarts one of the lab's processes, as a deliberate restart of a
+    /// pod would: `relay` (same addresses, same export configuration).
+    Restart {
+        #[arg(value_enum)]
+        what: RestartTarget,
         #[command(flatten)]
         name: NameArg,
     },
@@ -506,6 +519,10 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             let state = LabState::load(&name.name)?;
             let n = state.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow!("lab {} has no node {node}", name.name))?;
             lab::events::stream(&n.control_socket, matches!(output, Some(Output::Json)), duration)?;
+        }
+        LabCommand::Restart { what: RestartTarget::Relay, name } => {
+            let relay = cluster::restart_relay(&name.name)?;
+            println!("relay of lab {} restarted: pid {}, gRPC {}", name.name, relay.pid, relay.grpc);
         }
         LabCommand::Down { name } => {
             cluster::down(&name.name)?;

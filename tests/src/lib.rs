@@ -33,6 +33,8 @@ pub fn require_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
+        // In CI a test that cannot run is a failure, never a silent pass.
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "end-to-end tests need root (network namespaces, eBPF), and CI=true");
         eprintln!("skipped: end-to-end tests need root (network namespaces, eBPF)");
     }
     root

@@ -470,9 +470,14 @@ pub fn spool_dir(name: &str) -> PathBuf {
 /// Starts the relay on a free loopback port, with every collector as a
 /// peer, its metrics endpoint on another, exporting as `export_config` says.
 fn start_relay(state: &LabState, export_config: Option<&Path>) -> anyhow::Result<Relay> {
-    let log = lab_dir(&state.name).join("relay.log");
     let grpc = free_loopback_port()?;
     let metrics = free_loopback_port()?;
+    spawn_relay(state, export_config, grpc, metrics)
+}
+
+/// Starts the relay on the given addresses.
+fn spawn_relay(state: &LabState, export_config: Option<&Path>, grpc: String, metrics: String) -> anyhow::Result<Relay> {
+    let log = lab_dir(&state.name).join("relay.log");
     let mut cmd = Command::new(self_exe()?);
     cmd.arg("relay").arg("--listen").arg(&grpc).arg("--lab").arg(&state.name).arg("--notify-ready");
     cmd.arg("--metrics-address").arg(&metrics).arg("--spool-dir").arg(spool_dir(&state.name));
@@ -816,6 +821,28 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
     }
     state.save()?;
     Ok(())
+}
+
+/// `lab restart relay`: stops the relay (if it still runs) and starts it
+/// again on the same addresses with the same export configuration, so
+/// clients reconnect where they were and exporters resume from their spools.
+pub fn restart_relay(name: &str) -> anyhow::Result<Relay> {
+    let _lock = lock(name)?;
+    let mut state = LabState::load(name)?;
+    let Some(old) = state.relay.clone() else {
+        bail!("lab {name} has no relay (it was started with --no-datapath)");
+    };
+    if old.pid != 0 && !is_zombie(old.pid) {
+        kill(old.pid);
+    }
+    let metrics = match &old.metrics {
+        Some(m) => m.clone(),
+        None => free_loopback_port()?,
+    };
+    let relay = spawn_relay(&state, old.export_config.as_deref(), old.grpc.clone(), metrics)?;
+    state.relay = Some(relay.clone());
+    state.save()?;
+    Ok(relay)
 }
 
 /// `lab apply`.
