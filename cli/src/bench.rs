@@ -292,6 +292,7 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
         metrics: Vec::new(),
         prometheus: false,
         export_config: None,
+        node_export_config: None,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

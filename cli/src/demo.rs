@@ -174,6 +174,7 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>, export: Ex
         // Where Debian's Prometheus is installed, the demo shows its metrics too.
         prometheus: std::path::Path::new(cluster::PROMETHEUS_BIN).exists(),
         export_config: Some(export_config.clone()),
+        node_export_config: None,
     })?;
     for p in state.pods.values() {
         eprintln!("demo:   pod {}/{} at {} (identity {})", p.namespace, p.name, p.ip, p.identity);

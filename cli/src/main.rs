@@ -121,6 +121,10 @@ enum LabCommand {
         /// edits are applied while the lab runs.
         #[arg(long, value_name = "FILE")]
         export_config: Option<PathBuf>,
+        /// Each collector also exports its own node's flows as this file
+        /// says (node-local export, as Hubble's exporter on each agent).
+        #[arg(long, value_name = "FILE")]
+        node_export_config: Option<PathBuf>,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -303,6 +307,13 @@ struct CollectorArgs {
     /// (repeatable; default: drop, tcp, flow, port-distribution, icmp).
     #[arg(long = "metrics")]
     metrics: Vec<String>,
+    /// Node-local export: this node's flows, as this file says (YAML;
+    /// docs/EXPORT.md). Re-read when it changes and on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    export_config: Option<PathBuf>,
+    /// Where exporters keep their spools unless configured otherwise.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/sightline/spool")]
+    spool_dir: PathBuf,
     /// Print `ready` on stdout once the control socket accepts requests.
     #[arg(long, hide = true)]
     notify_ready: bool,
@@ -381,6 +392,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             demo::run(&args.name, &args.aggregation, args.duration, export).map(|()| ExitCode::SUCCESS)
         }
         Command::Collector(args) => {
+            let export = match &args.export_config {
+                Some(path) => {
+                    let context = sightline_export::Context::from_env(args.spool_dir.clone());
+                    let config = sightline_export::config::load(path, &context).map_err(|e| anyhow!("--export-config {e}"))?;
+                    Some(agent::ExportOptions { path: path.clone(), config, context })
+                }
+                None => None,
+            };
             let opts = AgentOptions {
                 node_name: args.node,
                 node_netns: args.netns,
@@ -394,6 +413,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 flow_capacity: args.flow_capacity,
                 metrics: args.metrics_address,
                 metrics_config: sightline_collector::metrics::MetricsConfig::from_entries(&args.metrics)?,
+                export,
             };
             let notify = args.notify_ready;
             runtime()?.block_on(agent::run(opts, notify))?;
@@ -442,6 +462,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             metrics,
             prometheus,
             export_config,
+            node_export_config,
         } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
@@ -457,6 +478,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 metrics,
                 prometheus,
                 export_config,
+                node_export_config: node_export_config.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
             })?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",

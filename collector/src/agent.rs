@@ -98,6 +98,17 @@ pub struct AgentOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Which Hubble metrics handlers run, with their options.
     pub metrics_config: crate::metrics::MetricsConfig,
+    /// Node-local export: the checked `--export-config` file and its
+    /// configuration (re-read when it changes), and where spools go.
+    pub export: Option<ExportOptions>,
+}
+
+/// `--export-config` of a collector.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub path: PathBuf,
+    pub config: sightline_export::ExportConfig,
+    pub context: sightline_export::Context,
 }
 
 /// Connection lifetimes after a connection's last packet.
@@ -168,6 +179,8 @@ pub enum AgentError {
     RingBuf(#[source] std::io::Error),
     #[error("flow store: {0}")]
     Store(#[from] crate::flow::StoreError),
+    #[error("--export-config {0}")]
+    Export(String),
     #[error("gRPC address {address}: {source}")]
     Grpc { address: std::net::SocketAddr, #[source] source: std::io::Error },
     #[error("metrics: {0}")]
@@ -269,6 +282,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     observer.agent_events.agent_started();
     let mut metrics = Metrics::new(&opts.metrics_config, crate::metrics::DEFAULT_MAX_SERIES_PER_METRIC)?;
     let own_metrics = AgentMetrics::register(metrics.registry_mut());
+    let export_metrics = sightline_export::ExportMetrics::register(metrics.registry_mut());
     let (cap, _) = metrics.series_limit(crate::agent_metrics::POLICY_METRICS[0]);
     own_metrics.limit_policy_series(cap, |metric| metrics.series_limit(metric).1);
     metrics.on_pod_deletion(own_metrics.pod_deletion_hook());
@@ -337,6 +351,29 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         let _ = writeln!(out, "ready");
         let _ = out.flush();
     }
+    let (stop_export, export_stopped) = tokio::sync::watch::channel(false);
+    let exporters = Arc::new(sightline_export::Exporters::new(
+        sightline_export::Identity { service: "sightline-collector".to_owned(), cluster: "default".to_owned() },
+        export_metrics.clone(),
+    ));
+    let mut export_tasks = Vec::new();
+    if let Some(export) = &opts.export {
+        exporters.apply(&export.config).await.map_err(|e| AgentError::Export(format!("{}: {e}", export.path.display())))?;
+        export_metrics.reload(true);
+        export_tasks.push(tokio::spawn(crate::export::run(
+            Arc::clone(&observer.store),
+            opts.node_name.clone(),
+            Arc::clone(&exporters),
+            export_stopped.clone(),
+        )));
+        export_tasks.push(tokio::spawn(sightline_export::manager::watch_config(
+            Arc::clone(&exporters),
+            export.path.clone(),
+            export.context.clone(),
+            Duration::from_secs(1),
+            export_stopped.clone(),
+        )));
+    }
     let consumer = tokio::spawn(consume(Arc::clone(&shared), ring));
     let gc = tokio::spawn(gc(Arc::clone(&shared)));
     let losses = tokio::spawn(loss_monitor(Arc::clone(&shared)));
@@ -355,6 +392,11 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     consumer.abort();
     gc.abort();
     losses.abort();
+    let _ = stop_export.send(true);
+    for t in export_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    exporters.shutdown().await;
     let _ = stop_grpc.send(());
     let _ = stop_metrics.send(());
     if let Some(m) = metrics_server {

@@ -21,6 +21,7 @@ pub mod btf;
 pub mod control;
 pub mod datapath;
 pub mod decoder;
+pub mod export;
 pub mod flow;
 pub mod loader;
 pub mod metrics;

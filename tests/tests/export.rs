@@ -74,13 +74,14 @@ fn follow_relay(relay: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<BTreeSet<S
     })
 }
 
-/// UUIDs in the flow log and its rotated backups (`flows-<time>.log`).
+/// UUIDs in a flow log and its rotated backups (`<name>-<time>.log`).
 fn file_uuids(path: &std::path::Path) -> Vec<String> {
     let dir = path.parent().expect("folder");
+    let stem = path.file_stem().and_then(|s| s.to_str()).expect("file name");
     let mut text = String::new();
     for entry in std::fs::read_dir(dir).expect("folder").flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("flows") && name.ends_with(".log") {
+        if name.starts_with(stem) && name.ends_with(".log") {
             text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
         }
     }
@@ -241,5 +242,64 @@ struct RemoveDir(std::path::PathBuf);
 impl Drop for RemoveDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Node-local export (`sightline collector --export-config`, as Hubble's
+/// exporter runs on each agent): the collector writes its own flows,
+/// filtered, to a file; they are exactly the flows GetFlows returns for the
+/// same filter.
+#[test]
+fn a_collector_exports_its_own_flows() {
+    if !require_root() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sightline-e2e-node-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let _remove = RemoveDir(dir.clone());
+    let log = dir.join("node-flows.log");
+    let config = dir.join("node-export.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "exporters:\n  - name: to-b\n    include:\n      - destination_pod: [t/b]\n    sink:\n      file: {{path: {}}}\n",
+            log.display()
+        ),
+    )
+    .expect("config");
+    let lab = Lab::up("e2e-node-export", &two_pods(), &["--node-export-config", config.to_str().expect("utf-8")]);
+    for _ in 0..5 {
+        sightline_ok(&["lab", "probe", "t/a", "t/b", "--port", "80", "--name", &lab.name]);
+    }
+    let grpc = lab.status()["nodes"][0]["collector"]["grpc"].as_str().expect("collector gRPC").to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let expected: BTreeSet<String> = rt.block_on(async {
+        let mut c = ObserverClient::connect(format!("http://{grpc}")).await.expect("collector");
+        let filter = sightline_proto::flow::FlowFilter { destination_pod: vec!["t/b".into()], ..Default::default() };
+        let mut s = c
+            .get_flows(GetFlowsRequest { whitelist: vec![filter], ..GetFlowsRequest::default() })
+            .await
+            .expect("GetFlows")
+            .into_inner();
+        let mut out = BTreeSet::new();
+        while let Some(r) = s.message().await.expect("stream") {
+            if let Some(ResponseTypes::Flow(f)) = r.response_types {
+                out.insert(f.uuid);
+            }
+        }
+        out
+    });
+    assert!(expected.len() >= 5, "GetFlows returned {} flows to t/b", expected.len());
+    let arrived = wait_until(Duration::from_secs(20), || {
+        let got: BTreeSet<String> = file_uuids(&log).into_iter().collect();
+        expected.is_subset(&got)
+    });
+    let got: BTreeSet<String> = file_uuids(&log).into_iter().collect();
+    assert!(arrived, "{} of {} flows to t/b missing from the node's flow log", expected.difference(&got).count(), expected.len());
+    let text = std::fs::read_to_string(&log).expect("flow log");
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+        assert_eq!(v["flow"]["destination"]["pod_name"], "b", "the include filter let through {line}");
+        assert_eq!(v["node_name"], "node-1");
     }
 }

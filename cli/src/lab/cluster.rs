@@ -455,6 +455,9 @@ fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u
     for m in &opts.metrics {
         cmd.arg("--metrics").arg(m);
     }
+    if let Some(config) = &opts.node_export_config {
+        cmd.arg("--export-config").arg(config).arg("--spool-dir").arg(spool_dir(lab).join(&node.name));
+    }
     if opts.debug_events {
         cmd.arg("--debug-events");
     }
@@ -561,6 +564,9 @@ pub struct UpOptions {
     pub prometheus: bool,
     /// The relay exports flows as this file says.
     pub export_config: Option<PathBuf>,
+    /// Each collector exports its own node's flows as this file says
+    /// (Hubble's node-local exporter).
+    pub node_export_config: Option<PathBuf>,
 }
 
 /// Nodes a lab may have (each gets a /24 of 10.244.0.0/16).
@@ -604,6 +610,13 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
         }
         None => None,
     };
+    if let Some(path) = &opts.node_export_config {
+        if !opts.datapath {
+            bail!("--node-export-config needs the datapath: without collectors there are no flows to export");
+        }
+        let ctx = sightline_export::Context::from_env(spool_dir(&opts.name).join("node-1"));
+        sightline_export::config::load(path, &ctx).map_err(|e| anyhow!("--node-export-config {e}"))?;
+    }
     // Bad input fails before anything is created.
     let objects = read_manifests(&opts.files)?;
     let _lock = lock(&opts.name)?;
