@@ -19,7 +19,7 @@ const PROMETHEUS: &str = "/usr/bin/prometheus";
 /// The handlers the flows dashboard needs (dashboards/README.md lists them).
 const SPEC: &str = "flow:sourceContext=pod;destinationContext=pod,drop:sourceContext=pod;destinationContext=pod,tcp,policy,port-distribution,icmp,flows-to-world";
 
-const DASHBOARDS: [&str; 2] = ["sightline-flows.json", "sightline-datapath.json"];
+const DASHBOARDS: [&str; 3] = ["sightline-flows.json", "sightline-datapath.json", "sightline-export.json"];
 
 /// `GET path` on a loopback address with HTTP/1.0 (no chunked encoding);
 /// (status code, body).
@@ -52,6 +52,8 @@ fn substitute(expr: &str) -> String {
         .replace("$__range", "1m")
         .replace("${instance}", ".*")
         .replace("$instance", ".*")
+        .replace("${exporter}", ".*")
+        .replace("$exporter", ".*")
 }
 
 /// (dashboard file, panel title, expression) for every target of every
@@ -113,7 +115,8 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(scrape: &str) -> Self {
+    fn start(scrape: &[&str]) -> Self {
+        let targets = scrape.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ");
         let dir = std::env::temp_dir().join(format!("sightline-e2e-prometheus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("prometheus dir");
@@ -121,7 +124,7 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: sightline\n  static_configs:\n  - targets: ['{scrape}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\nscrape_configs:\n- job_name: sightline\n  static_configs:\n  - targets: [{targets}]\n"
             ),
         )
         .expect("prometheus.yml");
@@ -244,7 +247,13 @@ fn every_dashboard_query_returns_data_from_prometheus() {
     let queries = dashboard_queries();
     assert!(queries.len() >= 20, "the dashboards hold {} queries", queries.len());
 
-    let lab = Lab::up("e2e-dash", &xyz_manifests(), &["--metrics", SPEC]);
+    // The relay exports to a file, so that the export dashboard has data.
+    let flow_log = std::env::temp_dir().join(format!("sightline-e2e-dash-flows-{}.log", std::process::id()));
+    let export = write_temp(
+        "dash-export.yaml",
+        &format!("exporters:\n  - name: flow-log\n    sink:\n      file: {{path: {}, maxBackups: 0}}\n", flow_log.display()),
+    );
+    let lab = Lab::up("e2e-dash", &xyz_manifests(), &["--metrics", SPEC, "--export-config", export.to_str().expect("utf-8 path")]);
     let added = std::process::Command::new("ip")
         .args(["-n", "e2e-dash.node-1", "addr", "add", "192.0.2.10/32", "dev", "lo"])
         .status()
@@ -259,7 +268,8 @@ fn every_dashboard_query_returns_data_from_prometheus() {
     assert!(out.status.success(), "lab apply: {}", String::from_utf8_lossy(&out.stderr));
     traffic(&lab);
 
-    let mut prometheus = Prometheus::start(&metrics);
+    let relay_metrics = lab.status()["relay"]["metrics"].as_str().expect("relay metrics address").to_owned();
+    let mut prometheus = Prometheus::start(&[&metrics, &relay_metrics]);
     prometheus.wait_until_up();
     traffic(&lab);
     std::thread::sleep(Duration::from_secs(5));
@@ -291,5 +301,10 @@ fn every_dashboard_query_returns_data_from_prometheus() {
     ] {
         assert_eq!(prometheus.value(expr), kernel, "{expr} equals what the datapath dropped");
     }
+    // Every flow the relay saw was written to the flow log.
+    let sent = prometheus.value(r#"sum(sightline_export_records_total{exporter="flow-log",outcome="sent"})"#);
+    assert!(sent > 0.0, "the relay exported {sent} records");
+    drop(lab);
+    let _ = std::fs::remove_file(&flow_log);
     eprintln!("{} dashboard queries returned data ({:.1} s)", queries.len(), started.elapsed().as_secs_f64());
 }
