@@ -377,7 +377,7 @@ pub fn datapath(args: &DatapathArgs) -> anyhow::Result<()> {
 
 /// Replaces the `<!-- bench:NAME:start/end -->` section of a Markdown file
 /// (appending it when absent).
-fn write_section(path: &std::path::Path, name: &str, section: &str) -> anyhow::Result<()> {
+pub(crate) fn write_section(path: &std::path::Path, name: &str, section: &str) -> anyhow::Result<()> {
     let (start, end) = (format!("<!-- bench:{name}:start -->"), format!("<!-- bench:{name}:end -->"));
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let new = match (text.find(&start), text.find(&end)) {

@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod flood;
 mod interrupt;
 mod lab;
 mod observe;
@@ -334,6 +335,13 @@ enum BenchCommand {
     /// (internal) request/response client and server used by `datapath`.
     #[command(hide = true)]
     Rr(bench::RrArgs),
+    /// What a flood of new connections costs the node agent, end to end:
+    /// agent CPU per event, events delivered vs generated, losses, RSS,
+    /// pipeline delay, at fixed rates and flat out.
+    Flood(flood::FloodArgs),
+    /// (internal) the flood's sender, run inside a pod.
+    #[command(hide = true)]
+    FloodSend(flood::SendArgs),
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
@@ -428,6 +436,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::Policy(args) => bench::policy(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Observe(args) => bench::observe(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Rr(args) => bench::rr(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Flood(args) => flood::flood(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::FloodSend(args) => flood::send(&args).map(|()| ExitCode::SUCCESS),
         },
         Command::Observe(args) => observe::observe(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => observe::status(args).map(|()| ExitCode::SUCCESS),
