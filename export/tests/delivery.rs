@@ -370,6 +370,7 @@ async fn the_spool_bound_holds_and_every_drop_is_counted() {
 
     // Watch the segment files while the spool fills.
     let stop = Arc::new(AtomicBool::new(false));
+    let stop_guard = StopOnDrop(Arc::clone(&stop));
     let largest = Arc::new(AtomicU64::new(0));
     let watcher = {
         let (stop, largest, spool) = (Arc::clone(&stop), Arc::clone(&largest), spool.clone());
@@ -394,7 +395,7 @@ async fn the_spool_bound_holds_and_every_drop_is_counted() {
         "records unaccounted for: {}",
         metrics.scrape()
     );
-    stop.store(true, Ordering::Relaxed);
+    drop(stop_guard);
     watcher.await.expect("watcher");
     let largest = largest.load(Ordering::Relaxed).max(segment_bytes(&spool));
     let dropped = metrics.records("azure", "dropped");

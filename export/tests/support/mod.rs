@@ -54,6 +54,28 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        // A failed test leaves its exporters winding down on the runtime's
+        // threads (they stop once the `Exporters` is dropped, which comes
+        // first); they may still write a file or two into the folder.
+        if std::thread::panicking() {
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(50));
+                if !self.0.exists() {
+                    break;
+                }
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+}
+
+/// A flag set when dropped: tells a helper thread to end even when the
+/// test fails before it says so.
+pub struct StopOnDrop(pub Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
