@@ -6,7 +6,13 @@
 //! and the running exporters keep going. Then changed and removed
 //! exporters are stopped (their spools keep what was not delivered) and
 //! the new ones started; an exporter whose definition did not change is
-//! left alone.
+//! left alone. A spool is never open in two running exporters at once: a
+//! changed exporter whose spool did not change takes over its old
+//! instance's spool (memory or disk), one whose spool folder is still in
+//! use opens it only once the old instance has stopped. The new
+//! exporters' queues replace the old ones before those stop, so batches
+//! pushed during a reload wait for the new instance instead of being
+//! lost.
 //!
 //! [`Exporters::push`] hands a batch of merged flows to every exporter
 //! without waiting: each exporter has its own bounded queue, and a full
@@ -74,6 +80,19 @@ struct Running {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     metrics: ExporterMetrics,
+    /// `None` until the tasks are started.
+    spool: Option<Spool>,
+}
+
+/// Where a new or changed exporter's spool comes from.
+enum SpoolSource {
+    /// Opened while checking the configuration.
+    Ready(Spool),
+    /// The old instance's spool, handed over once it stopped.
+    TakeOver,
+    /// The folder is in use by an exporter being stopped: opened after it
+    /// stopped.
+    OpenAfterStop,
 }
 
 /// The running exporters.
@@ -119,8 +138,7 @@ impl Exporters {
         let running = self.running.read().unwrap_or_else(PoisonError::into_inner);
         for r in running.values() {
             if r.tx.try_send(Arc::clone(items)).is_err() {
-                let flows = items.iter().filter(|i| matches!(i.response_types, Some(sightline_proto::observer::get_flows_response::ResponseTypes::Flow(_)))).count();
-                r.metrics.dropped.inc_by(flows as u64);
+                r.metrics.dropped.inc_by(count_flows(items));
             }
         }
     }
@@ -146,7 +164,10 @@ impl Exporters {
     /// # Errors
     ///
     /// [`ApplyError`] naming the exporter that could not be built; nothing
-    /// was changed.
+    /// was changed. (Except in one case: a changed exporter's spool that
+    /// could only be opened once its old instance had stopped, and then
+    /// failed to open; that exporter is then not running, what was queued
+    /// for it is counted as dropped, and the others were applied.)
     pub async fn apply(&self, config: &ExportConfig) -> Result<ApplyReport, ApplyError> {
         let _guard = self.applying.lock().await;
         let current: BTreeMap<String, ExporterConfig> = self
@@ -163,21 +184,26 @@ impl Exporters {
             match current.get(&e.name) {
                 Some(c) if c == e => report.unchanged.push(e.name.clone()),
                 existing => {
-                    // A changed exporter's old instance must let go of its
-                    // spool before the new one opens it: only its sink is
-                    // built now, the spool after the old one stopped.
                     let sink = self.sink(e).map_err(|message| ApplyError { name: e.name.clone(), message })?;
-                    let spool = if existing.is_some() && existing.and_then(|c| c.spool.as_ref()) == e.spool.as_ref() {
-                        None
+                    // Two instances must never have one spool open at once
+                    // (each would append, acknowledge and delete segments
+                    // behind the other's back).
+                    let in_use = e.spool.as_ref().is_some_and(|s| {
+                        current.values().any(|c| c.spool.as_ref().is_some_and(|cs| cs.path == s.path))
+                    });
+                    let source = if existing.is_some_and(|c| c.spool == e.spool) {
+                        SpoolSource::TakeOver
+                    } else if in_use {
+                        SpoolSource::OpenAfterStop
                     } else {
-                        Some(open_spool(e).map_err(|message| ApplyError { name: e.name.clone(), message })?)
+                        SpoolSource::Ready(open_spool(e).map_err(|message| ApplyError { name: e.name.clone(), message })?)
                     };
                     if existing.is_some() {
                         report.restarted.push(e.name.clone());
                     } else {
                         report.started.push(e.name.clone());
                     }
-                    built.push((e.clone(), sink, spool));
+                    built.push((e.clone(), sink, source));
                 }
             }
         }
@@ -187,32 +213,88 @@ impl Exporters {
             .filter(|name| !keep.contains(&name.as_str()) || report.restarted.contains(name))
             .cloned()
             .collect();
-        for name in &to_stop {
-            let removed = self.running.write().unwrap_or_else(PoisonError::into_inner).remove(name);
-            if let Some(r) = removed {
-                stop(r).await;
+        // Swap the queues in one step: from here on, batches go to the new
+        // instances' queues, where they wait until those start.
+        let mut old = Vec::with_capacity(to_stop.len());
+        let mut starting = Vec::with_capacity(built.len());
+        {
+            let mut running = self.running.write().unwrap_or_else(PoisonError::into_inner);
+            for name in &to_stop {
+                if let Some(r) = running.remove(name) {
+                    old.push((name.clone(), r));
+                }
             }
-            if !keep.contains(&name.as_str()) {
-                self.metrics.remove(name);
-                report.stopped.push(name.clone());
+            for (e, sink, source) in built {
+                let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+                let (stop_tx, stop_rx) = watch::channel(false);
+                let metrics = self.metrics.exporter(&e.name);
+                let placeholder =
+                    Running { config: e.clone(), tx, stop: stop_tx, tasks: Vec::new(), metrics: metrics.clone(), spool: None };
+                running.insert(e.name.clone(), placeholder);
+                starting.push((e, sink, source, rx, stop_rx, metrics));
             }
         }
-        for (e, sink, spool) in built {
-            let spool = match spool {
-                Some(s) => s,
-                None => open_spool(&e).map_err(|message| ApplyError { name: e.name.clone(), message })?,
+        let mut old_spools = BTreeMap::new();
+        for (name, r) in old {
+            let memory = r.config.spool.is_none();
+            let spool = stop(r).await;
+            if keep.contains(&name.as_str()) {
+                old_spools.insert(name, (spool, memory));
+            } else {
+                self.metrics.remove(&name);
+                report.stopped.push(name);
+            }
+        }
+        let mut failed = None;
+        for (e, sink, source, rx, stop_rx, metrics) in starting {
+            let spool = match source {
+                SpoolSource::Ready(spool) => Ok(spool),
+                SpoolSource::TakeOver => match old_spools.remove(&e.name).and_then(|(spool, _)| spool) {
+                    Some(spool) => Ok(spool),
+                    None => open_spool(&e),
+                },
+                SpoolSource::OpenAfterStop => open_spool(&e),
             };
-            let running = self.start(e.clone(), sink, spool);
-            self.running.write().unwrap_or_else(PoisonError::into_inner).insert(e.name.clone(), running);
+            match spool {
+                Ok(spool) => {
+                    let tasks = self.start(&e, sink, spool.clone(), rx, stop_rx, metrics);
+                    let mut running = self.running.write().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(r) = running.get_mut(&e.name) {
+                        r.tasks = tasks;
+                        r.spool = Some(spool);
+                    }
+                }
+                Err(message) => {
+                    // Its queue goes with it; what it held is counted.
+                    let mut rx = rx;
+                    rx.close();
+                    self.running.write().unwrap_or_else(PoisonError::into_inner).remove(&e.name);
+                    while let Ok(items) = rx.try_recv() {
+                        metrics.dropped.inc_by(count_flows(&items));
+                    }
+                    log::error!("export: exporter {:?} could not start: {message}", e.name);
+                    failed.get_or_insert(ApplyError { name: e.name.clone(), message });
+                }
+            }
         }
-        Ok(report)
+        // A changed exporter whose memory queue was not taken over (it got
+        // an on-disk spool) loses what waited in it: counted.
+        for (name, (spool, memory)) in old_spools {
+            if let (Some(spool), true) = (spool, memory) {
+                self.metrics.exporter(&name).dropped.inc_by(spool.stats().records);
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 
     /// Stops every exporter (open aggregation windows are spooled first).
     pub async fn shutdown(&self) {
         let all = std::mem::take(&mut *self.running.write().unwrap_or_else(PoisonError::into_inner));
         for (_, r) in all {
-            stop(r).await;
+            let _ = stop(r).await;
         }
     }
 
@@ -268,8 +350,16 @@ impl Exporters {
         })
     }
 
-    fn start(&self, e: ExporterConfig, sink: Box<dyn Sink>, spool: Spool) -> Running {
-        let metrics = self.metrics.exporter(&e.name);
+    /// Starts the pipeline and delivery tasks of `e` on its queue.
+    fn start(
+        &self,
+        e: &ExporterConfig,
+        sink: Box<dyn Sink>,
+        spool: Spool,
+        rx: mpsc::Receiver<Items>,
+        stop_rx: watch::Receiver<bool>,
+        metrics: ExporterMetrics,
+    ) -> Vec<JoinHandle<()>> {
         let encoder: Box<dyn Encoder> = match &e.sink {
             SinkConfig::File(_) => Box::new(FileEncoder),
             SinkConfig::AzureMonitor(_) => Box::new(AzureEncoder),
@@ -290,28 +380,41 @@ impl Exporters {
             end,
             resume,
         });
-        let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
-        let (stop_tx, stop_rx) = watch::channel(false);
         let resume_dir = e.spool.as_ref().map(|s| s.path.clone());
         let front = tokio::spawn(run_pipeline(e.name.clone(), pipeline, rx, stop_rx.clone(), resume_dir, metrics.clone()));
         let back = tokio::spawn(async move {
             crate::deliver::run(spool, sink, metrics, stop_rx).await;
         });
         log::info!("export: exporter {:?} started ({} sink)", e.name, e.sink.kind());
-        let metrics = self.metrics.exporter(&e.name);
-        Running { config: e, tx, stop: stop_tx, tasks: vec![front, back], metrics }
+        vec![front, back]
     }
 }
 
-async fn stop(r: Running) {
+/// The flows among `items` (what a dropped batch costs an exporter).
+fn count_flows(items: &Items) -> u64 {
+    let flows = items
+        .iter()
+        .filter(|i| matches!(i.response_types, Some(sightline_proto::observer::get_flows_response::ResponseTypes::Flow(_))))
+        .count();
+    flows as u64
+}
+
+/// Stops an exporter: its queue is drained into its spool, open
+/// aggregation windows spooled, the delivery loop ended; a task that does
+/// not end within 5 s (a delivery hanging on its sink) is aborted, so that
+/// a stopped exporter never touches its spool again. Returns the spool.
+async fn stop(r: Running) -> Option<Spool> {
     let _ = r.stop.send(true);
     drop(r.tx);
-    for t in r.tasks {
-        if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
-            log::warn!("export: exporter {:?} did not stop within 5 s", r.config.name);
+    for mut t in r.tasks {
+        if tokio::time::timeout(Duration::from_secs(5), &mut t).await.is_err() {
+            log::warn!("export: exporter {:?} did not stop within 5 s; aborting it", r.config.name);
+            t.abort();
+            let _ = t.await;
         }
     }
     log::info!("export: exporter {:?} stopped", r.config.name);
+    r.spool
 }
 
 fn open_spool(e: &ExporterConfig) -> Result<Spool, String> {
