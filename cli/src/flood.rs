@@ -44,6 +44,9 @@ pub struct FloodArgs {
     /// Monitor aggregation: none or medium.
     #[arg(long, default_value = "medium")]
     aggregation: String,
+    /// Which port varies: source (many clients) or destination (a scan).
+    #[arg(long, default_value = "source")]
+    vary: Vary,
     /// Record the figures in this Markdown file (between bench markers).
     #[arg(long)]
     write: Option<PathBuf>,
@@ -61,14 +64,31 @@ pub struct SendArgs {
     /// Datagrams per second; 0 is as fast as possible.
     #[arg(long, default_value_t = 0)]
     rate: u64,
-    /// First destination port.
+    /// First port of the range that varies.
     #[arg(long, default_value_t = 1024)]
     first_port: u16,
+    /// Which port varies from one datagram to the next: `source` (many
+    /// clients of one server port, 80) or `destination` (one client
+    /// scanning ports).
+    #[arg(long, default_value = "source")]
+    vary: Vary,
 }
 
-/// Sends the datagrams (a fresh socket per 60,000, so tuples stay unique)
-/// and prints how long it took.
+/// Which port of the tuple varies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Vary {
+    Source,
+    Destination,
+}
+
+/// Sends the datagrams and prints how long it took: from one socket to
+/// many destination ports (a fresh socket per 60,000, so tuples stay
+/// unique), or from many source ports (one socket per datagram, bound to
+/// its port) to port 80.
 pub fn send(args: &SendArgs) -> anyhow::Result<()> {
+    if args.vary == Vary::Source {
+        return send_from_many_ports(args);
+    }
     const BATCH: usize = 256;
     let started = Instant::now();
     let payload = [0u8; 32];
@@ -126,6 +146,37 @@ pub fn send(args: &SendArgs) -> anyhow::Result<()> {
             done += usize::try_from(r).unwrap_or(0);
         }
         sent += n as u64;
+        if args.rate > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / args.rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    println!("{{\"sent\":{sent},\"seconds\":{}}}", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn send_from_many_ports(args: &SendArgs) -> anyhow::Result<()> {
+    const BATCH: u64 = 256;
+    let started = Instant::now();
+    let span = u64::from(u16::MAX - args.first_port).max(1);
+    let to = SocketAddrV4::new(args.to, 80);
+    let mut sent: u64 = 0;
+    while sent < u64::from(args.count) {
+        let n = BATCH.min(u64::from(args.count) - sent);
+        let mut sockets = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let port = args.first_port + u16::try_from((sent + i) % span).unwrap_or(0);
+            // A port still in use by another socket: skip it.
+            if let Ok(s) = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)) {
+                sockets.push(s);
+            }
+        }
+        for s in &sockets {
+            let _ = s.send_to(&[0u8; 32], to);
+        }
+        sent += n;
         if args.rate > 0 {
             let due = Duration::from_secs_f64(sent as f64 / args.rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -244,6 +295,7 @@ fn one_run(state: &LabState, args: &FloodArgs, rate: u64, first_port: u16) -> an
         .arg(std::env::current_exe()?)
         .args(["bench", "flood-send", "--to", &to.to_string(), "--count", &args.datagrams.to_string()])
         .args(["--rate", &rate.to_string(), "--first-port", &first_port.to_string()])
+        .args(["--vary", if args.vary == Vary::Source { "source" } else { "destination" }])
         .output()
         .context("running the sender")?;
     if !out.status.success() {
@@ -316,8 +368,9 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
         aggregation: args.aggregation.clone(),
         debug_events: false,
         datapath: true,
-        ct_timeouts: String::new(),
-        ct_gc_interval: "5s".into(),
+        // Short-lived connections, so that every run's tuples are new again.
+        ct_timeouts: "other=1s".into(),
+        ct_gc_interval: "1s".into(),
         policy_audit: false,
         flow_capacity: 4095,
         metrics: Vec::new(),
@@ -331,7 +384,11 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
         let mut runs = Vec::new();
         for (i, &rate) in args.rates.iter().enumerate() {
             eprintln!("bench: {} datagrams at {} …", args.datagrams, if rate == 0 { "full speed".to_owned() } else { format!("{rate}/s") });
-            // A different port range per run keeps every tuple new.
+            // The previous run's connections expire first, so every tuple is new.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while status(&state)?.ct_entries > 100 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+            }
             let first_port = 1024 + u16::try_from((i * 7919) % 4000).unwrap_or(0);
             runs.push(one_run(&state, args, rate, first_port)?);
         }
@@ -364,11 +421,13 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.write {
         let rates = args.rates.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         let section = format!(
-            "<!-- bench:flood:start -->\nMeasured by `sightline bench flood --datagrams {} --rates {rates} --aggregation {}` ({} CPUs, Linux {}): one node, one UDP datagram per new tuple from x/a to x/b, {} datagrams per run. Agent CPU is every thread of the collector process (`/proc/PID/task/*/schedstat`) over the run, divided by the events it decoded.\n\n{table}<!-- bench:flood:end -->",
+            "<!-- bench:flood:start -->\nMeasured by `sightline bench flood --datagrams {} --rates {rates} --aggregation {} --vary {}` ({} CPUs, Linux {}): one node, one UDP datagram per new tuple from x/a to x/b (the {} port varies), {} datagrams per run. Agent CPU is every thread of the collector process (`/proc/PID/task/*/schedstat`) over the run, divided by the events it decoded.\n\n{table}<!-- bench:flood:end -->",
             args.datagrams,
             args.aggregation,
+            if args.vary == Vary::Source { "source" } else { "destination" },
             std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
             std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+            if args.vary == Vary::Source { "source" } else { "destination" },
             args.datagrams,
         );
         crate::bench::write_section(path, "flood", &section)?;

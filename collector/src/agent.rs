@@ -585,19 +585,9 @@ async fn gc(shared: Arc<Shared>) {
         let _ = tokio::task::spawn_blocking(move || {
             let now = monotonic_ns();
             let mut inner = shared.inner.lock().expect("datapath lock");
-            let expired: Vec<_> = inner
-                .probes
-                .ct
-                .iter()
-                .filter_map(Result::ok)
-                .filter(|(_, e)| e.expires_ns <= now)
-                .map(|(k, _)| k)
-                .collect();
-            for k in &expired {
-                let _ = inner.probes.ct.remove(k);
-            }
-            if !expired.is_empty() {
-                log::debug!("conntrack: collected {} expired entries", expired.len());
+            let (_, deleted) = inner.probes.ct_collect(now);
+            if deleted > 0 {
+                log::debug!("conntrack: collected {deleted} expired entries");
             }
         })
         .await;

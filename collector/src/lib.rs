@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod agent_metrics;
+pub mod batch;
 pub mod bench;
 pub mod btf;
 pub mod control;

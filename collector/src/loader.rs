@@ -21,6 +21,9 @@ use sightline_abi::{
 };
 
 
+/// Entries per batch system call on the conntrack map.
+const BATCH_CHUNK: u32 = 4096;
+
 /// The probe object, built by `build.rs`.
 static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sightline-probes"));
 
@@ -339,9 +342,49 @@ impl Probes {
     }
 
     /// Connections in the conntrack map (expired ones included until the
-    /// collector's garbage collection deletes them).
+    /// collector's garbage collection deletes them): read in batches, or
+    /// key by key where the kernel has no batch operations.
     pub fn ct_entries(&self) -> u64 {
-        self.ct.keys().filter(Result::is_ok).count() as u64
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        match crate::batch::dump(self.ct.map().fd().as_fd(), size_of::<CtKey>(), size_of::<CtEntry>(), BATCH_CHUNK) {
+            Ok((keys, _)) => (keys.len() / size_of::<CtKey>()) as u64,
+            Err(_) => self.ct.keys().filter(Result::is_ok).count() as u64,
+        }
+    }
+
+    /// Deletes the conntrack entries that expired before `now_ns`
+    /// (monotonic): (entries left, entries deleted). Reads and deletes in
+    /// batches of thousands of entries per system call where the kernel
+    /// can, key by key otherwise.
+    pub fn ct_collect(&mut self, now_ns: u64) -> (u64, usize) {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::AsFd as _;
+        const KEY: usize = size_of::<CtKey>();
+        const VALUE: usize = size_of::<CtEntry>();
+        let fd = self.ct.map().fd().as_fd();
+        if let Ok((keys, values)) = crate::batch::dump(fd, KEY, VALUE, BATCH_CHUNK) {
+            let total = keys.len() / KEY;
+            let mut expired = Vec::new();
+            for i in 0..total {
+                let raw = &values[i * VALUE..(i + 1) * VALUE];
+                // SAFETY: `raw` is exactly one CtEntry as the kernel wrote it;
+                // read_unaligned copes with the Vec's alignment.
+                let entry: CtEntry = unsafe { std::ptr::read_unaligned(raw.as_ptr().cast()) };
+                if entry.expires_ns <= now_ns {
+                    expired.extend_from_slice(&keys[i * KEY..(i + 1) * KEY]);
+                }
+            }
+            if let Ok(deleted) = crate::batch::delete(fd, &expired, KEY, BATCH_CHUNK) {
+                return ((total - deleted) as u64, deleted);
+            }
+        }
+        let expired: Vec<_> =
+            self.ct.iter().filter_map(Result::ok).filter(|(_, e)| e.expires_ns <= now_ns).map(|(k, _)| k).collect();
+        for k in &expired {
+            let _ = self.ct.remove(k);
+        }
+        (self.ct.keys().filter(Result::is_ok).count() as u64, expired.len())
     }
 
     /// Entries and capacity of every map that can fill up (the hash and
@@ -351,7 +394,7 @@ impl Probes {
             keys.filter(Result::is_ok).count() as u64
         }
         vec![
-            MapFill { map: abi::maps::CT, entries: count(self.ct.keys()), capacity: abi::CT_MAP_SIZE },
+            MapFill { map: abi::maps::CT, entries: self.ct_entries(), capacity: abi::CT_MAP_SIZE },
             MapFill { map: abi::maps::ENDPOINTS, entries: count(self.endpoints.keys()), capacity: abi::ENDPOINTS_MAP_SIZE },
             MapFill { map: abi::maps::IPCACHE, entries: count(self.ipcache.keys()), capacity: abi::IPCACHE_MAP_SIZE },
             MapFill { map: abi::maps::POLICY, entries: count(self.policy.keys()), capacity: abi::POLICY_MAP_SIZE },
