@@ -302,21 +302,27 @@ fn one_run(state: &LabState, args: &FloodArgs, rate: u64, first_port: u16) -> an
         bail!("the sender failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).context("the sender's report")?;
-    // Wait until the collector has drained everything (its counters stop moving).
+    // Wait until the collector has drained everything: its counters (on
+    // /metrics, refreshed every second; cheaper to read than a status
+    // request, which counts conntrack entries) stop moving.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = status(state)?;
+    let counters = |text: &str| {
+        (metric(text, "sightline_pipeline_events_decoded_total"), metric(text, "sightline_ringbuf_events_written_total"))
+    };
+    let mut last = counters(&scrape(&metrics));
     let mut still_since = Instant::now();
     while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = status(state)?;
-        if now.events_decoded != last.events_decoded || now.events_written != last.events_written {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = counters(&scrape(&metrics));
+        if now != last {
             still_since = Instant::now();
             last = now;
-        } else if still_since.elapsed() >= Duration::from_millis(500) {
+        } else if still_since.elapsed() >= Duration::from_millis(2500) {
             break;
         }
     }
     let cpu_after = cpu_ns(pid);
+    let last = status(state)?;
     let m_after = scrape(&metrics);
     let lost = |s: &sightline_collector::control::Status| s.events_lost_per_cpu.iter().sum::<u64>();
     let ringbuf_lost = lost(&last) - lost(&before);
