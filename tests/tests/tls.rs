@@ -225,7 +225,7 @@ fn every_server_refuses_what_the_lab_did_not_sign_and_the_lab_client_works() {
     // A relay presenting another CA's certificate, none, or plaintext: every
     // collector refuses it.
     let peers: Vec<String> = servers[1..].iter().enumerate().map(|(i, (a, _))| format!("--peer=node-{}={a}", i + 1)).collect();
-    let trust_lab = vec!["--tls-hubble-server-ca-files".to_owned(), s(&files.ca), "--disable-server-tls".to_owned()];
+    let trust_lab = ["--tls-hubble-server-ca-files".to_owned(), s(&files.ca), "--disable-server-tls".to_owned()];
     let cases: [(&str, Vec<String>); 4] = [
         ("the lab's relay certificate", vec![
             "--tls-hubble-client-cert-file".into(), s(&files.file("relay-client.pem")),

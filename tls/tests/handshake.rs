@@ -169,12 +169,11 @@ fn bad_files_are_errors_that_name_them() {
     let d = dir("bad");
     let garbage = write(&d, "garbage.pem", "not a certificate");
     let e = ServerTls::new("s", ServerTlsFiles { cert: garbage.clone(), key: garbage.clone(), client_ca: Vec::new() })
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(e.to_string().contains("garbage.pem holds no certificate"), "{e}");
-    let e = ClientTls::new("c", ClientTlsFiles { ca: vec![d.join("missing.pem")], cert: None, key: None }).err().expect("refused");
+    let e = ClientTls::new("c", ClientTlsFiles { ca: vec![d.join("missing.pem")], cert: None, key: None }).expect_err("refused");
     assert!(e.to_string().contains("missing.pem"), "{e}");
-    let e = ClientTls::new("c", ClientTlsFiles { ca: vec![garbage.clone()], cert: Some(garbage), key: None }).err().expect("refused");
+    let e = ClientTls::new("c", ClientTlsFiles { ca: vec![garbage.clone()], cert: Some(garbage), key: None }).expect_err("refused");
     assert!(e.to_string().contains("go together"), "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }

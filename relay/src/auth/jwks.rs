@@ -175,10 +175,10 @@ impl HttpFetch {
         let url = discovery_url(&self.issuer);
         let doc: Discovery = serde_json::from_slice(&self.get(&url).await?)
             .map_err(|e| format!("{url} is not an OpenID configuration: {e}"))?;
-        if let Some(iss) = &doc.issuer {
-            if iss != &self.issuer {
-                return Err(format!("{url} is the configuration of issuer {iss:?}, not {:?}", self.issuer));
-            }
+        if let Some(iss) = &doc.issuer
+            && iss != &self.issuer
+        {
+            return Err(format!("{url} is the configuration of issuer {iss:?}, not {:?}", self.issuer));
         }
         doc.jwks_uri.ok_or_else(|| format!("{url} names no jwks_uri"))
     }

@@ -72,11 +72,12 @@ impl Alg {
     /// Whether a key of this kind can check this algorithm.
     #[must_use]
     pub fn fits(self, key: &KeyMaterial) -> bool {
-        match (self, key) {
-            (Self::Rs256 | Self::Rs384 | Self::Rs512 | Self::Ps256 | Self::Ps384 | Self::Ps512, KeyMaterial::Rsa { .. }) => true,
-            (Self::Es256, KeyMaterial::P256 { .. }) | (Self::Es384, KeyMaterial::P384 { .. }) => true,
-            _ => false,
-        }
+        matches!(
+            (self, key),
+            (Self::Rs256 | Self::Rs384 | Self::Rs512 | Self::Ps256 | Self::Ps384 | Self::Ps512, KeyMaterial::Rsa { .. })
+                | (Self::Es256, KeyMaterial::P256 { .. })
+                | (Self::Es384, KeyMaterial::P384 { .. })
+        )
     }
 }
 
@@ -249,10 +250,10 @@ impl Validation {
         if !exp.is_finite() || now > exp + leeway {
             return Err(AuthError::Expired { seconds_ago: (now - exp).max(0.0) as i64 });
         }
-        if let Some(nbf) = claims.nbf {
-            if !nbf.is_finite() || now + leeway < nbf {
-                return Err(AuthError::NotYetValid { in_seconds: (nbf - now).max(0.0) as i64 });
-            }
+        if let Some(nbf) = claims.nbf
+            && (!nbf.is_finite() || now + leeway < nbf)
+        {
+            return Err(AuthError::NotYetValid { in_seconds: (nbf - now).max(0.0) as i64 });
         }
         match claims.iss.as_deref() {
             Some(iss) if iss == self.issuer => {}
