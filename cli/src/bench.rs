@@ -64,6 +64,11 @@ pub fn observe(args: &ObserveArgs) -> anyhow::Result<()> {
     use std::sync::Arc;
     use sightline_collector::bench::Transport;
 
+    // Other work on the machine shows in the figures: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned());
     let dir = std::env::temp_dir().join(format!("sightline-bench-tls-{}", std::process::id()));
     let pki = crate::lab::pki::create("bench", &dir, &["node-1".to_owned()]).context("making the benchmark's certificates")?;
     let transports = (|| -> anyhow::Result<Vec<Transport>> {
@@ -126,7 +131,7 @@ pub fn observe(args: &ObserveArgs) -> anyhow::Result<()> {
     print!("{report}");
     if let Some(path) = &args.write {
         let section = format!(
-            "<!-- bench:observe:start -->\nMeasured by `sightline bench observe --flows {} --repeat {}` (medians, same run; the client and the server share the machine's 2 cores).\n\n{report}<!-- bench:observe:end -->",
+            "<!-- bench:observe:start -->\nMeasured by `sightline bench observe --flows {} --repeat {}` (medians, same run; the client and the server share the machine's 2 cores; load average {load} when it started).\n\n{report}<!-- bench:observe:end -->",
             plain.flows, args.repeat
         );
         write_section(path, "observe", &section)?;
