@@ -57,26 +57,82 @@ pub struct ObserveArgs {
     write: Option<PathBuf>,
 }
 
-/// `bench observe`: GetFlows streaming rate to one client over loopback.
+/// `bench observe`: GetFlows streaming rate to one client over loopback,
+/// in plaintext, over TLS and over mutual TLS (certificates of a throw-away
+/// CA made as the lab makes its own), the transports taking turns.
 pub fn observe(args: &ObserveArgs) -> anyhow::Result<()> {
-    let rt = crate::runtime()?;
-    let f = rt.block_on(sightline_collector::bench::stream_rate(args.flows, args.repeat))?;
-    let report = format!(
+    use std::sync::Arc;
+    use sightline_collector::bench::Transport;
+
+    // Other work on the machine shows in the figures: say how busy it was.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned());
+    let dir = std::env::temp_dir().join(format!("sightline-bench-tls-{}", std::process::id()));
+    let pki = crate::lab::pki::create("bench", &dir, &["node-1".to_owned()]).context("making the benchmark's certificates")?;
+    let transports = (|| -> anyhow::Result<Vec<Transport>> {
+        let (cert, key) = pki.collectors.get("node-1").cloned().context("the node's certificate")?;
+        let name = crate::lab::pki::collector_server_name("node-1");
+        let server = |client_ca: Vec<PathBuf>| {
+            sightline_tls::ServerTls::new("bench server", sightline_tls::ServerTlsFiles { cert: cert.clone(), key: key.clone(), client_ca })
+                .map(Arc::new)
+        };
+        let client = |own: bool| {
+            let files = sightline_tls::ClientTlsFiles {
+                ca: vec![pki.ca.clone()],
+                cert: own.then(|| pki.client_cert.clone()),
+                key: own.then(|| pki.client_key.clone()),
+            };
+            sightline_tls::ClientTls::new("bench client", files).map(Arc::new)
+        };
+        Ok(vec![
+            Transport { name: "plaintext".into(), server: None, client: None },
+            Transport { name: "TLS".into(), server: Some(server(Vec::new())?), client: Some((client(false)?, name.clone())) },
+            Transport {
+                name: "mutual TLS".into(),
+                server: Some(server(vec![pki.ca.clone()])?),
+                client: Some((client(true)?, name.clone())),
+            },
+        ])
+    })();
+    let figures = transports.and_then(|t| {
+        let rt = crate::runtime()?;
+        Ok(rt.block_on(sightline_collector::bench::stream_rate(args.flows, args.repeat, &t))?)
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let figures = figures?;
+    let plain = figures.first().context("no figures")?;
+    let mut report = format!(
         "| what | per second | vs raw copy |\n|---|---|---|\n\
          | raw 112-byte event records copied (no processing) | {:.0} | 1× |\n\
          | GetFlows, full flows, one client over loopback | {:.0} | {:.4}× |\n\
          | GetFlows with `hubble observe`'s field mask | {:.0} | {:.4}× |\n",
-        f.raw_copy_per_sec,
-        f.full_per_sec,
-        f.full_per_sec / f.raw_copy_per_sec,
-        f.masked_per_sec,
-        f.masked_per_sec / f.raw_copy_per_sec,
+        plain.raw_copy_per_sec,
+        plain.full_per_sec,
+        plain.full_per_sec / plain.raw_copy_per_sec,
+        plain.masked_per_sec,
+        plain.masked_per_sec / plain.raw_copy_per_sec,
     );
+    report.push_str(
+        "\nThe same streams in plaintext, over TLS 1.3 (server certificate checked) and over mutual TLS (client certificate too), ECDSA P-256 keys, ring:\n\n\
+         | transport | full flows per second | vs plaintext | with the field mask | vs plaintext |\n|---|---|---|---|---|\n",
+    );
+    for f in &figures {
+        report.push_str(&format!(
+            "| {} | {:.0} | {:.3}× | {:.0} | {:.3}× |\n",
+            f.transport,
+            f.full_per_sec,
+            f.full_per_sec / plain.full_per_sec,
+            f.masked_per_sec,
+            f.masked_per_sec / plain.masked_per_sec
+        ));
+    }
     print!("{report}");
     if let Some(path) = &args.write {
         let section = format!(
-            "<!-- bench:observe:start -->\nMeasured by `sightline bench observe --flows {} --repeat {}` (medians, same run; the client and the server share the machine's 2 cores).\n\n{report}<!-- bench:observe:end -->",
-            f.flows, args.repeat
+            "<!-- bench:observe:start -->\nMeasured by `sightline bench observe --flows {} --repeat {}` (medians, same run; the client and the server share the machine's 2 cores; load average {load} when it started).\n\n{report}<!-- bench:observe:end -->",
+            plain.flows, args.repeat
         );
         write_section(path, "observe", &section)?;
     }
@@ -293,6 +349,7 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
         prometheus: false,
         export_config: None,
         node_export_config: None,
+        tls: true,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

@@ -175,6 +175,7 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>, export: Ex
         prometheus: std::path::Path::new(cluster::PROMETHEUS_BIN).exists(),
         export_config: Some(export_config.clone()),
         node_export_config: None,
+        tls: true,
     })?;
     for p in state.pods.values() {
         eprintln!("demo:   pod {}/{} at {} (identity {})", p.namespace, p.name, p.ip, p.identity);
@@ -235,7 +236,8 @@ fn print_events(state: &LabState, stop: &AtomicBool, duration: Option<Duration>)
     eprintln!("demo: flows from {grpc} (the same as `sightline observe --lab {} --follow`):", state.name);
     let rt = crate::runtime()?;
     rt.block_on(async {
-        let mut client = ObserverClient::connect(format!("http://{grpc}")).await.context("connecting to the flow API")?;
+        let channel = crate::observe::lab_channel(state, &grpc).await.context("connecting to the flow API")?;
+        let mut client = ObserverClient::new(channel);
         let mut stream = client
             .get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() })
             .await

@@ -126,6 +126,11 @@ enum LabCommand {
         /// says (node-local export, as Hubble's exporter on each agent).
         #[arg(long, value_name = "FILE")]
         node_export_config: Option<PathBuf>,
+        /// Serve every gRPC API in plaintext. By default the lab makes its
+        /// own CA and runs mutual TLS between every component and for
+        /// clients (docs/SECURITY.md).
+        #[arg(long)]
+        no_tls: bool,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -268,6 +273,107 @@ struct RelayArgs {
     /// Print `ready` on stdout once the listener is bound.
     #[arg(long, hide = true)]
     notify_ready: bool,
+    #[command(flatten)]
+    tls: RelayTlsArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+/// TLS of the relay, with Hubble Relay's flag names.
+#[derive(Args)]
+struct RelayTlsArgs {
+    /// The relay's server certificate (PEM, leaf first).
+    #[arg(long, alias = "tls-cert-file", value_name = "FILE", help_heading = "TLS")]
+    tls_relay_server_cert_file: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long, alias = "tls-key-file", value_name = "FILE", help_heading = "TLS")]
+    tls_relay_server_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that clients' certificates must chain to: with
+    /// them, clients must present one (mutual TLS). Comma-separated or
+    /// repeated.
+    #[arg(long, alias = "tls-client-ca-files", value_name = "FILE", value_delimiter = ',', help_heading = "TLS")]
+    tls_relay_client_ca_files: Vec<PathBuf>,
+    /// Serve clients in plaintext.
+    #[arg(long, conflicts_with_all = ["tls_relay_server_cert_file", "tls_relay_server_key_file", "tls_relay_client_ca_files"], help_heading = "TLS")]
+    disable_server_tls: bool,
+    /// The relay's client certificate (PEM) for the collectors (mutual TLS).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    tls_hubble_client_cert_file: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long, value_name = "FILE", help_heading = "TLS")]
+    tls_hubble_client_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) the collectors' certificates must chain to
+    /// (default: the system's). Each collector's certificate must carry
+    /// `<node>.<cluster>.hubble-grpc.cilium.io`.
+    #[arg(long, value_name = "FILE", value_delimiter = ',', help_heading = "TLS")]
+    tls_hubble_server_ca_files: Vec<PathBuf>,
+    /// Reach the collectors in plaintext.
+    #[arg(long, conflicts_with_all = ["tls_hubble_client_cert_file", "tls_hubble_client_key_file", "tls_hubble_server_ca_files"], help_heading = "TLS")]
+    disable_client_tls: bool,
+}
+
+/// Bearer-token authentication of the relay's API (docs/SECURITY.md).
+#[derive(Args)]
+struct AuthArgs {
+    /// Require a bearer token from this issuer on every Observer call
+    /// (Entra ID: https://login.microsoftonline.com/<tenant>/v2.0).
+    #[arg(long, value_name = "URL", requires = "auth_audience", help_heading = "Authentication")]
+    auth_issuer: Option<String>,
+    /// The audience tokens must be for (repeatable; e.g. api://<app id>).
+    #[arg(long, value_name = "AUD", requires = "auth_issuer", help_heading = "Authentication")]
+    auth_audience: Vec<String>,
+    /// The issuer's key set (default: the jwks_uri of
+    /// <issuer>/.well-known/openid-configuration).
+    #[arg(long, value_name = "URL", requires = "auth_issuer", help_heading = "Authentication")]
+    auth_jwks_url: Option<String>,
+    /// A CA file to trust for the issuer's HTTPS, besides the system's.
+    #[arg(long, value_name = "FILE", requires = "auth_issuer", help_heading = "Authentication")]
+    auth_ca_file: Option<PathBuf>,
+    /// Which namespaces a token may read, by its roles and groups claims
+    /// (YAML; docs/SECURITY.md). Without it every valid token reads all.
+    #[arg(long, value_name = "FILE", requires = "auth_issuer", help_heading = "Authentication")]
+    auth_namespaces_file: Option<PathBuf>,
+}
+
+/// TLS of a collector's gRPC API, with the Cilium agent's flag names.
+#[derive(Args)]
+struct CollectorTlsArgs {
+    /// The gRPC server's certificate (PEM, leaf first); re-read when it
+    /// changes.
+    #[arg(long, alias = "tls-cert-file", value_name = "FILE", help_heading = "TLS")]
+    hubble_tls_cert_file: Option<PathBuf>,
+    /// Its key (PEM).
+    #[arg(long, alias = "tls-key-file", value_name = "FILE", help_heading = "TLS")]
+    hubble_tls_key_file: Option<PathBuf>,
+    /// CA certificates (PEM) that clients' certificates must chain to: with
+    /// them, clients (the relay) must present one. Comma-separated or
+    /// repeated.
+    #[arg(long, alias = "tls-client-ca-files", value_name = "FILE", value_delimiter = ',', help_heading = "TLS")]
+    hubble_tls_client_ca_files: Vec<PathBuf>,
+    /// Serve the gRPC API in plaintext.
+    #[arg(long, alias = "disable-server-tls", conflicts_with_all = ["hubble_tls_cert_file", "hubble_tls_key_file", "hubble_tls_client_ca_files"], help_heading = "TLS")]
+    hubble_disable_tls: bool,
+}
+
+/// A server's TLS from its flags: `None` when disabled; an error naming the
+/// flags when neither a certificate nor the switch is given.
+fn server_tls(
+    label: &str,
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    client_ca: &[PathBuf],
+    disabled: bool,
+    names: [&str; 3],
+) -> anyhow::Result<Option<std::sync::Arc<sightline_tls::ServerTls>>> {
+    if disabled {
+        return Ok(None);
+    }
+    let [cert_flag, key_flag, disable_flag] = names;
+    let (Some(cert), Some(key)) = (cert, key) else {
+        bail!("{label} is served over TLS: give {cert_flag} and {key_flag}, or {disable_flag} to serve plaintext");
+    };
+    let files = sightline_tls::ServerTlsFiles { cert: cert.clone(), key: key.clone(), client_ca: client_ca.to_vec() };
+    Ok(Some(std::sync::Arc::new(sightline_tls::ServerTls::new(label, files)?)))
 }
 
 #[derive(Args)]
@@ -318,6 +424,8 @@ struct CollectorArgs {
     /// Print `ready` on stdout once the control socket accepts requests.
     #[arg(long, hide = true)]
     notify_ready: bool,
+    #[command(flatten)]
+    tls: CollectorTlsArgs,
 }
 
 #[derive(Subcommand)]
@@ -408,6 +516,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
+            let grpc_tls = match args.grpc {
+                Some(_) => {
+                    let t = &args.tls;
+                    server_tls(
+                        "the collector's gRPC API",
+                        t.hubble_tls_cert_file.as_ref(),
+                        t.hubble_tls_key_file.as_ref(),
+                        &t.hubble_tls_client_ca_files,
+                        t.hubble_disable_tls,
+                        ["--hubble-tls-cert-file", "--hubble-tls-key-file", "--hubble-disable-tls"],
+                    )?
+                }
+                None => None,
+            };
             let opts = AgentOptions {
                 node_name: args.node,
                 node_netns: args.netns,
@@ -418,6 +540,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ct_timeouts: args.ct_timeouts,
                 gc_interval: args.ct_gc_interval,
                 grpc: args.grpc,
+                grpc_tls,
                 flow_capacity: args.flow_capacity,
                 metrics: args.metrics_address,
                 metrics_config: sightline_collector::metrics::MetricsConfig::from_entries(&args.metrics)?,
@@ -473,6 +596,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             prometheus,
             export_config,
             node_export_config,
+            no_tls,
         } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
@@ -489,6 +613,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 prometheus,
                 export_config,
                 node_export_config: node_export_config.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+                tls: !no_tls,
             })?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",
@@ -628,9 +753,52 @@ fn run_relay(args: &RelayArgs) -> anyhow::Result<()> {
         Some(path) => Some(sightline_export::config::load(path, &export_ctx).map_err(|e| anyhow!("--export-config {e}"))?),
         None => None,
     };
+    let t = &args.tls;
+    let server_tls = server_tls(
+        "the relay's gRPC API",
+        t.tls_relay_server_cert_file.as_ref(),
+        t.tls_relay_server_key_file.as_ref(),
+        &t.tls_relay_client_ca_files,
+        t.disable_server_tls,
+        ["--tls-relay-server-cert-file", "--tls-relay-server-key-file", "--disable-server-tls"],
+    )?;
+    let client_tls = if t.disable_client_tls {
+        None
+    } else {
+        let files = sightline_tls::ClientTlsFiles {
+            ca: t.tls_hubble_server_ca_files.clone(),
+            cert: t.tls_hubble_client_cert_file.clone(),
+            key: t.tls_hubble_client_key_file.clone(),
+        };
+        let tls = sightline_tls::ClientTls::new("the relay's client TLS (to the collectors)", files)
+            .map_err(|e| anyhow!("--tls-hubble-*: {e}"))?;
+        Some(std::sync::Arc::new(tls))
+    };
+    let auth = match &args.auth.auth_issuer {
+        Some(issuer) => Some(std::sync::Arc::new(sightline_relay::auth::Authenticator::new(
+            &sightline_relay::auth::AuthOptions {
+                issuer: issuer.clone(),
+                audiences: args.auth.auth_audience.clone(),
+                jwks_url: args.auth.auth_jwks_url.clone(),
+                ca_file: args.auth.auth_ca_file.clone(),
+                namespaces_file: args.auth.auth_namespaces_file.clone(),
+            },
+        )?)),
+        None => None,
+    };
     runtime()?.block_on(async {
+        if let Some(auth) = &auth {
+            // A wrong issuer or URL shows at start; requests fetch again.
+            match auth.warm_up().await {
+                Ok(n) => log::info!("authentication: bearer tokens of {:?}, {n} signing key(s)", args.auth.auth_issuer),
+                Err(e) => log::warn!("authentication: {e}; tokens are refused until the keys can be fetched"),
+            }
+        }
+        let mut config = sightline_relay::Config::new("relay", peers);
+        config.tls = client_tls;
+        config.cluster = args.cluster_name.clone();
         // Inside the runtime: the peers' channels start their workers on it.
-        let relay = sightline_relay::Relay::new(sightline_relay::Config::new("relay", peers))?;
+        let relay = sightline_relay::Relay::with_auth(config, auth)?;
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let mut registry = prometheus_client::registry::Registry::default();
         let export_metrics = sightline_export::ExportMetrics::register(&mut registry);
@@ -693,7 +861,7 @@ fn run_relay(args: &RelayArgs) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         };
-        let served = sightline_relay::serve(relay, listener, stop).await;
+        let served = sightline_relay::serve(relay, listener, server_tls, stop).await;
         // Stop the feed first, then let the exporters spool what they hold.
         let _ = stop_tx.send(true);
         while background.join_next().await.is_some() {}

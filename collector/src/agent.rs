@@ -92,6 +92,9 @@ pub struct AgentOptions {
     /// Where to serve the gRPC API (Observer, Peer, health, reflection);
     /// `None`: not served.
     pub grpc: Option<std::net::SocketAddr>,
+    /// TLS of the gRPC API (Hubble's `--hubble-tls-*` flags); `None`:
+    /// plaintext (`--hubble-disable-tls`).
+    pub grpc_tls: Option<Arc<sightline_tls::ServerTls>>,
     /// Flows kept in the store (2^n − 1).
     pub flow_capacity: usize,
     /// Where to serve `/metrics`, `/healthz` and `/readyz`; `None`: not served.
@@ -323,8 +326,13 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
 
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     let grpc = grpc_listener.map(|listener| {
-        log::info!("gRPC (Observer, Peer, health, reflection) on {address}");
-        tokio::spawn(observer::serve(Arc::clone(&observer), listener, async {
+        let tls = match &opts.grpc_tls {
+            Some(t) if t.mutual() => "TLS, client certificates required",
+            Some(_) => "TLS",
+            None => "plaintext",
+        };
+        log::info!("gRPC (Observer, Peer, health, reflection) on {address}, {tls}");
+        tokio::spawn(observer::serve(Arc::clone(&observer), listener, opts.grpc_tls.clone(), async {
             let _ = grpc_stopped.await;
         }))
     });

@@ -224,8 +224,10 @@ pub fn packet_cost(fillers: usize, repeat: u32) -> Result<PacketCost, BenchError
 /// Flows per second that `GetFlows` streams to one client over loopback,
 /// against copying the same number of raw event records (the cost of
 /// draining the ring buffer without processing), in the same run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StreamFigures {
+    /// The transport's name (plaintext, TLS, mutual TLS).
+    pub transport: String,
     pub flows: usize,
     /// Full flows (no field mask).
     pub full_per_sec: f64,
@@ -235,10 +237,20 @@ pub struct StreamFigures {
     pub raw_copy_per_sec: f64,
 }
 
+/// How the benchmark's client reaches the server.
+#[derive(Clone, Debug)]
+pub struct Transport {
+    pub name: String,
+    /// The server's TLS; `None`: plaintext.
+    pub server: Option<std::sync::Arc<sightline_tls::ServerTls>>,
+    /// The client's TLS and the server name it checks.
+    pub client: Option<(std::sync::Arc<sightline_tls::ClientTls>, String)>,
+}
+
 /// Fills a store with `flows` synthetic flows (capacity 65535), serves it
-/// on 127.0.0.1, and times `GetFlows` streaming all of it to one client,
-/// `repeat` times (median).
-pub async fn stream_rate(flows: usize, repeat: u32) -> Result<StreamFigures, BenchError> {
+/// on 127.0.0.1 once per transport, and times `GetFlows` streaming all of it
+/// to one client, `repeat` times, the transports taking turns (median).
+pub async fn stream_rate(flows: usize, repeat: u32, transports: &[Transport]) -> Result<Vec<StreamFigures>, BenchError> {
     use sightline_proto::observer::GetFlowsRequest;
     use sightline_proto::observer::observer_client::ObserverClient;
     use tokio_stream::StreamExt as _;
@@ -305,17 +317,35 @@ pub async fn stream_rate(flows: usize, repeat: u32) -> Result<StreamFigures, Ben
         copies.push(raw.len() as f64 / start.elapsed().as_secs_f64());
     }
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
-    let address = listener.local_addr().map_err(io)?;
-    let state = std::sync::Arc::new(ObserverState::new("node-1".into(), address, store));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(state, listener, async {
-        let _ = stopped.await;
-    }));
-    let mut client = ObserverClient::connect(format!("http://{address}"))
-        .await
-        .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
-        .max_decoding_message_size(64 << 20);
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for t in transports {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+        let address = listener.local_addr().map_err(io)?;
+        let state = std::sync::Arc::new(ObserverState::new("node-1".into(), address, std::sync::Arc::clone(&store)));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        servers.push((stop, tokio::spawn(serve(state, listener, t.server.clone(), async {
+            let _ = stopped.await;
+        }))));
+        let channel = match &t.client {
+            Some((tls, name)) => {
+                let connector = sightline_tls::Connector::new(std::sync::Arc::clone(tls), Some(name))
+                    .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?;
+                tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
+                    .connect_with_connector(connector)
+                    .await
+            }
+            None => {
+                tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                    .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
+                    .connect()
+                    .await
+            }
+        }
+        .map_err(|e| BenchError::TestRun(std::io::Error::other(format!("{} client: {e}", t.name))))?;
+        clients.push(ObserverClient::new(channel).max_decoding_message_size(64 << 20));
+    }
     let mask = prost_types::FieldMask {
         paths: [
             "time", "source.identity", "source.namespace", "source.pod_name", "destination.identity",
@@ -326,29 +356,44 @@ pub async fn stream_rate(flows: usize, repeat: u32) -> Result<StreamFigures, Ben
         .map(|s| (*s).to_owned())
         .collect(),
     };
-    let mut rates = [Vec::new(), Vec::new()];
+    let mut rates = vec![[Vec::new(), Vec::new()]; transports.len()];
     for _ in 0..repeat.max(1) {
-        for (i, field_mask) in [None, Some(mask.clone())].into_iter().enumerate() {
-            let start = std::time::Instant::now();
-            let mut stream = client
-                .get_flows(GetFlowsRequest { number: flows as u64, field_mask, ..GetFlowsRequest::default() })
-                .await
-                .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
-                .into_inner();
-            let mut n = 0usize;
-            while let Some(r) = stream.next().await {
-                r.map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?;
-                n += 1;
+        for (client, rates) in clients.iter_mut().zip(rates.iter_mut()) {
+            for (i, field_mask) in [None, Some(mask.clone())].into_iter().enumerate() {
+                let start = std::time::Instant::now();
+                let mut stream = client
+                    .get_flows(GetFlowsRequest { number: flows as u64, field_mask, ..GetFlowsRequest::default() })
+                    .await
+                    .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
+                    .into_inner();
+                let mut n = 0usize;
+                while let Some(r) = stream.next().await {
+                    r.map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?;
+                    n += 1;
+                }
+                rates[i].push(n as f64 / start.elapsed().as_secs_f64());
             }
-            rates[i].push(n as f64 / start.elapsed().as_secs_f64());
         }
     }
-    let _ = stop.send(());
-    let _ = server.await;
+    drop(clients);
+    for (stop, server) in servers {
+        let _ = stop.send(());
+        let _ = server.await;
+    }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let [full, masked] = rates;
-    Ok(StreamFigures { flows, full_per_sec: median(full), masked_per_sec: median(masked), raw_copy_per_sec: median(copies) })
+    let raw_copy_per_sec = median(copies);
+    Ok(transports
+        .iter()
+        .zip(rates)
+        .map(|(t, [full, masked])| StreamFigures {
+            transport: t.name.clone(),
+            flows,
+            full_per_sec: median(full),
+            masked_per_sec: median(masked),
+            raw_copy_per_sec,
+        })
+        .collect())
 }

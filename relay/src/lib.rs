@@ -8,12 +8,15 @@
 //!
 //! - [`feed`]: the export feed, a permanent follow stream to every node
 //!   handed to the exporters (`sightline-export`);
-//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`auth`]: bearer tokens (Entra ID / OIDC) on the Observer API, and
+//!   authorization by namespace.
 //!
 //! The relay speaks to collectors only over their public gRPC API; it must
 //! not depend on the collector crate.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod feed;
 pub mod http;
 pub mod merge;

@@ -1,5 +1,12 @@
 //! The relay's `observer.Observer` service: every request goes to every
 //! node's collector; flows come back merged in time order.
+//!
+//! With TLS to the collectors (`Config::tls`), each is dialled with the
+//! relay's client certificate and its server certificate is checked for
+//! Hubble's name `<node>.<cluster>.hubble-grpc.cilium.io`. With
+//! authentication (`Relay::with_auth`), every Observer call carries a bearer
+//! token; a token scoped to some namespaces sees only their flows (filtered
+//! here, after the merge) and namespaces.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Authenticator, Scope};
 use crate::merge::SortBuffer;
 
 /// A node's collector, as the relay reaches it.
@@ -45,6 +53,11 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long to wait for a node to answer before calling it unavailable.
     pub dial_timeout: Duration,
+    /// TLS to the collectors (Hubble's `--tls-hubble-*` flags); `None`:
+    /// plaintext (`--disable-client-tls`).
+    pub tls: Option<Arc<sightline_tls::ClientTls>>,
+    /// The cluster's name, in the server name checked on each collector.
+    pub cluster: String,
 }
 
 impl Config {
@@ -56,8 +69,19 @@ impl Config {
             sort_buffer: crate::merge::DEFAULT_CAPACITY,
             drain_timeout: Duration::from_secs(1),
             dial_timeout: Duration::from_secs(2),
+            tls: None,
+            cluster: "default".to_owned(),
         }
     }
+}
+
+/// The name a node's certificate must carry (Hubble's):
+/// `<node>.<cluster>.hubble-grpc.cilium.io`, with the node's name without a
+/// `cluster/` prefix.
+#[must_use]
+pub fn peer_server_name(node: &str, cluster: &str) -> String {
+    let node = node.rsplit('/').next().unwrap_or(node);
+    format!("{node}.{cluster}.hubble-grpc.cilium.io")
 }
 
 /// Why the relay could not start or stopped.
@@ -65,6 +89,12 @@ impl Config {
 pub enum RelayError {
     #[error("peer {name}: {address:?} is not a host:port address")]
     PeerAddress { name: String, address: String },
+    #[error("peer {name}: {source}")]
+    PeerServerName {
+        name: String,
+        #[source]
+        source: sightline_tls::TlsError,
+    },
     #[error("gRPC reflection: {0}")]
     Reflection(String),
     #[error("serving the relay on {address}")]
@@ -78,12 +108,15 @@ pub enum RelayError {
 struct Connected {
     peer: Peer,
     channel: Channel,
+    /// The name checked on its certificate, with TLS.
+    server_name: Option<String>,
 }
 
 struct State {
     config: Config,
     peers: Vec<Connected>,
     started: SystemTime,
+    auth: Option<Arc<Authenticator>>,
 }
 
 fn now() -> Timestamp {
@@ -127,19 +160,57 @@ impl Relay {
     ///
     /// [`RelayError::PeerAddress`] for an address that is not `host:port`.
     pub fn new(config: Config) -> Result<Self, RelayError> {
+        Self::with_auth(config, None)
+    }
+
+    /// As [`Relay::new`]; with `auth`, every Observer call must carry a
+    /// bearer token that it accepts.
+    ///
+    /// # Errors
+    ///
+    /// As [`Relay::new`].
+    pub fn with_auth(config: Config, auth: Option<Arc<Authenticator>>) -> Result<Self, RelayError> {
         let mut peers = Vec::new();
         for peer in &config.peers {
             let bad = || RelayError::PeerAddress { name: peer.name.clone(), address: peer.address.clone() };
             if !peer.address.contains(':') || peer.address.contains('/') {
                 return Err(bad());
             }
-            let channel = Endpoint::from_shared(format!("http://{}", peer.address))
-                .map_err(|_| bad())?
-                .connect_timeout(config.dial_timeout)
-                .connect_lazy();
-            peers.push(Connected { peer: peer.clone(), channel });
+            let (channel, server_name) = match &config.tls {
+                Some(tls) => {
+                    let name = peer_server_name(&peer.name, &config.cluster);
+                    let connector = sightline_tls::Connector::new(Arc::clone(tls), Some(&name))
+                        .map_err(|source| RelayError::PeerServerName { name: peer.name.clone(), source })?;
+                    (connector.lazy_channel(&peer.address, config.dial_timeout).map_err(|_| bad())?, Some(name))
+                }
+                None => {
+                    let channel = Endpoint::from_shared(format!("http://{}", peer.address))
+                        .map_err(|_| bad())?
+                        .connect_timeout(config.dial_timeout)
+                        .connect_lazy();
+                    (channel, None)
+                }
+            };
+            peers.push(Connected { peer: peer.clone(), channel, server_name });
         }
-        Ok(Self { state: Arc::new(State { config, peers, started: SystemTime::now() }) })
+        Ok(Self { state: Arc::new(State { config, peers, started: SystemTime::now(), auth }) })
+    }
+
+    /// Who may call, and what they may see: everything without
+    /// authentication; else the token's scope, or why it is refused.
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<Scope, Status> {
+        let Some(auth) = &self.state.auth else { return Ok(Scope::All) };
+        let from = request.remote_addr().map_or_else(|| "?".to_owned(), |a| a.to_string());
+        match auth.authenticate(request.metadata()).await {
+            Ok(principal) => {
+                log::debug!("request from {from} by {} ({:?})", principal.who, principal.scope);
+                Ok(principal.scope)
+            }
+            Err(e) => {
+                log::info!("refused a request from {from}: {e}");
+                Err(e.into())
+            }
+        }
     }
 
     /// Every peer's name and channel (the export feed follows them).
@@ -192,10 +263,11 @@ impl Observer for Relay {
     type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
 
     async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let scope = self.authenticate(&request).await?;
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<GetFlowsResponse, Status>>(256);
         let relay = self.clone();
-        tokio::spawn(async move { relay.merge_flows(req, tx).await });
+        tokio::spawn(async move { relay.merge_flows(req, scope, tx).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -205,6 +277,11 @@ impl Observer for Relay {
         &self,
         request: Request<GetAgentEventsRequest>,
     ) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        if !self.authenticate(&request).await?.is_all() {
+            return Err(Status::permission_denied(
+                "agent events concern every namespace: this token may read only some namespaces' flows",
+            ));
+        }
         let req = request.into_inner();
         let (tx, rx) = mpsc::channel::<Result<GetAgentEventsResponse, Status>>(256);
         let relay = self.clone();
@@ -214,19 +291,26 @@ impl Observer for Relay {
 
     async fn get_debug_events(
         &self,
-        _request: Request<GetDebugEventsRequest>,
+        request: Request<GetDebugEventsRequest>,
     ) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        self.authenticate(&request).await?;
         Err(Status::unimplemented("GetDebugEvents is served by each node's collector, not by the relay"))
     }
 
-    async fn get_nodes(&self, _request: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
+    async fn get_nodes(&self, request: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
+        self.authenticate(&request).await?;
         let nodes = self
             .statuses()
             .await
             .into_iter()
             .filter_map(|(i, status)| {
-                let peer = &self.state.peers.get(i)?.peer;
-                let base = Node { name: peer.name.clone(), address: peer.address.clone(), ..Node::default() };
+                let connected = self.state.peers.get(i)?;
+                let peer = &connected.peer;
+                let tls = connected.server_name.as_ref().map(|name| sightline_proto::observer::Tls {
+                    enabled: true,
+                    server_name: name.clone(),
+                });
+                let base = Node { name: peer.name.clone(), address: peer.address.clone(), tls, ..Node::default() };
                 Some(match status {
                     Ok(s) => Node {
                         version: s.version,
@@ -248,13 +332,19 @@ impl Observer for Relay {
         &self,
         request: Request<GetNamespacesRequest>,
     ) -> Result<Response<GetNamespacesResponse>, Status> {
+        let scope = self.authenticate(&request).await?;
         let req = request.into_inner();
         let answers = self
             .ask_all(|mut c| {
                 async move { c.get_namespaces(req).await }
             })
             .await;
-        let mut all: Vec<_> = answers.into_iter().filter_map(|(_, a)| a.ok()).flat_map(|r| r.namespaces).collect();
+        let mut all: Vec<_> = answers
+            .into_iter()
+            .filter_map(|(_, a)| a.ok())
+            .flat_map(|r| r.namespaces)
+            .filter(|n| scope.allows_namespace(&n.namespace))
+            .collect();
         all.sort_by(|a, b| (&a.cluster, &a.namespace).cmp(&(&b.cluster, &b.namespace)));
         all.dedup_by(|a, b| a.cluster == b.cluster && a.namespace == b.namespace);
         Ok(Response::new(GetNamespacesResponse { namespaces: all }))
@@ -262,8 +352,9 @@ impl Observer for Relay {
 
     async fn server_status(
         &self,
-        _request: Request<ServerStatusRequest>,
+        request: Request<ServerStatusRequest>,
     ) -> Result<Response<ServerStatusResponse>, Status> {
+        self.authenticate(&request).await?;
         let mut out = ServerStatusResponse { version: crate::version(), ..ServerStatusResponse::default() };
         let (mut connected, mut unavailable) = (0u32, 0u32);
         for (i, status) in self.statuses().await {
@@ -342,8 +433,9 @@ impl Relay {
     /// Forwards `req` to every peer and sends the merged responses to
     /// `tx`: first which nodes take part (`NODE_CONNECTED`) and which do
     /// not (`NODE_UNAVAILABLE`), then the items in time order, with a
-    /// `NODE_ERROR` event for a node whose stream fails.
-    async fn merge_flows(&self, req: GetFlowsRequest, tx: mpsc::Sender<Result<GetFlowsResponse, Status>>) {
+    /// `NODE_ERROR` event for a node whose stream fails. Flows outside
+    /// `scope` are left out.
+    async fn merge_flows(&self, req: GetFlowsRequest, scope: Scope, tx: mpsc::Sender<Result<GetFlowsResponse, Status>>) {
         let config = &self.state.config;
         let opened = self
             .ask_all(|mut c| {
@@ -416,7 +508,7 @@ impl Relay {
                         vec![node_status(&config.name, NodeState::NodeError, vec![peer], status.message().to_owned())]
                     }
                     None => {
-                        for r in buffer.drain() {
+                        for r in buffer.drain().into_iter().filter(|r| visible(&scope, r)) {
                             if tx.send(Ok(r)).await.is_err() {
                                 return;
                             }
@@ -427,7 +519,7 @@ impl Relay {
                 _ = tick.tick() => buffer.older_than(&minus(&now(), config.drain_timeout)),
                 () = tx.closed() => return,
             };
-            for r in ready {
+            for r in ready.into_iter().filter(|r| visible(&scope, r)) {
                 if tx.send(Ok(r)).await.is_err() {
                     return;
                 }
@@ -436,7 +528,18 @@ impl Relay {
     }
 }
 
-/// Serves the relay on `listener` until `shutdown` resolves.
+/// Whether a merged item may go to a client of this scope: flows by their
+/// namespaces; node status and lost events always.
+fn visible(scope: &Scope, r: &GetFlowsResponse) -> bool {
+    match &r.response_types {
+        Some(ResponseTypes::Flow(f)) => scope.allows_flow(f),
+        _ => true,
+    }
+}
+
+/// Serves the relay on `listener` until `shutdown` resolves, over TLS when
+/// `tls` is given (the handshake checks client certificates when it names
+/// client CAs).
 ///
 /// # Errors
 ///
@@ -444,6 +547,7 @@ impl Relay {
 pub async fn serve(
     relay: Relay,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<sightline_tls::ServerTls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RelayError> {
     let address = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -453,11 +557,13 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(sightline_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RelayError::Reflection(e.to_string()))?;
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ObserverServer::new(relay))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|source| RelayError::Serve { address, source })
+        .add_service(ObserverServer::new(relay));
+    match tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
+        None => router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown).await,
+    }
+    .map_err(|source| RelayError::Serve { address, source })
 }

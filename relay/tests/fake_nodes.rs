@@ -138,7 +138,7 @@ async fn relay(peers: Vec<(&str, SocketAddr)>) -> ObserverClient<tonic::transpor
     let relay = Relay::new(config).expect("relay");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(sightline_relay::serve(relay, listener, std::future::pending()));
+    tokio::spawn(sightline_relay::serve(relay, listener, None, std::future::pending()));
     ObserverClient::connect(format!("http://{addr}")).await.expect("connect to the relay")
 }
 

@@ -1,4 +1,5 @@
-//! Local stand-ins for the services Sightline exports to, for tests and
+//! Local stand-ins for the services Sightline exports to (and for the
+//! OpenID Connect issuer whose tokens the relay checks), for tests and
 //! benchmarks: they enforce the documented contracts (status codes, limits,
 //! headers, payload shapes) and nothing looser, record what they accepted,
 //! and can be told to misbehave (throttle, fail, go down).
@@ -7,5 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod azure;
+pub mod oidc;
 pub mod otlp;
 pub mod tls;

@@ -5,9 +5,11 @@
 //! The tests need root, a kernel with BTF and eBPF, and iproute2; without
 //! root they print why and pass vacuously (`require_root`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use sightline_collector::control::Subscription;
@@ -120,6 +122,12 @@ impl Lab {
     #[must_use]
     pub fn status(&self) -> Value {
         serde_json::from_str(&sightline_ok(&["lab", "status", "-o", "json", "--name", &self.name])).expect("status JSON")
+    }
+
+    /// How to reach this lab's gRPC servers (its TLS files, if any).
+    #[must_use]
+    pub fn grpc(&self) -> GrpcAccess {
+        GrpcAccess::from_status(&self.status())
     }
 
     /// One pod's entry of `lab status -o json`.
@@ -274,4 +282,93 @@ pub fn two_pods() -> String {
      apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: t, labels: {app: a}}\nspec:\n  containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]\n---\n\
      apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: t, labels: {app: b}}\nspec:\n  containers: [{name: c, ports: [{containerPort: 80}, {containerPort: 80, protocol: UDP}]}]\n"
         .to_owned()
+}
+
+/// How a test client reaches a lab's relay and collectors: with the lab's
+/// CA and client certificate and each server's name, or in plaintext
+/// (`lab up --no-tls`).
+#[derive(Clone, Debug)]
+pub struct GrpcAccess {
+    /// (CA, client certificate, client key).
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// gRPC address → the name on its certificate.
+    pub names: BTreeMap<String, String>,
+}
+
+impl GrpcAccess {
+    /// From `lab status -o json`.
+    #[must_use]
+    pub fn from_status(status: &Value) -> Self {
+        let path = |v: &Value| PathBuf::from(v.as_str().expect("a path"));
+        let tls = status["tls"].as_object().map(|t| (path(&t["ca"]), path(&t["client_cert"]), path(&t["client_key"])));
+        let mut names = BTreeMap::new();
+        if let (Some(addr), Some(name)) = (status["relay"]["grpc"].as_str(), status["tls"]["server_name"].as_str()) {
+            names.insert(addr.to_owned(), name.to_owned());
+        }
+        for n in status["nodes"].as_array().into_iter().flatten() {
+            if let (Some(addr), Some(name)) = (n["collector"]["grpc"].as_str(), n["collector"]["tls_server_name"].as_str()) {
+                names.insert(addr.to_owned(), name.to_owned());
+            }
+        }
+        Self { tls, names }
+    }
+
+    /// A connected channel to `addr` (`host:port`).
+    ///
+    /// # Panics
+    ///
+    /// When it cannot connect.
+    pub async fn channel(&self, addr: &str) -> tonic::transport::Channel {
+        self.try_channel(addr).await.unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+    }
+
+    /// A connected channel to `addr`, or why not.
+    ///
+    /// # Errors
+    ///
+    /// The connection error.
+    pub async fn try_channel(&self, addr: &str) -> Result<tonic::transport::Channel, String> {
+        match &self.tls {
+            Some((ca, cert, key)) => {
+                let files = sightline_tls::ClientTlsFiles { ca: vec![ca.clone()], cert: Some(cert.clone()), key: Some(key.clone()) };
+                tls_channel(addr, files, self.names.get(addr).map(String::as_str)).await
+            }
+            None => plain_channel(addr).await,
+        }
+    }
+}
+
+/// A plaintext channel to `addr`.
+///
+/// # Errors
+///
+/// The connection error.
+pub async fn plain_channel(addr: &str) -> Result<tonic::transport::Channel, String> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// A TLS channel to `addr` with these files, checking `server_name` (or
+/// the address's host).
+///
+/// # Errors
+///
+/// Bad files, or the connection (TLS handshake included) failed.
+pub async fn tls_channel(
+    addr: &str,
+    files: sightline_tls::ClientTlsFiles,
+    server_name: Option<&str>,
+) -> Result<tonic::transport::Channel, String> {
+    let tls = sightline_tls::ClientTls::new("test client", files).map_err(|e| e.to_string())?;
+    let connector = sightline_tls::Connector::new(Arc::new(tls), server_name).map_err(|e| e.to_string())?;
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("{e:?}"))
 }

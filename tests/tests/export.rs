@@ -37,16 +37,22 @@ fn wait_until(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 /// Follows the relay's flows, reconnecting (with `since` the last flow's
 /// time) when the relay goes away; collects the UUIDs it saw.
-fn follow_relay(relay: String, stop: Arc<AtomicBool>, seen: Arc<Mutex<BTreeSet<String>>>) -> std::thread::JoinHandle<()> {
+fn follow_relay(
+    access: sightline_e2e::GrpcAccess,
+    relay: String,
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<BTreeSet<String>>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
             let mut since: Option<prost_types::Timestamp> = None;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(mut client) = ObserverClient::connect(format!("http://{relay}")).await else {
+                let Ok(channel) = access.try_channel(&relay).await else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
+                let mut client = ObserverClient::new(channel);
                 let req = GetFlowsRequest { follow: true, since, ..GetFlowsRequest::default() };
                 let Ok(resp) = client.get_flows(req).await else {
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -180,7 +186,7 @@ fn every_flow_reaches_every_sink_through_faults_and_a_relay_restart() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let client = follow_relay(relay.clone(), Arc::clone(&stop), Arc::clone(&seen));
+    let client = follow_relay(lab.grpc(), relay.clone(), Arc::clone(&stop), Arc::clone(&seen));
     // Traffic: a connection from t/a to t/b every few tens of milliseconds.
     let traffic = {
         let stop = Arc::clone(&stop);
@@ -274,7 +280,7 @@ fn a_collector_exports_its_own_flows() {
     let grpc = lab.status()["nodes"][0]["collector"]["grpc"].as_str().expect("collector gRPC").to_owned();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let expected: BTreeSet<String> = rt.block_on(async {
-        let mut c = ObserverClient::connect(format!("http://{grpc}")).await.expect("collector");
+        let mut c = ObserverClient::new(lab.grpc().channel(&grpc).await);
         let filter = sightline_proto::flow::FlowFilter { destination_pod: vec!["t/b".into()], ..Default::default() };
         let mut s = c
             .get_flows(GetFlowsRequest { whitelist: vec![filter], ..GetFlowsRequest::default() })

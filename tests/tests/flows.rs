@@ -20,8 +20,9 @@ fn grpc_address(lab: &Lab) -> String {
     status["nodes"][0]["collector"]["grpc"].as_str().expect("the collector serves gRPC").to_owned()
 }
 
+/// A client of node-1's collector, with the lab's TLS files.
 async fn client(lab: &Lab) -> ObserverClient<Channel> {
-    ObserverClient::connect(format!("http://{}", grpc_address(lab))).await.expect("connect to the collector")
+    ObserverClient::new(lab.grpc().channel(&grpc_address(lab)).await)
 }
 
 /// Flows of a request that does not follow.

@@ -1,6 +1,8 @@
 //! Wire compatibility: a client generated from the upstream Hubble `.proto`
 //! files (`../shared/reference/hubble-api`, when present) talks to a lab's
-//! collector: GetFlows, ServerStatus, GetNodes, GetNamespaces, Peer.Notify.
+//! collector and relay over the lab's mutual TLS (the lab's CA and client
+//! certificate, Hubble's server names): GetFlows, ServerStatus, GetNodes,
+//! GetNamespaces, Peer.Notify.
 
 #[cfg(not(upstream_hubble))]
 #[test]
@@ -43,10 +45,14 @@ fn upstream_hubble_client_works_against_the_collector() {
     let lab = Lab::up("e2e-hubble", &xyz_manifests(), &[]);
     assert!(lab.probe("x/a", "y/b", 80, "TCP"));
     std::thread::sleep(Duration::from_millis(300));
-    let addr = format!("http://{}", lab.status()["nodes"][0]["collector"]["grpc"].as_str().unwrap());
+    let lab_status = lab.status();
+    let addr = lab_status["nodes"][0]["collector"]["grpc"].as_str().unwrap().to_owned();
+    assert_eq!(lab_status["nodes"][0]["collector"]["tls_server_name"], "node-1.default.hubble-grpc.cilium.io");
+    let access = lab.grpc();
+    assert!(access.tls.is_some(), "the lab runs TLS by default");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut c = ObserverClient::connect(addr.clone()).await.expect("connect with the upstream client");
+        let mut c = ObserverClient::new(access.channel(&addr).await);
         let status = c.server_status(ServerStatusRequest {}).await.unwrap().into_inner();
         assert_eq!(status.max_flows, 4095);
         assert!(status.seen_flows > 0 && status.num_flows > 0 && status.uptime_ns > 0);
@@ -78,7 +84,7 @@ fn upstream_hubble_client_works_against_the_collector() {
         let names: Vec<&str> = namespaces.iter().map(|n| n.namespace.as_str()).collect();
         assert!(names.contains(&"x") && names.contains(&"y"), "{names:?}");
 
-        let mut peers = PeerClient::connect(addr).await.unwrap();
+        let mut peers = PeerClient::new(access.channel(&addr).await);
         let mut notes = peers.notify(NotifyRequest {}).await.unwrap().into_inner();
         let first = tokio::time::timeout(Duration::from_secs(5), notes.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(first.name, "node-1");
@@ -87,8 +93,8 @@ fn upstream_hubble_client_works_against_the_collector() {
 
         // The relay, with the same client: node status first, then the
         // node's flows; the status aggregated.
-        let relay = format!("http://{}", lab.status()["relay"]["grpc"].as_str().expect("relay"));
-        let mut r = ObserverClient::connect(relay).await.expect("connect to the relay with the upstream client");
+        let relay = lab_status["relay"]["grpc"].as_str().expect("relay");
+        let mut r = ObserverClient::new(access.channel(relay).await);
         let mut stream = r.get_flows(GetFlowsRequest { number: 20, ..Default::default() }).await.unwrap().into_inner();
         let first = stream.next().await.expect("an item").unwrap();
         match first.response_types {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sightline_e2e::{Lab, require_root, sightline};
+use sightline_e2e::{GrpcAccess, Lab, require_root, sightline};
 use sightline_proto::flow::FlowFilter;
 use sightline_proto::observer::observer_client::ObserverClient;
 use sightline_proto::observer::{GetFlowsRequest, GetNodesRequest, ServerStatusRequest, get_flows_response::ResponseTypes};
@@ -35,8 +35,8 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 /// (node status events, (node, seconds, nanos) of each flow) of one request.
-async fn get_flows(relay: &str, req: GetFlowsRequest) -> (Vec<(i32, Vec<String>)>, Vec<(String, i64, i32)>) {
-    let mut c = ObserverClient::connect(format!("http://{relay}")).await.expect("relay");
+async fn get_flows(access: &GrpcAccess, relay: &str, req: GetFlowsRequest) -> (Vec<(i32, Vec<String>)>, Vec<(String, i64, i32)>) {
+    let mut c = ObserverClient::new(access.channel(relay).await);
     let mut stream = c.get_flows(req).await.expect("GetFlows").into_inner();
     let (mut status, mut flows) = (Vec::new(), Vec::new());
     while let Some(r) = stream.message().await.expect("stream") {
@@ -72,10 +72,11 @@ fn the_relay_merges_every_nodes_flows_and_reports_the_nodes() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let between = FlowFilter { source_pod: vec!["x/a".into()], destination_pod: vec!["x/b".into()], ..FlowFilter::default() };
+    let access = lab.grpc();
 
     rt().block_on(async {
         let req = GetFlowsRequest { number: 1000, whitelist: vec![between.clone()], ..GetFlowsRequest::default() };
-        let (status, flows) = get_flows(&relay, req.clone()).await;
+        let (status, flows) = get_flows(&access, &relay, req.clone()).await;
         assert_eq!(status, [(NodeState::NodeConnected as i32, vec!["node-1".to_owned(), "node-2".to_owned(), "node-3".to_owned()])]);
         // Both ends of the connections: node-1 (egress) and node-2 (ingress).
         for node in ["node-1", "node-2"] {
@@ -85,7 +86,7 @@ fn the_relay_merges_every_nodes_flows_and_reports_the_nodes() {
         let times: Vec<(i64, i32)> = flows.iter().map(|f| (f.1, f.2)).collect();
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "flows out of order: {times:?}");
 
-        let mut c = ObserverClient::connect(format!("http://{relay}")).await.expect("relay");
+        let mut c = ObserverClient::new(access.channel(&relay).await);
         let s = c.server_status(ServerStatusRequest {}).await.expect("status").into_inner();
         assert_eq!((s.num_connected_nodes, s.num_unavailable_nodes), (Some(3), Some(0)));
         assert_eq!(s.max_flows, 3 * 4095);
@@ -111,7 +112,7 @@ fn the_relay_merges_every_nodes_flows_and_reports_the_nodes() {
         // SAFETY: plain kill(2) of a process this lab started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (status, flows) = get_flows(&relay, req).await;
+        let (status, flows) = get_flows(&access, &relay, req).await;
         assert!(status.contains(&(NodeState::NodeUnavailable as i32, vec!["node-3".to_owned()])), "{status:?}");
         assert!(flows.iter().any(|f| f.0 == "node-2"));
         let s = c.server_status(ServerStatusRequest {}).await.expect("status").into_inner();

@@ -22,6 +22,7 @@ use sightline_collector::netns::netns_path;
 use sightline_collector::state::{self, Endpoint, Identity, IpcacheEntry, NodeState};
 
 use super::manifest::{self, Object, ObjectStore, Pod, TargetPort};
+use super::pki::{self, LabTls};
 use super::topology;
 
 /// Where labs keep their state.
@@ -99,6 +100,10 @@ pub struct LabState {
     /// The relay (with the datapath).
     #[serde(default)]
     pub relay: Option<Relay>,
+    /// The lab's CA and certificates (TLS between every component and for
+    /// clients); `None` with `--no-tls` or without the datapath.
+    #[serde(default)]
+    pub tls: Option<LabTls>,
     pub nodes: Vec<Node>,
     pub objects: ObjectStore,
     /// `ns/name` → runtime.
@@ -426,7 +431,7 @@ fn self_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the sightline binary")
 }
 
-fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u32> {
+fn start_collector(lab: &str, node: &Node, opts: &UpOptions, tls: Option<&LabTls>) -> anyhow::Result<u32> {
     let log = lab_dir(lab).join(format!("collector-{}.log", node.name));
     let mut cmd = Command::new(self_exe()?);
     cmd.arg("collector")
@@ -447,6 +452,16 @@ fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u
         .arg("--notify-ready");
     if let Some(grpc) = &node.grpc {
         cmd.arg("--grpc").arg(grpc);
+        // Mutual TLS: the relay and the CLI present certificates of the lab's CA.
+        match tls.and_then(|t| t.collectors.get(&node.name).map(|c| (t, c))) {
+            Some((t, (cert, key))) => {
+                cmd.arg("--hubble-tls-cert-file").arg(cert).arg("--hubble-tls-key-file").arg(key);
+                cmd.arg("--hubble-tls-client-ca-files").arg(&t.ca);
+            }
+            None => {
+                cmd.arg("--hubble-disable-tls");
+            }
+        }
     }
     cmd.arg("--flow-capacity").arg(opts.flow_capacity.to_string());
     if let Some(metrics) = &node.metrics {
@@ -490,6 +505,18 @@ fn spawn_relay(state: &LabState, export_config: Option<&Path>, grpc: String, met
     for node in &state.nodes {
         if let Some(addr) = &node.grpc {
             cmd.arg("--peer").arg(format!("{}={addr}", node.name));
+        }
+    }
+    match &state.tls {
+        Some(t) => {
+            cmd.arg("--tls-relay-server-cert-file").arg(&t.relay_cert).arg("--tls-relay-server-key-file").arg(&t.relay_key);
+            cmd.arg("--tls-relay-client-ca-files").arg(&t.ca);
+            cmd.arg("--tls-hubble-client-cert-file").arg(&t.relay_client_cert);
+            cmd.arg("--tls-hubble-client-key-file").arg(&t.relay_client_key);
+            cmd.arg("--tls-hubble-server-ca-files").arg(&t.ca);
+        }
+        None => {
+            cmd.arg("--disable-server-tls").arg("--disable-client-tls");
         }
     }
     let child = spawn_detached(&mut cmd, &log, true)?;
@@ -567,6 +594,9 @@ pub struct UpOptions {
     /// Each collector exports its own node's flows as this file says
     /// (Hubble's node-local exporter).
     pub node_export_config: Option<PathBuf>,
+    /// TLS between every component and for clients, with the lab's own CA
+    /// (`lab up --no-tls`: plaintext).
+    pub tls: bool,
 }
 
 /// Nodes a lab may have (each gets a /24 of 10.244.0.0/16).
@@ -630,6 +660,12 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     let dir = lab_dir(&opts.name);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let result = (|| -> anyhow::Result<LabState> {
+        let tls = if opts.datapath && opts.tls {
+            let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node-{i}")).collect();
+            Some(pki::create(&opts.name, &dir.join("tls"), &names).context("making the lab's certificates")?)
+        } else {
+            None
+        };
         let mut nodes = Vec::new();
         if opts.nodes > 1 {
             topology::create_fabric(&opts.name)?;
@@ -659,7 +695,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             if opts.datapath {
                 node.grpc = Some(free_loopback_port()?);
                 node.metrics = Some(free_loopback_port()?);
-                node.collector_pid = start_collector(&opts.name, &node, opts)?;
+                node.collector_pid = start_collector(&opts.name, &node, opts, tls.as_ref())?;
             }
             nodes.push(node);
         }
@@ -670,6 +706,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             policy_audit: opts.policy_audit,
             prometheus: None,
             relay: None,
+            tls,
             nodes,
             objects: ObjectStore::new(),
             pods: BTreeMap::new(),
@@ -1017,6 +1054,48 @@ pub fn default_server_named(lab_name: &str) -> Option<(String, String)> {
             Some((node.grpc.clone()?, format!("collector of {}", node.name)))
         }
     }
+}
+
+/// How a client reaches one of a lab's gRPC servers over TLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The name on the server's certificate.
+    pub server_name: String,
+}
+
+impl LabState {
+    /// The TLS files for a client of the server at `address` (the relay or
+    /// a collector of this lab), when the lab runs with TLS.
+    #[must_use]
+    pub fn client_tls_for(&self, address: &str) -> Option<ClientTlsFiles> {
+        let tls = self.tls.as_ref()?;
+        let server_name = if self.relay.as_ref().is_some_and(|r| r.grpc == address) {
+            tls.server_name.clone()
+        } else {
+            let node = self.nodes.iter().find(|n| n.grpc.as_deref() == Some(address))?;
+            pki::collector_server_name(&node.name)
+        };
+        Some(ClientTlsFiles { ca: tls.ca.clone(), cert: tls.client_cert.clone(), key: tls.client_key.clone(), server_name })
+    }
+}
+
+/// The TLS files for a client of `address`: from lab `preferred` if it
+/// serves there, else from any running lab that does.
+#[must_use]
+pub fn client_tls_for(preferred: &str, address: &str) -> Option<ClientTlsFiles> {
+    if let Some(files) = LabState::load(preferred).ok().and_then(|s| s.client_tls_for(address)) {
+        return Some(files);
+    }
+    let entries = fs::read_dir(LABS_DIR).ok()?;
+    entries
+        .flatten()
+        .filter(|e| e.path().join("state.json").exists())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter_map(|name| LabState::load(&name).ok())
+        .find_map(|state| state.client_tls_for(address))
 }
 
 /// `lab down`.

@@ -5,11 +5,12 @@
 //! `manifest` parses and validates objects, `cluster` keeps the lab's state
 //! and changes the world, `topology` makes namespaces and veths, `responder`
 //! answers inside pods, `probe` measures reachability, `status` and `events`
-//! report.
+//! report, `pki` makes the lab's CA and certificates.
 
 pub mod cluster;
 pub mod events;
 pub mod manifest;
+pub mod pki;
 pub mod probe;
 pub mod responder;
 pub mod status;

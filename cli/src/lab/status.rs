@@ -21,6 +21,7 @@ pub fn json(state: &LabState) -> Value {
                 "collector": {"grpc": n.grpc, "metrics": n.metrics,
                                "control": n.control_socket.display().to_string(),
                                "pid": n.collector_pid,
+                               "tls_server_name": state.tls.as_ref().map(|_| super::pki::collector_server_name(&n.name)),
                                "stats": collector_stats(state, n)},
             })
         })
@@ -57,6 +58,12 @@ pub fn json(state: &LabState) -> Value {
         "relay": state.relay.as_ref().map(|r| json!({"grpc": r.grpc, "metrics": r.metrics, "pid": r.pid,
                                                      "export_config": r.export_config.as_ref().map(|p| p.display().to_string())})),
         "prometheus": state.prometheus.as_ref().map(|p| p.address.clone()),
+        // What a client of the relay (or of a collector, with the node's
+        // tls_server_name) needs; null with --no-tls.
+        "tls": state.tls.as_ref().map(|t| json!({"ca": t.ca.display().to_string(),
+                                                 "client_cert": t.client_cert.display().to_string(),
+                                                 "client_key": t.client_key.display().to_string(),
+                                                 "server_name": t.server_name})),
         "pods": pods,
         "services": services,
         "policies": policies,
@@ -113,6 +120,23 @@ pub fn table(state: &LabState) -> String {
         if let Some(c) = &r.export_config {
             let _ = writeln!(out, "          exporting as {} says", c.display());
         }
+    }
+    match &state.tls {
+        Some(t) => {
+            let _ = writeln!(out, "\nTLS       mutual TLS between every component; CA {}", t.ca.display());
+            let _ = writeln!(
+                out,
+                "          clients: --tls --tls-ca-cert-files {} --tls-client-cert-file {} --tls-client-key-file {} --tls-server-name {} (sightline observe uses them by itself)",
+                t.ca.display(),
+                t.client_cert.display(),
+                t.client_key.display(),
+                t.server_name
+            );
+        }
+        None if state.datapath => {
+            let _ = writeln!(out, "\nTLS       off (lab up --no-tls): every gRPC API is plaintext");
+        }
+        None => {}
     }
     let _ = writeln!(out, "\nPOD                            IP             NODE      IDENTITY  PORTS");
     for p in state.pods.values() {

@@ -125,7 +125,9 @@ pub enum ColorWhen {
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectionArgs {
     /// Address of the flow API (host:port, http://…, https://…); default:
-    /// the collector of the lab named by --lab, else localhost:4245.
+    /// the relay of the lab named by --lab, else localhost:4245. A lab's
+    /// relay or collector is reached with the lab's TLS files unless TLS
+    /// flags are given.
     #[arg(long, value_name = "ADDR", help_heading = "Connection")]
     pub server: Option<String>,
     /// The lab whose collector to ask when --server is not given.
@@ -135,7 +137,7 @@ pub struct ConnectionArgs {
     #[arg(long, help_heading = "Connection")]
     pub tls: bool,
     /// PEM files of the CAs to trust (default: the system's).
-    #[arg(long, value_name = "FILE", num_args = 1.., help_heading = "Connection")]
+    #[arg(long, value_name = "FILE", num_args = 1.., value_delimiter = ',', help_heading = "Connection")]
     pub tls_ca_cert_files: Vec<PathBuf>,
     /// PEM client certificate, for mutual TLS.
     #[arg(long, value_name = "FILE", help_heading = "Connection")]
@@ -147,6 +149,11 @@ pub struct ConnectionArgs {
     /// --server).
     #[arg(long, value_name = "NAME", help_heading = "Connection")]
     pub tls_server_name: Option<String>,
+    /// Send the bearer token (a JWT) in this file with every request, as
+    /// `authorization: Bearer …` (read again for each request, so a
+    /// refreshed token is picked up).
+    #[arg(long, value_name = "FILE", help_heading = "Connection")]
+    pub token_file: Option<PathBuf>,
     /// Timeout of requests that return one answer (status, list); a flow
     /// stream has none, as in hubble.
     #[arg(long, value_name = "DURATION", default_value = "12s", value_parser = parse_timeout, help_heading = "Connection")]

@@ -3,11 +3,14 @@
 
 use std::fmt;
 use std::net::Ipv6Addr;
-use std::path::Path;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sightline_proto::observer::observer_client::ObserverClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use sightline_tls::{ClientTls, ClientTlsFiles};
+use tonic::codegen::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
 
 use super::args::ConnectionArgs;
 
@@ -46,6 +49,10 @@ impl fmt::Display for ClientError {
             Self::Rpc { addr, what, status } => {
                 use tonic::Code;
                 match status.code() {
+                    Code::Unauthenticated => {
+                        write!(f, "{what} at {addr}: not authenticated: {}; give a valid token with --token-file", status.message())
+                    }
+                    Code::PermissionDenied => write!(f, "{what} at {addr}: not allowed: {}", status.message()),
                     Code::Unavailable => {
                         write!(f, "{what} at {addr}: the server is unavailable: {}; {HINT}", status.message())
                     }
@@ -133,39 +140,6 @@ pub fn parse_target(addr: &str, tls_flag: bool) -> Result<Target, ClientError> {
     Ok(Target { uri, tls })
 }
 
-fn read(path: &Path, what: &str) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|e| ClientError::Tls(format!("reading the {what} {}: {e}", path.display())))
-}
-
-fn tls_config(conn: &ConnectionArgs) -> Result<ClientTlsConfig, ClientError> {
-    let mut tls = ClientTlsConfig::new();
-    if conn.tls_ca_cert_files.is_empty() {
-        tls = tls.with_native_roots();
-    }
-    for path in &conn.tls_ca_cert_files {
-        let pem = read(path, "CA certificate")?;
-        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-            return Err(ClientError::Tls(format!("{}: not a PEM certificate", path.display())));
-        }
-        tls = tls.ca_certificate(Certificate::from_pem(pem));
-    }
-    match (&conn.tls_client_cert_file, &conn.tls_client_key_file) {
-        (Some(cert), Some(key)) => {
-            tls = tls.identity(Identity::from_pem(read(cert, "client certificate")?, read(key, "client key")?));
-        }
-        (None, None) => {}
-        _ => {
-            return Err(ClientError::Tls(
-                "--tls-client-cert-file and --tls-client-key-file go together (mutual TLS needs both)".to_owned(),
-            ));
-        }
-    }
-    if let Some(name) = &conn.tls_server_name {
-        tls = tls.domain_name(name.clone());
-    }
-    Ok(tls)
-}
-
 fn uses_tls_flags(conn: &ConnectionArgs) -> bool {
     !conn.tls_ca_cert_files.is_empty()
         || conn.tls_client_cert_file.is_some()
@@ -186,9 +160,37 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
+/// Adds `authorization: Bearer <token>` from a file to every request,
+/// reading the file each time (a token refreshed on disk is used at once).
+#[derive(Clone, Default)]
+pub struct Token {
+    file: Option<PathBuf>,
+}
+
+impl tonic::service::Interceptor for Token {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(path) = &self.file else { return Ok(request) };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            tonic::Status::unauthenticated(format!("reading the token file {}: {e}", path.display()))
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(tonic::Status::unauthenticated(format!("the token file {} is empty", path.display())));
+        }
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| tonic::Status::unauthenticated(format!("the token in {} is not printable ASCII", path.display())))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+/// The Observer client the commands use.
+pub type Client = ObserverClient<InterceptedService<Channel, Token>>;
+
 /// A connected client and the address it talks to.
 pub struct Connected {
-    pub client: ObserverClient<Channel>,
+    pub client: Client,
     /// The address as given.
     pub addr: String,
     /// The address and where it came from, for messages.
@@ -203,31 +205,88 @@ pub async fn connect(conn: &ConnectionArgs) -> Result<Connected, ClientError> {
     connect_to(conn, &addr, &label).await
 }
 
+/// The TLS a connection uses: the flags', or a lab's files for the lab's
+/// own servers, or none.
+fn tls_for(conn: &ConnectionArgs, addr: &str, target: &Target) -> Result<Option<(ClientTlsFiles, Option<String>)>, ClientError> {
+    let explicit_plain = addr.trim().starts_with("http://");
+    if !conn.tls && !uses_tls_flags(conn) && !target.tls && !explicit_plain {
+        let hostport = target.uri.trim_start_matches("http://");
+        if let Some(lab) = crate::lab::cluster::client_tls_for(&conn.lab, hostport) {
+            let files = ClientTlsFiles { ca: vec![lab.ca], cert: Some(lab.cert), key: Some(lab.key) };
+            return Ok(Some((files, Some(lab.server_name))));
+        }
+    }
+    if !target.tls {
+        if uses_tls_flags(conn) {
+            return Err(ClientError::Tls("the --tls-* flags need --tls (or an https:// server)".to_owned()));
+        }
+        return Ok(None);
+    }
+    if conn.tls_client_cert_file.is_some() != conn.tls_client_key_file.is_some() {
+        return Err(ClientError::Tls(
+            "--tls-client-cert-file and --tls-client-key-file go together (mutual TLS needs both)".to_owned(),
+        ));
+    }
+    let files = ClientTlsFiles {
+        ca: conn.tls_ca_cert_files.clone(),
+        cert: conn.tls_client_cert_file.clone(),
+        key: conn.tls_client_key_file.clone(),
+    };
+    Ok(Some((files, conn.tls_server_name.clone())))
+}
+
 /// Dials `addr` with the TLS and timeout settings of `conn`; `label` names
 /// it in errors.
 pub async fn connect_to(conn: &ConnectionArgs, addr: &str, label: &str) -> Result<Connected, ClientError> {
     let target = parse_target(addr, conn.tls)?;
-    if !target.tls && uses_tls_flags(conn) {
-        return Err(ClientError::Tls("the --tls-* flags need --tls (or an https:// server)".to_owned()));
-    }
-    let mut endpoint = Endpoint::from_shared(target.uri.clone())
+    let tls = tls_for(conn, addr, &target)?;
+    // The connector does the TLS: the endpoint itself is plain HTTP/2.
+    let uri = target.uri.replacen("https://", "http://", 1);
+    let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| ClientError::Address { addr: addr.to_owned(), reason: e.to_string() })?
         .connect_timeout(conn.timeout)
         .tcp_nodelay(true);
-    if target.tls {
-        endpoint = endpoint.tls_config(tls_config(conn)?).map_err(|e| ClientError::Tls(error_chain(&e)))?;
-    }
-    let channel = match tokio::time::timeout(conn.timeout, endpoint.connect()).await {
+    let connecting = async {
+        match tls {
+            Some((files, server_name)) => {
+                let tls = ClientTls::new("TLS", files).map_err(|e| ClientError::Tls(e.to_string()))?;
+                let connector = sightline_tls::Connector::new(Arc::new(tls), server_name.as_deref())
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
+                endpoint.connect_with_connector(connector).await
+            }
+            None => endpoint.connect().await,
+        }
+        .map_err(|e| ClientError::Unreachable { addr: label.to_owned(), cause: error_chain(&e) })
+    };
+    let channel = match tokio::time::timeout(conn.timeout, connecting).await {
         Err(_) => return Err(ClientError::Timeout { addr: label.to_owned(), what: "connecting", after: conn.timeout }),
-        Ok(Err(e)) => return Err(ClientError::Unreachable { addr: label.to_owned(), cause: error_chain(&e) }),
-        Ok(Ok(c)) => c,
+        Ok(result) => result?,
     };
     Ok(Connected {
-        client: ObserverClient::new(channel),
+        client: ObserverClient::with_interceptor(channel, Token { file: conn.token_file.clone() }),
         addr: addr.to_owned(),
         label: label.to_owned(),
         request_timeout: conn.request_timeout,
     })
+}
+
+/// A channel to a lab's server at `addr`, with the lab's TLS files when it
+/// has them (the demo's client).
+pub async fn lab_channel(state: &crate::lab::cluster::LabState, addr: &str) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| ClientError::Address { addr: addr.to_owned(), reason: e.to_string() })?
+        .connect_timeout(Duration::from_secs(5));
+    match state.client_tls_for(addr) {
+        Some(lab) => {
+            let files = ClientTlsFiles { ca: vec![lab.ca], cert: Some(lab.cert), key: Some(lab.key) };
+            let tls = ClientTls::new("the lab's TLS", files).map_err(|e| ClientError::Tls(e.to_string()))?;
+            let connector = sightline_tls::Connector::new(Arc::new(tls), Some(&lab.server_name))
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
+            endpoint.connect_with_connector(connector).await
+        }
+        None => endpoint.connect().await,
+    }
+    .map_err(|e| ClientError::Unreachable { addr: addr.to_owned(), cause: error_chain(&e) })
 }
 
 impl Connected {

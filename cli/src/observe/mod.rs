@@ -37,6 +37,7 @@ use sightline_proto::observer::{GetNamespacesRequest, GetNodesRequest, ServerSta
 
 use args::{ColorWhen, ListArgs, StatusOutput};
 pub use args::{ListCommand, ObserveArgs, StatusArgs};
+pub use client::lab_channel;
 pub use printer::{PrintOptions, Printer};
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -535,7 +536,7 @@ mod tests {
             run(&["--server", &addr, "--tls", "--tls-ca-cert-files", "/nonexistent/ca.pem"], None).await;
         assert!(
             format!("{:#}", result.expect_err("must fail"))
-                .starts_with("reading the CA certificate /nonexistent/ca.pem")
+                .starts_with("reading the CA file /nonexistent/ca.pem")
         );
     }
 

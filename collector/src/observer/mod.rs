@@ -1,5 +1,6 @@
 //! The collector's gRPC server: Hubble's `observer.Observer` and
-//! `peer.Peer`, `grpc.health.v1`, and server reflection, on one address.
+//! `peer.Peer`, `grpc.health.v1`, and server reflection, on one address,
+//! over TLS (mutual when client CAs are given) unless TLS is disabled.
 //!
 //! The server only reads: flows from the store (each client reads at its own
 //! pace and never slows the pipeline or other clients: a client that stops
@@ -302,10 +303,12 @@ pub enum ServeError {
     Serve { address: SocketAddr, #[source] source: tonic::transport::Error },
 }
 
-/// Binds `listener` and serves until `shutdown` resolves.
+/// Serves on `listener` until `shutdown` resolves; over TLS when `tls` is
+/// given (its files re-read when they change).
 pub async fn serve(
     state: Arc<ObserverState>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<sightline_tls::ServerTls>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let address = state.address;
@@ -317,14 +320,16 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(sightline_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ObserverServer::new(service.clone()))
-        .add_service(PeerServer::new(service))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|source| ServeError::Serve { address, source })
+        .add_service(PeerServer::new(service));
+    match tls {
+        Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), shutdown).await,
+        None => router.serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown).await,
+    }
+    .map_err(|source| ServeError::Serve { address, source })
 }
 
 impl ObserverState {

@@ -23,8 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, HeaderValue};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject as _;
 use serde_json::Value;
 
 use self::identity::{AccessToken, TokenSource, error_chain, quote, read_limited};
@@ -306,44 +304,23 @@ impl Sink for AzureSink {
 
 /// The HTTP client of the sink and its token exchange: rustls with ring,
 /// TLS 1.3 and 1.2, the system's roots (when there are any) plus every
-/// certificate of `ca_file`, HTTP/2 or HTTP/1.1, no redirects.
+/// certificate of `ca_file`, HTTP/2 or HTTP/1.1, no redirects (the shared
+/// `sightline_tls::https::client`, which the relay's token keys use too).
 ///
 /// # Errors
 ///
 /// [`AzureError`] when `ca_file` cannot be read or holds no usable
 /// certificate, or the client cannot be built.
 pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, AzureError> {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for e in &native.errors {
-        log::debug!("loading the system's trust anchors: {e}");
-    }
-    let (added, ignored) = roots.add_parsable_certificates(native.certs);
-    log::debug!("{added} system trust anchors ({ignored} unusable)");
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path).map_err(|source| AzureError::ReadCaFile { path: path.to_owned(), source })?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| AzureError::ParseCaFile { path: path.to_owned(), source })?;
-        if certs.is_empty() {
-            return Err(AzureError::EmptyCaFile { path: path.to_owned() });
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|source| AzureError::AddCa { path: path.to_owned(), source })?;
-        }
-    }
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(AzureError::Tls)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("sightline/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(AzureError::Client)
+    use sightline_tls::https::HttpsError;
+    sightline_tls::https::client(ca_file).map_err(|e| match e {
+        HttpsError::ReadCaFile { path, source } => AzureError::ReadCaFile { path, source },
+        HttpsError::ParseCaFile { path, source } => AzureError::ParseCaFile { path, source },
+        HttpsError::EmptyCaFile { path } => AzureError::EmptyCaFile { path },
+        HttpsError::AddCa { path, source } => AzureError::AddCa { path, source },
+        HttpsError::Tls(source) => AzureError::Tls(source),
+        HttpsError::Client(source) => AzureError::Client(source),
+    })
 }
 
 /// Checks that `url` parses, is `https` (or `http` when `http_ok`) and has
