@@ -383,6 +383,7 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
         prometheus: false,
         export_config: None,
         node_export_config: None,
+        tls: true,
     });
     let _ = std::fs::remove_dir_all(&dir);
     let state = up?;
