@@ -1,11 +1,12 @@
 //! The Sightline collector: the node agent.
 //!
-//! It loads the eBPF probes (embedded in this crate by `build.rs`), pins
-//! their maps under `/sys/fs/bpf/sightline/<lab>/<node>`, programs endpoints,
+//! It loads the eBPF probes (embedded in this crate by `build.rs`) — or
+//! adopts the ones a previous collector left pinned under
+//! `/sys/fs/bpf/sightline/<lab>/<node>` (`pins`: maps, programs, links) — programs endpoints,
 //! identities and the ipcache from a node's desired state, drains the ring
 //! buffer, and decodes events into typed records.
 //!
-//! Modules follow the stages of a packet's record: `loader` (kernel objects),
+//! Modules follow the stages of a packet's record: `loader` (kernel objects; `pins` the pinned layout and the install/adopt/replace decision),
 //! `datapath` (desired state → map entries), `decoder` (bytes → records),
 //! `agent` (the running process: consumer, gc, control socket), `control`
 //! (the control socket's protocol and client), `btf` (kernel layouts for the
@@ -27,5 +28,6 @@ pub mod loader;
 pub mod metrics;
 pub mod netns;
 pub mod observer;
+pub mod pins;
 pub mod policy;
 pub mod state;

@@ -328,6 +328,13 @@ pub async fn serve(
 }
 
 impl ObserverState {
+    /// Starts the per-CPU lost-event counts from what earlier collectors of
+    /// the same pinned counters already reported, so that only what came
+    /// after (the losses while no collector ran, then live ones) is reported.
+    pub fn seed_ring_losses(&self, per_cpu: &[u64]) {
+        *self.ring_lost.lock().expect("ring losses") = per_cpu.to_vec();
+    }
+
     /// Reports the probes' per-CPU lost-event counters: what grew since the
     /// last report goes to following clients as `LostEvent`s
     /// (PERF_EVENT_RING_BUFFER, with the CPU).
