@@ -1296,3 +1296,131 @@ fn interface_names() -> Vec<String> {
     }
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pins::Reload;
+
+    /// A network namespace of this test's own (loopback only), removed on drop.
+    struct Netns(String);
+
+    impl Netns {
+        fn new(name: &str) -> Option<Self> {
+            let ok = std::process::Command::new("ip").args(["netns", "add", name]).status().is_ok_and(|s| s.success());
+            ok.then(|| Self(name.to_owned()))
+        }
+        fn path(&self) -> PathBuf {
+            PathBuf::from(format!("/run/netns/{}", self.0))
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+
+    fn opts(dir: &Path, netns: &Path, reload: Reload) -> ProbeOptions {
+        ProbeOptions {
+            pin_dir: dir.to_path_buf(),
+            config: default_config(abi::AGGREGATION_MEDIUM),
+            kernel_offsets: None,
+            node_netns: Some(netns.to_path_buf()),
+            reload,
+        }
+    }
+
+    /// Install, adopt, replace the programs, replace everything, adopt
+    /// again, uninstall: with a real kernel, a link on the loopback device
+    /// of a namespace of the test's own.
+    #[test]
+    fn installs_adopts_replaces_and_uninstalls() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || PROBES.is_empty() {
+            eprintln!("skipped: needs root and the probes");
+            return;
+        }
+        let id = std::process::id();
+        let Some(ns) = Netns::new(&format!("sl-unit-{id}")) else {
+            eprintln!("skipped: cannot create a network namespace");
+            return;
+        };
+        let dir = PathBuf::from(format!("/sys/fs/bpf/sightline/unit-{id}/node"));
+        let result = std::panic::catch_unwind(|| lifecycle(&dir, &ns.path()));
+        let _ = uninstall(&dir);
+        let _ = fs::remove_dir(dir.parent().unwrap());
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+        assert!(!dir.exists());
+    }
+
+    fn lifecycle(dir: &Path, netns: &Path) {
+        let layout = PinLayout::new(dir);
+        let key = CtKey { src_addr: [10, 0, 0, 1], dst_addr: [10, 0, 0, 2], src_port: 1, dst_port: 2, protocol: 6, _pad: [0; 3] };
+        let ep = EndpointKey { addr: [10, 0, 0, 1] };
+        {
+            let mut p = Probes::load(&opts(dir, netns, Reload::None)).unwrap();
+            assert_eq!(p.start(), &Start::Installed);
+            p.attach(netns, "lo").unwrap();
+            p.endpoints.insert(ep, EndpointInfo { ifindex: 1, identity: 300, endpoint_id: 1, ..EndpointInfo::default() }, 0).unwrap();
+            p.ct.insert(key, CtEntry { expires_ns: u64::MAX, ..CtEntry::default() }, 0).unwrap();
+            p.set_config(Config { policy_revision: 5, ..p.current_config }).unwrap();
+            p.record_lost_reported(&[7]).unwrap();
+        }
+        // The process "exited": everything is still pinned and attached.
+        for path in [layout.meta(), layout.map(abi::maps::CT), layout.prog(abi::programs::FROM_CONTAINER), layout.tc_link("lo", TcDirection::Ingress), layout.tc_link("lo", TcDirection::Egress)] {
+            assert!(path.exists(), "{} is gone", path.display());
+        }
+        assert_eq!(attached_in(netns).unwrap().len(), 2);
+        {
+            let p = Probes::load(&opts(dir, netns, Reload::None)).unwrap();
+            assert!(matches!(p.start(), Start::Adopted { links: 2, defunct, previous_adoptions: 0 } if defunct.is_empty()), "{:?}", p.start());
+            assert!(p.ct.get(&key, 0).is_ok(), "conntrack adopted");
+            assert_eq!(p.policy_revision(), 5, "the pinned revision goes on");
+            assert_eq!(p.lost_baseline()[0], 7);
+            let plan = crate::datapath::current(&p, 0);
+            assert_eq!(plan.endpoints.len(), 1);
+            assert!(plan.interfaces.contains("lo"));
+        }
+        let link_ids = || {
+            in_netns(netns, || SchedClassifier::query_tcx("lo", TcAttachType::Ingress).map(|(_, p)| p.iter().map(|i| i.id()).collect::<Vec<_>>()))
+                .unwrap()
+                .unwrap()
+        };
+        let before = link_ids();
+        {
+            let p = Probes::load(&opts(dir, netns, Reload::Programs)).unwrap();
+            assert!(matches!(p.start(), Start::Replaced { recreated, staged: false, .. } if recreated.is_empty()), "{:?}", p.start());
+            assert!(p.ct.get(&key, 0).is_ok(), "maps kept");
+            assert!(!p.replacement_pending());
+        }
+        let after = link_ids();
+        assert_eq!(after.len(), 1, "one program on the hook, never two or none");
+        assert_ne!(before, after, "a new program in the same link");
+        assert!(!layout.next_dir().exists());
+        {
+            let mut p = Probes::load(&opts(dir, netns, Reload::All)).unwrap();
+            assert!(matches!(p.start(), Start::Replaced { recreated, staged: true, .. } if recreated.len() == ALL_MAPS.len()), "{:?}", p.start());
+            assert!(p.ct.get(&key, 0).is_err(), "a new, empty conntrack");
+            // The old programs stay in force until the new maps are filled.
+            assert_eq!(link_ids(), after);
+            assert!(p.replacement_pending());
+            assert!(p.commit().unwrap().is_some());
+            assert_ne!(link_ids(), after);
+            assert_eq!(p.lost_baseline()[0], 0, "a new COUNTERS map starts a new count");
+            assert!(!layout.next_dir().exists());
+        }
+        {
+            let p = Probes::load(&opts(dir, netns, Reload::None)).unwrap();
+            assert!(matches!(p.start(), Start::Adopted { .. }), "{:?}", p.start());
+            let MetaState::Present(meta) = read_meta(&layout) else { panic!("no meta") };
+            assert_eq!(meta.abi_version, u32::from(abi::ABI_VERSION));
+            assert_eq!(meta.adoptions, 1);
+        }
+        let removed = uninstall(dir).unwrap();
+        assert_eq!(removed, Uninstalled { links: 2, existed: true });
+        assert!(attached_in(netns).unwrap().is_empty(), "uninstall detached everything");
+    }
+}

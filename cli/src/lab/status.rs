@@ -21,6 +21,7 @@ pub fn json(state: &LabState) -> Value {
                 "collector": {"grpc": n.grpc, "metrics": n.metrics,
                                "control": n.control_socket.display().to_string(),
                                "pid": n.collector_pid,
+                               "running": state.datapath && super::cluster::collector_running(n),
                                "stats": collector_stats(state, n)},
             })
         })
@@ -58,6 +59,12 @@ pub fn json(state: &LabState) -> Value {
                                                      "export_config": r.export_config.as_ref().map(|p| p.display().to_string())})),
         "prometheus": state.prometheus.as_ref().map(|p| p.address.clone()),
         "pods": pods,
+        // Pods of the store not plugged in yet: their node's collector was
+        // down when they were applied.
+        "pending_pods": state.objects.pods.keys()
+            .map(|(ns, name)| format!("{ns}/{name}"))
+            .filter(|key| !state.pods.contains_key(key))
+            .collect::<Vec<_>>(),
         "services": services,
         "policies": policies,
     })
