@@ -203,7 +203,7 @@ struct Figures {
     crr: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -377,7 +377,7 @@ pub fn datapath(args: &DatapathArgs) -> anyhow::Result<()> {
 
 /// Replaces the `<!-- bench:NAME:start/end -->` section of a Markdown file
 /// (appending it when absent).
-fn write_section(path: &std::path::Path, name: &str, section: &str) -> anyhow::Result<()> {
+pub(crate) fn write_section(path: &std::path::Path, name: &str, section: &str) -> anyhow::Result<()> {
     let (start, end) = (format!("<!-- bench:{name}:start -->"), format!("<!-- bench:{name}:end -->"));
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let new = match (text.find(&start), text.find(&end)) {

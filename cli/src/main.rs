@@ -4,6 +4,7 @@
 //! lives in `lab::*`, the node agent in the `sightline-collector` crate.
 
 mod bench;
+mod bench_restart;
 mod demo;
 mod interrupt;
 mod lab;
@@ -356,6 +357,14 @@ enum BenchCommand {
     /// (internal) request/response client and server used by `datapath`.
     #[command(hide = true)]
     Rr(bench::RrArgs),
+    /// A collector restart in a one-node lab: time to the desired state in
+    /// force when adopting the pinned datapath, replacing its programs, and
+    /// starting cold; events written, received and lost across a SIGKILL
+    /// and restart at a steady rate.
+    Restart(bench_restart::RestartArgs),
+    /// (internal) paced UDP sender and sink used by `restart`.
+    #[command(hide = true)]
+    Udp(bench_restart::UdpArgs),
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
@@ -471,6 +480,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::Policy(args) => bench::policy(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Observe(args) => bench::observe(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Rr(args) => bench::rr(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Restart(args) => bench_restart::restart(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Udp(args) => bench_restart::udp(&args).map(|()| ExitCode::SUCCESS),
         },
         Command::Observe(args) => observe::observe(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => observe::status(args).map(|()| ExitCode::SUCCESS),
