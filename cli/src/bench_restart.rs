@@ -463,14 +463,15 @@ fn measure(args: &RestartArgs, state: &LabState) -> anyhow::Result<String> {
     }
     report.push_str(
         "\nEvents across a restart, traffic at a steady rate (per run: the run with the median number of events not received):\n\n\
-         | restart | collector down (ms) | events/s written | written | received by a resuming GetFlows follower | lost: ring buffer full (reported as lost) | not received, not counted lost |\n|---|---|---|---|---|---|---|\n",
+         | restart | collector down (ms) | events/s written | written | received by a resuming GetFlows follower | lost: ring buffer full (reported as lost) | not received, not counted lost | worst run: not received, not lost |\n|---|---|---|---|---|---|---|---|\n",
     );
     for (label, runs) in &events {
         let mut runs = runs.clone();
         runs.sort_by_key(EventsRun::unaccounted);
         let e = runs[runs.len() / 2];
+        let worst = runs[runs.len() - 1];
         report.push_str(&format!(
-            "| {label} | {:.0} | {:.0} | {} | {} ({:.3} %) | {} ({}) | {} ({:.3} %) |\n",
+            "| {label} | {:.0} | {:.0} | {} | {} ({:.3} %) | {} ({}) | {} ({:.3} %) | {} of {} |\n",
             e.down_ms,
             e.rate(),
             e.written,
@@ -480,6 +481,8 @@ fn measure(args: &RestartArgs, state: &LabState) -> anyhow::Result<String> {
             e.lost_reported,
             e.unaccounted(),
             e.unaccounted() as f64 / e.written.max(1) as f64 * 100.0,
+            worst.unaccounted(),
+            worst.written,
         ));
     }
     Ok(report)
