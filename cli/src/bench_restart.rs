@@ -241,12 +241,10 @@ async fn follow(grpc: String, since_ns: i64, received: Arc<AtomicU64>, lost: Arc
         while !stop.load(Ordering::Relaxed) {
             match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
                 Ok(Some(Ok(resp))) => match resp.response_types {
-                    Some(ResponseTypes::Flow(f)) => {
-                        // A stream resumed on the same process would send
-                        // flows again; a restarted collector has only new ones.
-                        if seen.insert(f.uuid) {
-                            received.fetch_add(1, Ordering::Relaxed);
-                        }
+                    // A stream resumed on the same process would send flows
+                    // again; a restarted collector has only new ones.
+                    Some(ResponseTypes::Flow(f)) if seen.insert(f.uuid.clone()) => {
+                        received.fetch_add(1, Ordering::Relaxed);
                     }
                     Some(ResponseTypes::LostEvents(l)) if l.source == LostEventSource::PerfEventRingBuffer as i32 => {
                         lost.fetch_add(l.num_events_lost, Ordering::Relaxed);
@@ -360,10 +358,10 @@ pub fn restart(args: &RestartArgs) -> anyhow::Result<()> {
         bail!("--repeat and --rate must be at least 1, --seconds at least 3");
     }
     crate::interrupt::on_interrupt(|| {
-        if LabState::load(LAB).is_ok() {
-            if let Err(e) = cluster::down(LAB) {
-                eprintln!("bench: removing lab {LAB}: {e:#}");
-            }
+        if LabState::load(LAB).is_ok()
+            && let Err(e) = cluster::down(LAB)
+        {
+            eprintln!("bench: removing lab {LAB}: {e:#}");
         }
     })
     .context("installing the SIGINT/SIGTERM handler")?;

@@ -78,13 +78,13 @@ pub enum LoaderError {
     #[error("writing map {name}: {source}")]
     MapWrite { name: &'static str, #[source] source: aya::maps::MapError },
     #[error("attaching {program} to {interface}: {source}")]
-    Attach { program: &'static str, interface: String, #[source] source: aya::programs::ProgramError },
+    Attach { program: &'static str, interface: String, #[source] source: Box<aya::programs::ProgramError> },
     #[error("taking the link of {program} on {interface}: {source}")]
-    TakeLink { program: &'static str, interface: String, #[source] source: aya::programs::ProgramError },
+    TakeLink { program: &'static str, interface: String, #[source] source: Box<aya::programs::ProgramError> },
     #[error("converting the link of {program} on {interface}: {source}")]
     LinkKind { program: &'static str, interface: String, #[source] source: aya::programs::links::LinkError },
     #[error("replacing the program of the link {path} with {program}: {source}")]
-    UpdateLink { path: PathBuf, program: &'static str, #[source] source: aya::programs::ProgramError },
+    UpdateLink { path: PathBuf, program: &'static str, #[source] source: Box<aya::programs::ProgramError> },
     #[error("attaching the skb:kfree_skb tracepoint: {0}")]
     AttachTracepoint(#[source] aya::programs::ProgramError),
     #[error("entering network namespace {path}: {source}")]
@@ -198,7 +198,14 @@ impl std::fmt::Display for Start {
 /// from their pins when it adopted them.
 enum Programs {
     Object(Box<Ebpf>),
-    Pinned { from_container: SchedClassifier, to_container: SchedClassifier, kfree_skb: Option<TracePoint> },
+    Pinned(Box<PinnedPrograms>),
+}
+
+/// Programs opened from their pins (an adopted datapath).
+struct PinnedPrograms {
+    from_container: SchedClassifier,
+    to_container: SchedClassifier,
+    kfree_skb: Option<TracePoint>,
 }
 
 impl Programs {
@@ -209,16 +216,18 @@ impl Programs {
                 .ok_or(LoaderError::MissingProgram { name })?
                 .try_into()
                 .map_err(|source| LoaderError::LoadProgram { name, source }),
-            Self::Pinned { from_container, .. } if name == abi::programs::FROM_CONTAINER => Ok(from_container),
-            Self::Pinned { to_container, .. } if name == abi::programs::TO_CONTAINER => Ok(to_container),
-            Self::Pinned { .. } => Err(LoaderError::MissingProgram { name }),
+            Self::Pinned(p) => match name {
+                abi::programs::FROM_CONTAINER => Ok(&mut p.from_container),
+                abi::programs::TO_CONTAINER => Ok(&mut p.to_container),
+                _ => Err(LoaderError::MissingProgram { name }),
+            },
         }
     }
 
     fn tracepoint(&mut self) -> Option<&mut TracePoint> {
         match self {
             Self::Object(ebpf) => ebpf.program_mut(abi::programs::KFREE_SKB).and_then(|p| <&mut TracePoint>::try_from(p).ok()),
-            Self::Pinned { kfree_skb, .. } => kfree_skb.as_mut(),
+            Self::Pinned(p) => p.kfree_skb.as_mut(),
         }
     }
 }
@@ -449,10 +458,10 @@ fn link_detach(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 /// Detaches the link pinned at `path` and removes the pin. Links that
 /// cannot be detached explicitly (perf links) go with their last reference.
 fn detach_pinned(path: &Path) -> Result<(), LoaderError> {
-    if let Ok(fd) = obj_get(path) {
-        if let Err(e) = link_detach(fd.as_fd()) {
-            log::debug!("detaching {}: {e} (released when unpinned)", path.display());
-        }
+    if let Ok(fd) = obj_get(path)
+        && let Err(e) = link_detach(fd.as_fd())
+    {
+        log::debug!("detaching {}: {e} (released when unpinned)", path.display());
     }
     remove_pin(path)
 }
@@ -605,10 +614,10 @@ fn meta_map(layout: &PinLayout) -> Result<Array<MapData, PinMeta>, LoaderError> 
 fn lost_reported_map(layout: &PinLayout) -> Result<(Array<MapData, u64>, bool), LoaderError> {
     let path = layout.lost_reported();
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoaderError::PinDir { path: path.clone(), source: e })? as u32;
-    if let Ok(map) = open_pinned_map::<Array<MapData, u64>>(&path, "lost_reported") {
-        if map.len() == cpus {
-            return Ok((map, true));
-        }
+    if let Ok(map) = open_pinned_map::<Array<MapData, u64>>(&path, "lost_reported")
+        && map.len() == cpus
+    {
+        return Ok((map, true));
     }
     remove_pin(&path)?;
     let map = Array::<MapData, u64>::create(cpus, 0).map_err(|source| LoaderError::CreateMap { name: "lost_reported", source })?;
@@ -620,13 +629,14 @@ fn map_id(path: &Path) -> u32 {
     MapInfo::from_pin(path).map(|i| i.id()).unwrap_or(0)
 }
 
+/// Adopted links: the tcx links by (interface, hook), the tracepoint's, and
+/// the names of defunct pins that were removed.
+type AdoptedLinks = (BTreeMap<(String, TcDirection), HeldLink>, Option<HeldLink>, Vec<String>);
+
 /// Opens the links pinned under `links/`. A tcx link whose interface is
 /// gone (or is another interface now, with the same name) is detached and
 /// its pin removed: it enforces nothing, and `attach` makes a new one.
-fn adopt_links(
-    layout: &PinLayout,
-    netns: Option<&Path>,
-) -> Result<(BTreeMap<(String, TcDirection), HeldLink>, Option<HeldLink>, Vec<String>), LoaderError> {
+fn adopt_links(layout: &PinLayout, netns: Option<&Path>) -> Result<AdoptedLinks, LoaderError> {
     let mut attached = BTreeMap::new();
     let mut tracepoint = None;
     let mut defunct = Vec::new();
@@ -747,7 +757,7 @@ impl Probes {
         let from_container = open(abi::programs::FROM_CONTAINER)?;
         let to_container = open(abi::programs::TO_CONTAINER)?;
         let kfree_skb = TracePoint::from_pin(layout.prog(abi::programs::KFREE_SKB)).ok();
-        let mut programs = Programs::Pinned { from_container, to_container, kfree_skb };
+        let mut programs = Programs::Pinned(Box::new(PinnedPrograms { from_container, to_container, kfree_skb }));
 
         // Conntrack entries carry the policy revision they were allowed
         // under: keep counting from the pinned one.
@@ -756,16 +766,17 @@ impl Probes {
         if config != pinned {
             maps.config.set(0, config, 0).map_err(|source| LoaderError::MapWrite { name: abi::maps::CONFIG, source })?;
         }
-        if let Some(o) = opts.kernel_offsets {
-            if maps.offsets.get(&0, 0).ok() != Some(o) {
-                maps.offsets.set(0, o, 0).map_err(|source| LoaderError::MapWrite { name: abi::maps::KERNEL_OFFSETS, source })?;
-            }
+        if let Some(o) = opts.kernel_offsets
+            && maps.offsets.get(&0, 0).ok() != Some(o)
+        {
+            maps.offsets.set(0, o, 0).map_err(|source| LoaderError::MapWrite { name: abi::maps::KERNEL_OFFSETS, source })?;
         }
         let (attached, mut tracepoint, defunct) = adopt_links(&layout, opts.node_netns.as_deref())?;
-        if tracepoint.is_none() && opts.kernel_offsets.is_some() {
-            if let Some(tp) = programs.tracepoint() {
-                tracepoint = Some(attach_tracepoint(tp, &layout.tracepoint_link())?);
-            }
+        if tracepoint.is_none()
+            && opts.kernel_offsets.is_some()
+            && let Some(tp) = programs.tracepoint()
+        {
+            tracepoint = Some(attach_tracepoint(tp, &layout.tracepoint_link())?);
         }
         let (lost_reported, kept) = lost_reported_map(&layout)?;
         let counters_id = map_id(&layout.map(abi::maps::COUNTERS));
@@ -1026,10 +1037,12 @@ impl Probes {
         let reopen = |path: &Path| PinnedLink::from_pin(path).ok().map(|l| HeldLink { link: FdLink::from(l), path: path.to_path_buf() });
         let id = match prog.attach_to_link(link) {
             Ok(id) => id,
-            Err(source) => return Err((LoaderError::UpdateLink { path: path.clone(), program: name, source }, reopen(&path))),
+            Err(source) => {
+                return Err((LoaderError::UpdateLink { path: path.clone(), program: name, source: Box::new(source) }, reopen(&path)));
+            }
         };
         let link = prog.take_link(id).map_err(|source| {
-            (LoaderError::TakeLink { program: name, interface: path.display().to_string(), source }, reopen(&path))
+            (LoaderError::TakeLink { program: name, interface: path.display().to_string(), source: Box::new(source) }, reopen(&path))
         })?;
         let link = FdLink::try_from(link).map_err(|source| {
             (LoaderError::LinkKind { program: name, interface: path.display().to_string(), source }, reopen(&path))
@@ -1094,10 +1107,11 @@ impl Probes {
                 prog.attach_with_options(ifname, kind, TcAttachOptions::TcxOrder(LinkOrder::default()))
             })
             .map_err(|source| LoaderError::Netns { path: netns.to_path_buf(), source })?;
-            let id = attached.map_err(|source| LoaderError::Attach { program: name, interface: ifname.to_owned(), source })?;
+            let id = attached
+                .map_err(|source| LoaderError::Attach { program: name, interface: ifname.to_owned(), source: Box::new(source) })?;
             let link = prog
                 .take_link(id)
-                .map_err(|source| LoaderError::TakeLink { program: name, interface: ifname.to_owned(), source })?;
+                .map_err(|source| LoaderError::TakeLink { program: name, interface: ifname.to_owned(), source: Box::new(source) })?;
             let link = FdLink::try_from(link)
                 .map_err(|source| LoaderError::LinkKind { program: name, interface: ifname.to_owned(), source })?;
             // Unpinned, the link goes when this descriptor closes: on error

@@ -885,6 +885,17 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
             }
         }
     }
+    // New pods of a node whose collector stopped meanwhile have no programs:
+    // unplugged, they wait like the others.
+    for key in &created {
+        if state.pods.get(key).is_some_and(|rt| behind.contains(&rt.node))
+            && let Some(rt) = state.pods.remove(key)
+        {
+            kill(rt.responder_pid);
+            let _ = topology::remove_pod(&state.name, &rt.namespace, &rt.name);
+            pending.push(key.clone());
+        }
+    }
     // Pods that are gone.
     for key in &removed {
         if let Some(rt) = old_state.pods.get(key) {

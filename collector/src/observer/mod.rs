@@ -364,7 +364,7 @@ impl ObserverState {
                 if recent.len() == RECENT_LOSSES {
                     recent.pop_front();
                 }
-                recent.push_back(lost.clone());
+                recent.push_back(lost);
                 let _ = self.losses.send(lost);
             }
         }
