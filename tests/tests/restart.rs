@@ -379,7 +379,7 @@ fn replacing_the_programs_in_place_leaves_no_moment_without_them() {
     let iperf = {
         let name = lab.name.clone();
         let ip_c = ip_c.clone();
-        std::thread::spawn(move || sightline(&["lab", "exec", "x/a", "--name", &name, "--", "iperf3", "-c", &ip_c, "-p", "5201", "-t", "14", "-i", "1", "-J"]))
+        std::thread::spawn(move || sightline(&["lab", "exec", "x/a", "--name", &name, "--", "iperf3", "-c", &ip_c, "-p", "5201", "-t", "20", "-i", "1", "-J"]))
     };
     // Allowed and denied floods, 500 packets a second each: a single packet
     // past a missing program would come back as an echo reply from x/b.
@@ -412,7 +412,7 @@ fn replacing_the_programs_in_place_leaves_no_moment_without_them() {
     let (sent, received) = ping_counts(&denied);
     assert!(sent >= 200, "only {sent} pings sent");
     assert_eq!(received, 0, "denied pings answered: a moment without the programs");
-    assert_no_stall(&iperf.join().expect("iperf thread"), 12);
+    assert_no_stall(&iperf.join().expect("iperf thread"), 18);
     // And the new programs enforce as the old ones did.
     assert!(!lab.probe("x/a", "x/b", 80, "TCP"));
     assert!(lab.probe("x/a", "x/c", 80, "TCP"));
