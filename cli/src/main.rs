@@ -4,6 +4,7 @@
 //! lives in `lab::*`, the node agent in the `sightline-collector` crate.
 
 mod bench;
+mod bench_restart;
 mod demo;
 mod flood;
 mod interrupt;
@@ -75,6 +76,7 @@ enum Output {
 #[derive(Clone, Copy, ValueEnum)]
 enum RestartTarget {
     Relay,
+    Collector,
 }
 
 #[derive(Subcommand)]
@@ -203,10 +205,18 @@ enum LabCommand {
         name: NameArg,
     },
     /// Restarts one of the lab's processes, as a deliberate restart of a
-    /// pod would: `relay` (same addresses, same export configuration).
+    /// pod would: `relay` (same addresses, same export configuration), or
+    /// `collector NODE` (same addresses and options; it adopts the datapath
+    /// left in force and gets the lab's current desired state).
     Restart {
         #[arg(value_enum)]
         what: RestartTarget,
+        /// The node whose collector restarts (`collector` only).
+        node: Option<String>,
+        /// `collector`: replace the datapath in place instead of adopting
+        /// it: `programs` (maps kept) or `all` (maps recreated too).
+        #[arg(long, default_value = "none")]
+        reload: sightline_collector::pins::Reload,
         #[command(flatten)]
         name: NameArg,
     },
@@ -379,15 +389,28 @@ fn server_tls(
 #[derive(Args)]
 struct CollectorArgs {
     /// The node's name.
-    #[arg(long)]
-    node: String,
-    /// The node's network namespace (a path such as /run/netns/NAME).
-    #[arg(long)]
-    netns: PathBuf,
-    #[arg(long)]
-    control_socket: PathBuf,
+    #[arg(long, required_unless_present = "uninstall")]
+    node: Option<String>,
+    /// The node's network namespace (a path such as /run/netns/NAME). With
+    /// --uninstall: checked afterwards for programs of ours still attached.
+    #[arg(long, required_unless_present = "uninstall")]
+    netns: Option<PathBuf>,
+    #[arg(long, required_unless_present = "uninstall")]
+    control_socket: Option<PathBuf>,
+    /// Where the datapath is pinned. A datapath found there is adopted
+    /// (this build's) or replaced in place (another build's); it stays in
+    /// force when the collector exits.
     #[arg(long)]
     pin_dir: PathBuf,
+    /// Replace the pinned datapath even if it could be adopted: `programs`
+    /// (swapped into the links atomically, maps kept) or `all` (maps
+    /// recreated too, as for an ABI upgrade: conntrack starts empty).
+    #[arg(long, default_value = "none")]
+    reload: sightline_collector::pins::Reload,
+    /// Do not run: detach every link pinned under --pin-dir and remove the
+    /// pins (the datapath stops enforcing), then exit.
+    #[arg(long)]
+    uninstall: bool,
     #[arg(long, default_value = "medium")]
     aggregation: Aggregation,
     /// Print every decoded event on stdout.
@@ -450,6 +473,14 @@ enum BenchCommand {
     /// (internal) the flood's sender, run inside a pod.
     #[command(hide = true)]
     FloodSend(flood::SendArgs),
+    /// A collector restart in a one-node lab: time to the desired state in
+    /// force when adopting the pinned datapath, replacing its programs, and
+    /// starting cold; events written, received and lost across a SIGKILL
+    /// and restart at a steady rate.
+    Restart(bench_restart::RestartArgs),
+    /// (internal) paced UDP sender and sink used by `restart`.
+    #[command(hide = true)]
+    Udp(bench_restart::UdpArgs),
 }
 
 /// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
@@ -507,7 +538,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             demo::run(&args.name, &args.aggregation, args.duration, export).map(|()| ExitCode::SUCCESS)
         }
+        Command::Collector(args) if args.uninstall => {
+            let removed = sightline_collector::loader::uninstall(&args.pin_dir)?;
+            if removed.existed {
+                println!("detached {} link(s) and removed {}", removed.links, args.pin_dir.display());
+            } else {
+                println!("nothing pinned at {}", args.pin_dir.display());
+            }
+            if let Some(netns) = &args.netns {
+                let left = sightline_collector::loader::attached_in(netns)?;
+                if !left.is_empty() {
+                    bail!("programs of ours are still attached in {}: {}", netns.display(), left.join(", "));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Collector(args) => {
+            let (Some(node_name), Some(control_socket), Some(node_netns)) =
+                (args.node.clone(), args.control_socket.clone(), args.netns.clone())
+            else {
+                bail!("--node, --netns and --control-socket are required unless --uninstall");
+            };
             let export = match &args.export_config {
                 Some(path) => {
                     let context = sightline_export::Context::from_env(args.spool_dir.clone());
@@ -531,9 +582,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => None,
             };
             let opts = AgentOptions {
-                node_name: args.node,
-                node_netns: args.netns,
-                control_socket: args.control_socket,
+                node_name,
+                node_netns,
+                control_socket,
                 pin_dir: args.pin_dir,
                 aggregation: args.aggregation,
                 debug_events: args.debug_events,
@@ -545,6 +596,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics: args.metrics_address,
                 metrics_config: sightline_collector::metrics::MetricsConfig::from_entries(&args.metrics)?,
                 export,
+                reload: args.reload,
             };
             let notify = args.notify_ready;
             runtime()?.block_on(agent::run(opts, notify))?;
@@ -561,6 +613,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::Rr(args) => bench::rr(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Flood(args) => flood::flood(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::FloodSend(args) => flood::send(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Restart(args) => bench_restart::restart(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Udp(args) => bench_restart::udp(&args).map(|()| ExitCode::SUCCESS),
         },
         Command::Observe(args) => observe::observe(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => observe::status(args).map(|()| ExitCode::SUCCESS),
@@ -623,8 +677,16 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 state.name
             );
         }
-        LabCommand::Apply { files, name } => print_report(&cluster::apply(&name.name, &files)?),
-        LabCommand::Delete { files, name } => print_report(&cluster::delete(&name.name, &files)?),
+        LabCommand::Apply { files, name } => {
+            let (report, converged) = cluster::apply(&name.name, &files)?;
+            print_report(&report);
+            print_behind(&name.name, &converged);
+        }
+        LabCommand::Delete { files, name } => {
+            let (report, converged) = cluster::delete(&name.name, &files)?;
+            print_report(&report);
+            print_behind(&name.name, &converged);
+        }
         LabCommand::Status { output, name } => {
             let state = LabState::load(&name.name)?;
             match output {
@@ -677,9 +739,26 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             let n = state.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow!("lab {} has no node {node}", name.name))?;
             lab::events::stream(&n.control_socket, matches!(output, Some(Output::Json)), duration)?;
         }
-        LabCommand::Restart { what: RestartTarget::Relay, name } => {
+        LabCommand::Restart { what: RestartTarget::Relay, node: None, name, .. } => {
             let relay = cluster::restart_relay(&name.name)?;
             println!("relay of lab {} restarted: pid {}, gRPC {}", name.name, relay.pid, relay.grpc);
+        }
+        LabCommand::Restart { what: RestartTarget::Relay, node: Some(node), .. } => {
+            bail!("`lab restart relay` takes no node (got {node:?})");
+        }
+        LabCommand::Restart { what: RestartTarget::Collector, node, reload, name } => {
+            let node = node.ok_or_else(|| anyhow!("`lab restart collector` needs the node, e.g. `lab restart collector node-1`"))?;
+            let r = cluster::restart_collector(&name.name, &node, reload)?;
+            let was = if r.was_running { format!("stopped pid {}", r.old_pid) } else { "none was running".to_owned() };
+            println!(
+                "collector of {} in lab {} restarted: pid {} ({was}); ready in {} ms, desired state in force {} ms later",
+                r.node,
+                name.name,
+                r.pid,
+                r.ready_after.as_millis(),
+                r.programmed_after.as_millis()
+            );
+            print_behind(&name.name, &r.converged);
         }
         LabCommand::Down { name } => {
             cluster::down(&name.name)?;
@@ -722,6 +801,18 @@ fn probe(name: &str, from: &str, to: &str, port: u16, protocol: Protocol, timeou
     };
     let target = std::net::SocketAddrV4::new(ip, port);
     Ok(runtime()?.block_on(lab::probe::probe(&from_netns, target, protocol, Duration::from_millis(timeout_ms)))?)
+}
+
+/// What `apply`, `delete` and restarts could not program yet.
+fn print_behind(lab: &str, converged: &cluster::Converged) {
+    for node in &converged.behind {
+        println!(
+            "{node}'s collector is not running; it will program this when it is back (`sightline lab restart collector {node} --name {lab}`)"
+        );
+    }
+    for pod in &converged.pending {
+        println!("pod {pod} is pending: its node's collector is not running");
+    }
 }
 
 fn print_report(report: &lab::manifest::ApplyReport) {

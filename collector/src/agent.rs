@@ -104,6 +104,8 @@ pub struct AgentOptions {
     /// Node-local export: the checked `--export-config` file and its
     /// configuration (re-read when it changes), and where spools go.
     pub export: Option<ExportOptions>,
+    /// Replace a pinned datapath that could be adopted (`--reload`).
+    pub reload: crate::pins::Reload,
 }
 
 /// `--export-config` of a collector.
@@ -211,6 +213,10 @@ struct Shared {
     decoded: AtomicU64,
     undecodable: AtomicU64,
     kernel_drops: bool,
+    /// Whether a desired state has been applied (the consumer waits for
+    /// it, for a while, so that a backlog left in the pinned ring buffer
+    /// is enriched with pod names).
+    programmed: tokio::sync::watch::Sender<bool>,
 }
 
 fn datapath_config(opts: &AgentOptions) -> sightline_abi::Config {
@@ -255,13 +261,31 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
             None
         }
     };
+    let started = Instant::now();
     let mut probes = Probes::load(&ProbeOptions {
         pin_dir: opts.pin_dir.clone(),
         config: datapath_config(&opts),
         kernel_offsets: layout.as_ref().map(|l| l.offsets),
+        node_netns: Some(opts.node_netns.clone()),
+        reload: opts.reload,
     })?;
-    let _ = probes.lab_netns.insert(node_ino as u32, 1, 0);
-    let ring = probes.take_events().expect("the events map is taken once");
+    if probes.lab_netns.get(&(node_ino as u32), 0).is_err() {
+        let _ = probes.lab_netns.insert(node_ino as u32, 1, 0);
+    }
+    let ring = probes.take_events().ok_or(AgentError::RingBuf(std::io::Error::other("the events map was taken already")))?;
+    // What the maps hold is where the first apply starts from: after an
+    // adoption it writes only what changed while no collector ran.
+    let plan = datapath::current(&probes, node_ino as u32);
+    log::info!(
+        "datapath {} under {} in {} ms: {} endpoints, {} interfaces, {} conntrack entries",
+        probes.start(),
+        opts.pin_dir.display(),
+        started.elapsed().as_millis(),
+        plan.endpoints.len(),
+        plan.interfaces.len(),
+        probes.ct_entries(),
+    );
+    let lost_baseline = probes.lost_baseline().to_vec();
 
     let meta = Metadata {
         node_name: opts.node_name.clone(),
@@ -282,6 +306,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         .and_then(|l| l.local_addr().ok())
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let observer = Arc::new(ObserverState::new(opts.node_name.clone(), address, store));
+    observer.seed_ring_losses(&lost_baseline);
     observer.agent_events.agent_started();
     let mut metrics = Metrics::new(&opts.metrics_config, crate::metrics::DEFAULT_MAX_SERIES_PER_METRIC)?;
     let own_metrics = AgentMetrics::register(metrics.registry_mut());
@@ -303,7 +328,8 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         applied: Mutex::new(None),
         kernel_drops: !meta.kernel_reasons.is_empty(),
         opts: opts.clone(),
-        inner: Mutex::new(Inner { probes, plan: Plan::default() }),
+        inner: Mutex::new(Inner { probes, plan }),
+        programmed: tokio::sync::watch::channel(false).0,
         meta: RwLock::new(Arc::new(meta)),
         events,
         decoded: AtomicU64::new(0),
@@ -384,7 +410,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     }
     let consumer = tokio::spawn(consume(Arc::clone(&shared), ring));
     let gc = tokio::spawn(gc(Arc::clone(&shared)));
-    let losses = tokio::spawn(loss_monitor(Arc::clone(&shared)));
+    let losses = tokio::spawn(loss_monitor(Arc::clone(&shared), lost_baseline.iter().sum()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::RingBuf)?;
     loop {
@@ -423,6 +449,13 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
 /// Drains the ring buffer: on wake-up, and on a short timer because the
 /// probes submit without waking the consumer until enough data is pending.
 async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Result<(), AgentError> {
+    // Events the datapath wrote while no collector ran wait in the pinned
+    // ring buffer: decode them with the desired state's names, unless it
+    // takes too long to come (the ring buffer holds about 37,000 events).
+    let mut programmed = shared.programmed.subscribe();
+    if tokio::time::timeout(FIRST_APPLY_WAIT, programmed.wait_for(|p| *p)).await.is_err() {
+        log::warn!("no desired state within {} s: draining the ring buffer without it", FIRST_APPLY_WAIT.as_secs());
+    }
     // SAFETY: the ring buffer owns its map's file descriptor, which stays
     // open and unchanged for as long as the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -446,6 +479,9 @@ async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Result<(), Agen
         }
     }
 }
+
+/// How long the consumer waits for the first desired state.
+const FIRST_APPLY_WAIT: Duration = Duration::from_secs(10);
 
 /// The pipeline thread's own state: flow building and the metrics hooks'
 /// per-thread counts (flushed after every drain).
@@ -533,15 +569,26 @@ const MAP_FILL_EVERY: u64 = 5;
 /// Once a second: kernel ring-buffer losses to following clients and to
 /// `hubble_lost_events_total`, store overwrites likewise, and the
 /// collector's own metrics from the probes' counters.
-async fn loss_monitor(shared: Arc<Shared>) {
+///
+/// Ring-buffer losses are counted by the probes in a pinned per-CPU map
+/// that outlives collectors; what has been reported is pinned beside it
+/// (`lost_reported`), written before each report, so a restarted collector
+/// reports the losses since its predecessor's last report (those of the
+/// downtime included) and nothing twice. `reported` is that starting sum.
+async fn loss_monitor(shared: Arc<Shared>, reported: u64) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let (mut ring_lost, mut overwritten) = (0u64, 0u64);
+    let (mut ring_lost, mut overwritten) = (reported, 0u64);
     for ticks in 0u64.. {
         tick.tick().await;
         let shared2 = Arc::clone(&shared);
         let Ok(reading) = tokio::task::spawn_blocking(move || {
             let meta = Arc::clone(&shared2.meta.read().expect("metadata lock"));
-            let inner = shared2.inner.lock().expect("datapath lock");
+            let mut inner = shared2.inner.lock().expect("datapath lock");
+            let lost = inner.probes.counter_per_cpu(abi::COUNTER_EVENTS_LOST);
+            // Recorded before it is reported: at most once, never twice.
+            if let Err(err) = inner.probes.record_lost_reported(&lost) {
+                log::warn!("{err}");
+            }
             let p = &inner.probes;
             let store = &shared2.observer.store;
             // Walking the maps costs a system call per entry: every
@@ -559,7 +606,7 @@ async fn loss_monitor(shared: Arc<Shared>) {
                     .map(|(reason, count)| (meta.kernel_reasons.get(&reason).cloned().unwrap_or_else(|| reason.to_string()), count))
                     .collect(),
                 events_written: p.counter(abi::COUNTER_EVENTS_WRITTEN),
-                events_lost_per_cpu: p.counter_per_cpu(abi::COUNTER_EVENTS_LOST),
+                events_lost_per_cpu: lost,
                 events_decoded: shared2.decoded.load(Ordering::Relaxed),
                 ct_entries,
                 ct_created: p.counter(abi::COUNTER_CT_CREATED),
@@ -622,9 +669,16 @@ fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
     match result {
         Ok(()) => {
             inner.plan = next.clone();
+            // A replacement staged at start is put in force once its new
+            // maps hold the desired state.
+            let committed = inner.probes.commit().map_err(|e| format!("putting the new programs in force: {e}"))?;
+            if let Some(reason) = committed {
+                log::info!("datapath replaced in place ({reason}): every link runs this build's programs");
+            }
             *shared.meta.write().expect("metadata lock") = Arc::new(datapath::metadata(state, &next, &base));
             drop(inner);
             record_changes(shared, state);
+            shared.programmed.send_replace(true);
             Ok(())
         }
         Err(err) => {
@@ -704,6 +758,8 @@ fn status(shared: &Shared) -> Status {
         kernel_drops_enabled: shared.kernel_drops,
         aggregation: shared.opts.aggregation.to_string(),
         pin_dir: p.pin_dir().display().to_string(),
+        datapath: p.start().to_string(),
+        programmed: *shared.programmed.borrow(),
     }
 }
 

@@ -157,10 +157,24 @@ fn test_run(probes: &mut Probes, packet: &[u8], repeat: u32) -> Result<f64, Benc
 pub fn packet_cost(fillers: usize, repeat: u32) -> Result<PacketCost, BenchError> {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sightline/bench-{}", std::process::id()));
     let mut probes = Probes::load(&ProbeOptions {
-        pin_dir,
+        pin_dir: pin_dir.clone(),
         config: loader::default_config(abi::AGGREGATION_MEDIUM),
         kernel_offsets: None,
+        node_netns: None,
+        reload: crate::pins::Reload::None,
     })?;
+    let result = measure_packet_cost(&mut probes, fillers, repeat);
+    // Attached nowhere, pinned for nothing: remove it whatever happened.
+    if let Err(e) = probes.uninstall() {
+        log::warn!("removing the bench's probes: {e}");
+    }
+    if let Some(root) = pin_dir.parent() {
+        let _ = std::fs::remove_dir(root);
+    }
+    result
+}
+
+fn measure_packet_cost(probes: &mut Probes, fillers: usize, repeat: u32) -> Result<PacketCost, BenchError> {
     // Test runs see the packet on the loopback device (ifindex 1).
     let client = EndpointInfo { ifindex: 1, identity: 300, mac: [2; 6], node_mac: [6; 6], endpoint_id: 1, flags: 0 };
     let server = EndpointInfo { ifindex: 1, identity: 301, mac: [2; 6], node_mac: [6; 6], endpoint_id: 2, flags: 0 };
@@ -174,8 +188,8 @@ pub fn packet_cost(fillers: usize, repeat: u32) -> Result<PacketCost, BenchError
     }
     let established = tcp_packet(40_000, 5201, abi::TCP_ACK);
     // Without policy: establish, then time the established packet.
-    test_run(&mut probes, &tcp_packet(40_000, 5201, abi::TCP_SYN), 1)?;
-    let no_policy_ns = test_run(&mut probes, &established, repeat)?;
+    test_run(probes, &tcp_packet(40_000, 5201, abi::TCP_SYN), 1)?;
+    let no_policy_ns = test_run(probes, &established, repeat)?;
 
     let pods = [
         PodInfo {
@@ -215,9 +229,9 @@ pub fn packet_cost(fillers: usize, repeat: u32) -> Result<PacketCost, BenchError
 
     // The established connection is decided once more (new revision), then
     // runs on conntrack alone.
-    test_run(&mut probes, &established, 1)?;
-    let established_ns = test_run(&mut probes, &established, repeat)?;
-    let denied_syn_ns = test_run(&mut probes, &tcp_packet(40_001, 9999, abi::TCP_SYN), repeat)?;
+    test_run(probes, &established, 1)?;
+    let established_ns = test_run(probes, &established, repeat)?;
+    let denied_syn_ns = test_run(probes, &tcp_packet(40_001, 9999, abi::TCP_SYN), repeat)?;
     Ok(PacketCost { policy_entries: plan.policy.len() + plan.cidr.len(), denied_syn_ns, established_ns, no_policy_ns })
 }
 

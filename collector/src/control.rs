@@ -58,6 +58,13 @@ pub struct Status {
     pub kernel_drops_enabled: bool,
     pub aggregation: String,
     pub pin_dir: String,
+    /// How this collector brought the datapath into force: installed,
+    /// adopted (a pinned one of this build) or replaced.
+    #[serde(default)]
+    pub datapath: String,
+    /// Whether a desired state has been applied since it started.
+    #[serde(default)]
+    pub programmed: bool,
 }
 
 /// One line of a subscription stream.

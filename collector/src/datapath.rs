@@ -327,6 +327,43 @@ pub fn apply(probes: &mut Probes, node_netns: &Path, prev: &Plan, next: &Plan) -
     Ok(())
 }
 
+/// What the maps hold now, as a plan: the starting point of a collector
+/// that adopted a pinned datapath, so that its first `apply` writes only
+/// what differs from the desired state (nothing, when nothing changed while
+/// it was away: no policy revision bump, conntrack untouched). `node_netns`
+/// is the node's own namespace inode, which the collector registers itself
+/// and is not part of any plan. Only the map entries are read back; the
+/// policy's names and selections come with the next desired state.
+#[must_use]
+pub fn current(probes: &Probes, node_netns: u32) -> Plan {
+    let mut plan = Plan::default();
+    for (key, info) in probes.endpoints.iter().filter_map(Result::ok) {
+        plan.endpoints.insert(key.addr, info);
+    }
+    for (key, value) in probes.ipcache.iter().filter_map(Result::ok) {
+        // A flag this collector never writes makes the entry differ, so the
+        // next apply rewrites it.
+        let identity = if value.flags == 0 { value.identity } else { u32::MAX };
+        plan.ipcache.insert((key.prefix_len(), key.data().addr), identity);
+    }
+    for ino in probes.lab_netns.keys().filter_map(Result::ok) {
+        if ino != node_netns {
+            plan.netns.insert(ino);
+        }
+    }
+    plan.interfaces = probes.attached_interfaces().map(str::to_owned).collect();
+    for (key, value) in probes.policy.iter().filter_map(Result::ok) {
+        plan.policy.policy.insert((key.prefix_len(), key.data()), value);
+    }
+    for (key, value) in probes.policy_cidr.iter().filter_map(Result::ok) {
+        plan.policy.cidr.insert((key.prefix_len(), key.data()), value);
+    }
+    for (key, value) in probes.services.iter().filter_map(Result::ok) {
+        plan.services.insert(key, value);
+    }
+    plan
+}
+
 /// Enrichment metadata for a desired state.
 #[must_use]
 pub fn metadata(desired: &NodeState, plan: &Plan, base: &Metadata) -> Metadata {

@@ -1,15 +1,18 @@
 //! The Sightline collector: the node agent.
 //!
-//! It loads the eBPF probes (embedded in this crate by `build.rs`), pins
-//! their maps under `/sys/fs/bpf/sightline/<lab>/<node>`, programs endpoints,
-//! identities and the ipcache from a node's desired state, drains the ring
-//! buffer, and decodes events into typed records.
+//! It puts the eBPF probes (embedded in this crate by `build.rs`) into the
+//! kernel — or adopts the ones a previous collector left pinned under
+//! `/sys/fs/bpf/sightline/<lab>/<node>`, where they outlive it — programs
+//! endpoints, identities and the ipcache from a node's desired state,
+//! drains the ring buffer, and decodes events into typed records.
 //!
-//! Modules follow the stages of a packet's record: `loader` (kernel objects),
-//! `datapath` (desired state → map entries), `decoder` (bytes → records),
-//! `agent` (the running process: consumer, gc, control socket), `control`
-//! (the control socket's protocol and client), `btf` (kernel layouts for the
-//! kfree_skb probe), `netns` (running code inside a network namespace).
+//! Modules follow the stages of a packet's record: `loader` (kernel objects:
+//! install, adopt, replace, uninstall), `pins` (the pinned layout and the
+//! decision between those), `datapath` (desired state → map entries),
+//! `decoder` (bytes → records), `agent` (the running process: consumer, gc,
+//! control socket), `control` (the control socket's protocol and client),
+//! `btf` (kernel layouts for the kfree_skb probe), `netns` (running code
+//! inside a network namespace).
 //!
 //! It must not know where desired state comes from (the lab, Kubernetes):
 //! that is the caller's business; it receives a [`state::NodeState`].
@@ -28,5 +31,6 @@ pub mod loader;
 pub mod metrics;
 pub mod netns;
 pub mod observer;
+pub mod pins;
 pub mod policy;
 pub mod state;

@@ -14,7 +14,7 @@ fn up_and_down_leave_nothing_behind() {
         let ns = netns_names();
         assert!(ns.contains("e2e-life.node-1"), "{ns:?}");
         assert!(ns.contains("e2e-life.t.a") && ns.contains("e2e-life.t.b"), "{ns:?}");
-        assert!(std::path::Path::new("/sys/fs/bpf/sightline/e2e-life/node-1/EVENTS").exists(), "maps are pinned");
+        assert!(std::path::Path::new("/sys/fs/bpf/sightline/e2e-life/node-1/maps/EVENTS").exists(), "maps are pinned");
         assert!(!processes_mentioning("/sys/fs/bpf/sightline/e2e-life/").is_empty(), "a collector runs");
         // Nothing of the lab appears in the host's own namespace.
         assert_eq!(host_links(), links_before);

@@ -46,6 +46,10 @@ pub struct Node {
     /// The collector's metrics address (`/metrics`, `/healthz`, `/readyz`).
     #[serde(default)]
     pub metrics: Option<String>,
+    /// The arguments the collector was started with, to start it again
+    /// the same way (`lab restart collector`).
+    #[serde(default)]
+    pub collector_args: Vec<String>,
 }
 
 /// A Prometheus server the lab runs, scraping its collectors.
@@ -431,8 +435,8 @@ fn self_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the sightline binary")
 }
 
-fn start_collector(lab: &str, node: &Node, opts: &UpOptions, tls: Option<&LabTls>) -> anyhow::Result<u32> {
-    let log = lab_dir(lab).join(format!("collector-{}.log", node.name));
+/// Starts a node's collector; returns its pid and its arguments.
+fn start_collector(lab: &str, node: &Node, opts: &UpOptions, tls: Option<&LabTls>) -> anyhow::Result<(u32, Vec<String>)> {
     let mut cmd = Command::new(self_exe()?);
     cmd.arg("collector")
         .arg("--node")
@@ -476,8 +480,34 @@ fn start_collector(lab: &str, node: &Node, opts: &UpOptions, tls: Option<&LabTls
     if opts.debug_events {
         cmd.arg("--debug-events");
     }
+    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    Ok((spawn_collector(lab, &node.name, &args)?, args))
+}
+
+/// Starts `sightline ARGS…` as the collector of `node` (detached, logging
+/// to the lab's `collector-<node>.log`) and waits until it is ready.
+fn spawn_collector(lab: &str, node: &str, args: &[String]) -> anyhow::Result<u32> {
+    let log = lab_dir(lab).join(format!("collector-{node}.log"));
+    let mut cmd = Command::new(self_exe()?);
+    cmd.args(args);
     let child = spawn_detached(&mut cmd, &log, true)?;
-    wait_ready(child, &log, &format!("the collector of {}", node.name), Duration::from_secs(60))
+    wait_ready(child, &log, &format!("the collector of {node}"), Duration::from_secs(60))
+}
+
+/// Whether the collector recorded for `node` runs (its pid is alive, not a
+/// zombie, and is a collector).
+pub fn collector_running(node: &Node) -> bool {
+    let pid = node.collector_pid;
+    if pid == 0 || is_zombie(pid) {
+        return false;
+    }
+    // SAFETY: signal 0 only checks existence.
+    if unsafe { libc::kill(pid as i32, 0) } != 0 {
+        return false;
+    }
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).any(|a| a == b"collector") && c.windows(node.name.len()).any(|w| w == node.name.as_bytes()))
+        .unwrap_or(false)
 }
 
 /// The folder under which the lab's relay keeps its exporters' spools.
@@ -690,12 +720,13 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
                 control_socket: dir.join(format!("collector-{name}.sock")),
                 grpc: None,
                 metrics: None,
+                collector_args: Vec::new(),
                 name,
             };
             if opts.datapath {
                 node.grpc = Some(free_loopback_port()?);
                 node.metrics = Some(free_loopback_port()?);
-                node.collector_pid = start_collector(&opts.name, &node, opts, tls.as_ref())?;
+                (node.collector_pid, node.collector_args) = start_collector(&opts.name, &node, opts, tls.as_ref())?;
             }
             nodes.push(node);
         }
@@ -746,12 +777,29 @@ fn check_nodes(store: &ObjectStore, nodes: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `converge` could not do yet because a node's collector is down.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Converged {
+    /// Nodes whose collector is not running: their datapath keeps enforcing
+    /// what it last had; they get the current desired state when their
+    /// collector is back (`lab restart collector`).
+    pub behind: Vec<String>,
+    /// New pods (`ns/name`) on those nodes: not plugged in until their
+    /// node's collector can program them (a pod without programs would be
+    /// outside policy).
+    pub pending: Vec<String>,
+}
+
 /// Brings the world in line with `store`: plugs in new pods, unplugs
 /// removed ones, restarts responders whose ports changed, recomputes
 /// identities, and programs every collector. Undoes its own changes to pods
-/// when a later step fails.
-fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
+/// when a later step fails. A node whose collector is down is left behind
+/// (reported, not an error): the store is updated and saved all the same.
+fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converged> {
     check_nodes(&store, state.nodes.len() as u32)?;
+    let mut behind: BTreeSet<String> =
+        state.nodes.iter().filter(|n| state.datapath && !collector_running(n)).map(|n| n.name.clone()).collect();
+    let mut pending = Vec::new();
     let old_state = state.clone();
     let old_keys: BTreeSet<String> = state.pods.keys().cloned().collect();
     let new_keys: BTreeSet<String> = store.pods.values().map(|p| pod_key(&p.namespace, &p.name)).collect();
@@ -779,6 +827,10 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
         }
         let node = pod.node_name.clone().unwrap_or_else(|| state.nodes[0].name.clone());
         let n = state.node(&node).ok_or_else(|| anyhow!("pod {key}: node {node} does not exist"))?;
+        if behind.contains(&node) {
+            pending.push(key);
+            continue;
+        }
         let base = u32::from(n.node_ip) & 0xffff_ff00;
         let ip = (2..255u32)
             .map(|h| Ipv4Addr::from(base | h))
@@ -849,17 +901,36 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
     state.objects = store;
     state.service_ips = service_ips;
     // Program every collector; pods being removed leave the datapath first.
-    for node in state.nodes.iter().filter(|_| state.datapath) {
+    let running: Vec<&Node> = state.nodes.iter().filter(|n| state.datapath && !behind.contains(&n.name)).collect();
+    for node in running {
         let desired = node_state(state, node);
-        if let Err(err) = control::apply(&node.control_socket, &desired) {
-            let failed = anyhow!("programming the datapath of {}: {err}", node.name);
-            // Restore the previous datapath state and remove the new pods.
-            for n in old_state.nodes.iter().filter(|_| old_state.datapath) {
-                let _ = control::apply(&n.control_socket, &node_state(&old_state, n));
+        match control::apply(&node.control_socket, &desired) {
+            Ok(()) => {}
+            // It stopped meanwhile: behind like the others.
+            Err(control::ClientError::Connect { .. } | control::ClientError::Closed) if !collector_running(node) => {
+                behind.insert(node.name.clone());
             }
-            undo(&old_state, &created, &next_pods);
-            *state = old_state;
-            return Err(failed);
+            Err(err) => {
+                let failed = anyhow!("programming the datapath of {}: {err}", node.name);
+                // Restore the previous datapath state and remove the new pods.
+                for n in old_state.nodes.iter().filter(|n| old_state.datapath && !behind.contains(&n.name)) {
+                    let _ = control::apply(&n.control_socket, &node_state(&old_state, n));
+                }
+                undo(&old_state, &created, &next_pods);
+                *state = old_state;
+                return Err(failed);
+            }
+        }
+    }
+    // New pods of a node whose collector stopped meanwhile have no programs:
+    // unplugged, they wait like the others.
+    for key in &created {
+        if state.pods.get(key).is_some_and(|rt| behind.contains(&rt.node))
+            && let Some(rt) = state.pods.remove(key)
+        {
+            kill(rt.responder_pid);
+            let _ = topology::remove_pod(&state.name, &rt.namespace, &rt.name);
+            pending.push(key.clone());
         }
     }
     // Pods that are gone.
@@ -870,7 +941,81 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
         }
     }
     state.save()?;
-    Ok(())
+    Ok(Converged { behind: behind.into_iter().collect(), pending })
+}
+
+/// A node's collector restarted by [`restart_collector`].
+#[derive(Clone, Debug)]
+pub struct CollectorRestart {
+    pub node: String,
+    /// The pid it had (0 if none was recorded).
+    pub old_pid: u32,
+    /// Whether that process still ran (and was stopped).
+    pub was_running: bool,
+    pub pid: u32,
+    /// From starting the process to its `ready` (datapath installed,
+    /// adopted or replaced; control socket open).
+    pub ready_after: Duration,
+    /// From `ready` to the lab's desired state in force on it.
+    pub programmed_after: Duration,
+    /// What the lab could not bring in line (other nodes still down).
+    pub converged: Converged,
+}
+
+/// `lab restart collector NODE`: stops the node's collector if it still
+/// runs, starts it again with the arguments it had (same addresses, pin
+/// directory and options; `reload` adds `--reload`), and sends it the lab's
+/// current desired state, plugging in pods that waited for it. The datapath
+/// stays in force throughout: the new collector adopts it.
+pub fn restart_collector(name: &str, node: &str, reload: sightline_collector::pins::Reload) -> anyhow::Result<CollectorRestart> {
+    let _lock = lock(name)?;
+    let mut state = LabState::load(name)?;
+    restart_collector_locked(&mut state, node, reload)
+}
+
+/// [`restart_collector`] for a caller that holds the lab's lock and its
+/// loaded state (a supervisor); saves the state.
+pub fn restart_collector_locked(
+    state: &mut LabState,
+    node: &str,
+    reload: sightline_collector::pins::Reload,
+) -> anyhow::Result<CollectorRestart> {
+    if !state.datapath {
+        bail!("lab {} runs without a datapath: it has no collectors", state.name);
+    }
+    let Some(index) = state.nodes.iter().position(|n| n.name == node) else {
+        let names: Vec<&str> = state.nodes.iter().map(|n| n.name.as_str()).collect();
+        bail!("lab {} has no node {node} (it has {})", state.name, names.join(", "));
+    };
+    let old = state.nodes[index].clone();
+    if old.collector_args.is_empty() {
+        bail!("lab {} did not record how its collectors were started (made by an older sightline); recreate it", state.name);
+    }
+    let was_running = collector_running(&old);
+    if was_running {
+        kill(old.collector_pid);
+    }
+    let mut args = old.collector_args.clone();
+    if reload != sightline_collector::pins::Reload::None {
+        args.extend(["--reload".to_owned(), reload.to_string()]);
+    }
+    let started = Instant::now();
+    let pid = spawn_collector(&state.name, node, &args)?;
+    let ready_after = started.elapsed();
+    state.nodes[index].collector_pid = pid;
+    state.save()?;
+    let programmed = Instant::now();
+    let store = state.objects.clone();
+    let converged = converge(state, store)?;
+    Ok(CollectorRestart {
+        node: node.to_owned(),
+        old_pid: old.collector_pid,
+        was_running,
+        pid,
+        ready_after,
+        programmed_after: programmed.elapsed(),
+        converged,
+    })
 }
 
 /// `lab restart relay`: stops the relay (if it still runs) and starts it
@@ -895,26 +1040,26 @@ pub fn restart_relay(name: &str) -> anyhow::Result<Relay> {
     Ok(relay)
 }
 
-/// `lab apply`.
-pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<manifest::ApplyReport> {
+/// `lab apply`: the report of the object store, and the nodes left behind.
+pub fn apply(name: &str, files: &[PathBuf]) -> anyhow::Result<(manifest::ApplyReport, Converged)> {
     let objects = read_manifests(files)?;
     let _lock = lock(name)?;
     let mut state = LabState::load(name)?;
     let mut store = state.objects.clone();
     let report = store.apply(objects)?;
-    converge(&mut state, store)?;
-    Ok(report)
+    let converged = converge(&mut state, store)?;
+    Ok((report, converged))
 }
 
 /// `lab delete`.
-pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<manifest::ApplyReport> {
+pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<(manifest::ApplyReport, Converged)> {
     let objects = read_manifests(files)?;
     let _lock = lock(name)?;
     let mut state = LabState::load(name)?;
     let mut store = state.objects.clone();
     let report = store.delete(&objects)?;
-    converge(&mut state, store)?;
-    Ok(report)
+    let converged = converge(&mut state, store)?;
+    Ok((report, converged))
 }
 
 /// Stops every process and removes every namespace, link, pin and file of
@@ -939,10 +1084,19 @@ pub fn teardown(name: &str) -> anyhow::Result<()> {
     for pid in stray_collectors(name) {
         kill(pid);
     }
+    // The datapath outlives collectors: detach every pinned link and
+    // remove the pins of every node, explicitly.
+    let pins = Path::new(PIN_ROOT).join(name);
+    if let Ok(nodes) = fs::read_dir(&pins) {
+        for node in nodes.flatten() {
+            if let Err(e) = sightline_collector::loader::uninstall(&node.path()) {
+                errors.push(format!("removing the datapath pinned at {}: {e}", node.path().display()));
+            }
+        }
+    }
     if let Err(e) = topology::destroy_lab(name) {
         errors.push(e.to_string());
     }
-    let pins = Path::new(PIN_ROOT).join(name);
     if pins.exists() {
         if let Err(e) = fs::remove_dir_all(&pins) {
             errors.push(format!("removing {}: {e}", pins.display()));

@@ -22,6 +22,7 @@ pub fn json(state: &LabState) -> Value {
                                "control": n.control_socket.display().to_string(),
                                "pid": n.collector_pid,
                                "tls_server_name": state.tls.as_ref().map(|_| super::pki::collector_server_name(&n.name)),
+                               "running": state.datapath && super::cluster::collector_running(n),
                                "stats": collector_stats(state, n)},
             })
         })
@@ -65,6 +66,12 @@ pub fn json(state: &LabState) -> Value {
                                                  "client_key": t.client_key.display().to_string(),
                                                  "server_name": t.server_name})),
         "pods": pods,
+        // Pods of the store not plugged in yet: their node's collector was
+        // down when they were applied.
+        "pending_pods": state.objects.pods.keys()
+            .map(|(ns, name)| format!("{ns}/{name}"))
+            .filter(|key| !state.pods.contains_key(key))
+            .collect::<Vec<_>>(),
         "services": services,
         "policies": policies,
     })

@@ -84,6 +84,8 @@ fn lost_response(lost: pb::LostEvent, node: &str) -> GetFlowsResponse {
 enum Item {
     Flow(Arc<Flow>),
     Lost(u64),
+    /// A kernel ring-buffer loss reported earlier.
+    Kernel(pb::LostEvent),
 }
 
 /// Starts a GetFlows stream. The backlog (what the store holds now) is
@@ -91,15 +93,20 @@ enum Item {
 /// connection's own task; only follow mode needs a task of its own.
 pub(super) fn get_flows(state: Arc<ObserverState>, req: GetFlowsRequest) -> Result<BoxStream<GetFlowsResponse>, Status> {
     let plan = validate(&req)?;
-    // Subscribe before reading the backlog so no kernel loss is missed.
-    let losses = plan.follow.then(|| state.losses.subscribe());
-    let (backlog, reader) = backlog(&state, &plan);
+    // Subscribe before reading the backlog so no kernel loss is missed;
+    // with `since`, kernel losses reported since then come first (those a
+    // restarted collector counted while none ran, for a follower that
+    // resumes where it was).
+    let (replay, losses) = state.losses_since(plan.since, plan.until, plan.follow);
+    let (mut backlog, reader) = backlog(&state, &plan);
+    backlog.splice(0..0, replay.into_iter().map(Item::Kernel));
     let node = state.node_name.clone();
     let mask = plan.mask.clone();
     let head = tokio_stream::StreamExt::map(tokio_stream::iter(backlog), move |item| {
         Ok(match item {
             Item::Flow(f) => flow_response(&f, &node, mask.as_ref()),
             Item::Lost(n) => lost_response(lost_event(LostEventSource::HubbleRingBuffer, n, 0, 0), &node),
+            Item::Kernel(l) => lost_response(l, &node),
         })
     });
     if !plan.follow {

@@ -38,6 +38,9 @@ use events::{AgentEventLog, now_ns, timestamp};
 /// The version string reported to clients.
 pub const VERSION: &str = concat!("sightline ", env!("CARGO_PKG_VERSION"));
 
+/// Kernel losses kept for requests with `since`.
+const RECENT_LOSSES: usize = 128;
+
 /// Namespaces seen in flows within this long are listed by GetNamespaces.
 const NAMESPACE_WINDOW_NS: i64 = 3600 * 1_000_000_000;
 
@@ -56,6 +59,11 @@ pub struct ObserverState {
     ring_lost: Mutex<Vec<u64>>,
     /// Losses for followers (kernel ring buffer).
     pub losses: broadcast::Sender<LostEvent>,
+    /// The last kernel losses reported, for requests with `since` (a
+    /// follower that reconnects after a collector restart learns of the
+    /// losses counted while no collector ran). Locked while a loss is sent,
+    /// so a request sees each loss once: replayed or live.
+    recent_losses: Mutex<std::collections::VecDeque<LostEvent>>,
     /// Total flows lost to a full kernel ring buffer.
     pub ring_lost_total: AtomicU64,
     /// GetFlows streams open now.
@@ -76,6 +84,7 @@ impl ObserverState {
             namespaces: Mutex::new(BTreeMap::new()),
             ring_lost: Mutex::new(Vec::new()),
             losses: broadcast::channel(256).0,
+            recent_losses: Mutex::new(std::collections::VecDeque::new()),
             ring_lost_total: AtomicU64::new(0),
             flow_clients: Arc::new(AtomicU64::new(0)),
             rate_mark: Mutex::new((Instant::now(), 0)),
@@ -333,6 +342,13 @@ pub async fn serve(
 }
 
 impl ObserverState {
+    /// Starts the per-CPU lost-event counts from what earlier collectors of
+    /// the same pinned counters already reported, so that only what came
+    /// after (the losses while no collector ran, then live ones) is reported.
+    pub fn seed_ring_losses(&self, per_cpu: &[u64]) {
+        *self.ring_lost.lock().expect("ring losses") = per_cpu.to_vec();
+    }
+
     /// Reports the probes' per-CPU lost-event counters: what grew since the
     /// last report goes to following clients as `LostEvent`s
     /// (PERF_EVENT_RING_BUFFER, with the CPU).
@@ -349,9 +365,31 @@ impl ObserverState {
                 self.ring_lost_total.fetch_add(new, Ordering::Relaxed);
                 let mut lost = crate::flow::convert::lost_event(LostEventSource::PerfEventRingBuffer, new, now, now);
                 lost.cpu = i32::try_from(cpu).ok();
+                let mut recent = self.recent_losses.lock().expect("recent losses");
+                if recent.len() == RECENT_LOSSES {
+                    recent.pop_front();
+                }
+                recent.push_back(lost);
                 let _ = self.losses.send(lost);
             }
         }
+    }
+
+    /// Kernel losses reported at `since` or later (and not after `until`),
+    /// and, with `follow`, a subscription to the losses reported after them.
+    pub(crate) fn losses_since(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+        follow: bool,
+    ) -> (Vec<LostEvent>, Option<broadcast::Receiver<LostEvent>>) {
+        let recent = self.recent_losses.lock().expect("recent losses");
+        let at = |l: &LostEvent| l.last.as_ref().map_or(0, |t| t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos)));
+        let replay = match since {
+            Some(since) => recent.iter().filter(|l| at(l) >= since && until.is_none_or(|u| at(l) <= u)).cloned().collect(),
+            None => Vec::new(),
+        };
+        (replay, follow.then(|| self.losses.subscribe()))
     }
 }
 
