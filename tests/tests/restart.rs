@@ -174,8 +174,9 @@ fn rt() -> tokio::runtime::Runtime {
 /// kernel ring-buffer losses reported.
 fn flows_since(lab: &Lab, since_ns: i64, filter: FlowFilter) -> (Vec<pb::Flow>, u64) {
     let addr = lab.status()["nodes"][0]["collector"]["grpc"].as_str().expect("gRPC address").to_owned();
+    let grpc = lab.grpc();
     rt().block_on(async {
-        let mut c = ObserverClient::connect(format!("http://{addr}")).await.expect("connect");
+        let mut c = ObserverClient::new(grpc.channel(&addr).await);
         let since = prost_types::Timestamp { seconds: since_ns / 1_000_000_000, nanos: (since_ns % 1_000_000_000) as i32 };
         let whitelist = if filter == FlowFilter::default() { Vec::new() } else { vec![filter] };
         let req = GetFlowsRequest { since: Some(since), whitelist, ..GetFlowsRequest::default() };
