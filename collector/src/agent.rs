@@ -465,6 +465,7 @@ async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Result<(), Agen
     let mut pipeline = Pipeline {
         flushed: Instant::now(),
         builder: FlowBuilder::new(),
+        namespaces: Vec::new(),
         metrics: shared.metrics.recorder(),
         policy: shared.own_metrics.policy_recorder(),
     };
@@ -488,6 +489,9 @@ const FIRST_APPLY_WAIT: Duration = Duration::from_secs(10);
 struct Pipeline {
     /// When the recorders were last flushed.
     flushed: Instant,
+    /// Namespaces seen in this drain, with their newest flow time: handed
+    /// to the observer once per drain (one lock), not once per flow.
+    namespaces: Vec<(Arc<crate::decoder::PodMeta>, i64)>,
     builder: FlowBuilder,
     metrics: crate::metrics::Recorder,
     policy: crate::agent_metrics::PolicyRecorder,
@@ -533,6 +537,7 @@ fn drain(shared: &Shared, pipeline: &mut Pipeline, ring: &mut RingBuf<MapData>) 
     if let Some(flow) = previous.take() {
         pipeline.finish(shared, flow);
     }
+    pipeline.flush_namespaces(shared);
     if pipeline.flushed.elapsed() >= FLUSH_INTERVAL {
         pipeline.metrics.flush();
         pipeline.policy.flush();
@@ -551,11 +556,27 @@ fn drain(shared: &Shared, pipeline: &mut Pipeline, ring: &mut RingBuf<MapData>) 
 const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Pipeline {
+    /// Hands the namespaces seen so far to the observer.
+    fn flush_namespaces(&mut self, shared: &Shared) {
+        for (pod, time) in self.namespaces.drain(..) {
+            shared.observer.saw_namespaces([pod.namespace.as_str()], time);
+        }
+    }
+
     /// The hooks, then the store.
     fn finish(&mut self, shared: &Shared, flow: Arc<Flow>) {
-        let names = [&flow.source.pod, &flow.destination.pod];
-        if names.iter().any(|p| p.is_some()) {
-            shared.observer.saw_namespaces(names.iter().filter_map(|p| p.as_ref().map(|p| p.namespace.as_str())), flow.time_ns);
+        for pod in [&flow.source.pod, &flow.destination.pod].into_iter().flatten() {
+            // Pods share their metadata: comparing pointers finds a pod's
+            // namespace without comparing strings.
+            match self.namespaces.iter_mut().find(|(p, _)| Arc::ptr_eq(p, pod) || p.namespace == pod.namespace) {
+                Some((_, t)) => *t = (*t).max(flow.time_ns),
+                None => {
+                    if self.namespaces.len() >= 64 {
+                        self.flush_namespaces(shared);
+                    }
+                    self.namespaces.push((Arc::clone(pod), flow.time_ns));
+                }
+            }
         }
         self.metrics.record(&flow);
         self.policy.record(&flow);
