@@ -11,5 +11,5 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 cargo build --workspace --all-targets
-cargo test --workspace --exclude sightline-e2e
-cargo test -p sightline-e2e -- --test-threads=1
+cargo test --workspace --exclude sightline-e2e --no-fail-fast
+cargo test -p sightline-e2e --no-fail-fast -- --test-threads=1

@@ -318,10 +318,13 @@ pub fn otlp_uuids(receiver: &OtlpReceiver) -> Vec<String> {
         .collect()
 }
 
-/// Every line of a file sink's output, parsed (a missing file is empty).
+/// Every complete line of a file sink's output, parsed (a missing file is
+/// empty). The sink may be writing while this reads: a last line without its
+/// newline is not written yet and is left for the next read.
 pub fn file_lines(path: &Path) -> Vec<Value> {
     let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }
 
 /// The `flow.uuid` of every line of a file sink's output.
