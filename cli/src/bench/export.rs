@@ -582,7 +582,8 @@ fn write_report(path: &Path, args: &ExportArgs, report: &Report) -> anyhow::Resu
         command.push_str(" --find-max");
     }
     command.push_str(&format!(" --write {}", path.display()));
-    let name = format!("export-{}", args.sink.name());
+    // One section per sink and rate, so runs at several rates stay side by side.
+    let name = format!("export-{}-{}", args.sink.name(), args.rate);
     let section = format!(
         "<!-- bench:{name}:start -->\nMeasured on {} by `{command}` ({}), the relay a release build.\n\n{}<!-- bench:{name}:end -->",
         today(),
