@@ -17,6 +17,8 @@ use clap::Args;
 
 use crate::lab::cluster::{self, LabState};
 
+pub mod export;
+
 #[derive(Args)]
 pub struct DatapathArgs {
     /// Seconds per measurement.

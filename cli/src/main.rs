@@ -463,6 +463,10 @@ enum BenchCommand {
     /// GetFlows streaming rate to one client over loopback, against copying
     /// raw event records.
     Observe(bench::ObserveArgs),
+    /// Flows exported through the relay (a child process) from in-process
+    /// fake collectors to a local sink: delay, CPU, memory, a sink outage,
+    /// and optionally the highest sustained rate.
+    Export(bench::export::ExportArgs),
     /// (internal) request/response client and server used by `datapath`.
     #[command(hide = true)]
     Rr(bench::RrArgs),
@@ -610,6 +614,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::Datapath(args) => bench::datapath(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Policy(args) => bench::policy(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Observe(args) => bench::observe(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Export(args) => bench::export::export(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Rr(args) => bench::rr(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Flood(args) => flood::flood(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::FloodSend(args) => flood::send(&args).map(|()| ExitCode::SUCCESS),
