@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, RingBuf};
 use sightline_abi as abi;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
@@ -81,6 +81,11 @@ pub struct AgentOptions {
     /// The node's network namespace (where the pod veths live).
     pub node_netns: PathBuf,
     pub control_socket: PathBuf,
+    /// Besides root, the only uid that may use the control socket.
+    pub control_uid: u32,
+    /// The lab this node belongs to: pod namespaces an `apply` names must
+    /// be `/run/netns/<lab>.…`.
+    pub lab: String,
     pub pin_dir: PathBuf,
     pub aggregation: Aggregation,
     /// Print every decoded event on stdout.
@@ -307,11 +312,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         undecodable: AtomicU64::new(0),
     });
 
-    let _ = std::fs::remove_file(&opts.control_socket);
-    if let Some(dir) = opts.control_socket.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let listener = UnixListener::bind(&opts.control_socket)
+    let listener: UnixListener = crate::guard::bind_private(&opts.control_socket, opts.control_uid)
         .map_err(|source| AgentError::Control { path: opts.control_socket.clone(), source })?;
     log::info!(
         "collector for {} ready: control socket {}, maps pinned under {}, aggregation {}",
@@ -609,6 +610,14 @@ fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
     if state.node_name != shared.opts.node_name {
         return Err(format!("state for node {} sent to the collector of {}", state.node_name, shared.opts.node_name));
     }
+    // Only what the lab made, before anything is planned or written.
+    let scope = crate::guard::Scope {
+        lab: shared.opts.lab.clone(),
+        node: shared.opts.node_name.clone(),
+        node_netns: netns.clone(),
+        netns_dir: PathBuf::from(crate::guard::NETNS_DIR),
+    };
+    crate::guard::check_state(state, &scope, |ifname| loader::ifindex_in(&netns, ifname).is_ok()).map_err(|e| e.to_string())?;
     let next = datapath::plan(
         state,
         |ifname| loader::ifindex_in(&netns, ifname),
@@ -716,13 +725,37 @@ async fn write_json<T: serde::Serialize>(stream: &mut (impl tokio::io::AsyncWrit
 }
 
 async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+    // Root or --control-uid only; anyone else hears why and is gone.
+    let peer = stream.peer_cred().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let req: Request = match serde_json::from_str(&line) {
+    match peer {
+        Ok(uid) if crate::guard::peer_allowed(uid, shared.opts.control_uid) => {}
+        Ok(uid) => {
+            log::warn!("control socket: refused a connection from uid {uid}");
+            let _ = write_json(&mut write, &Response::refused(format!("uid {uid} may not use this control socket (root or --control-uid only)"))).await;
+            return;
+        }
+        Err(err) => {
+            log::warn!("control socket: no peer credentials: {err}");
+            return;
+        }
+    }
+    let mut reader = BufReader::new(read);
+    loop {
+        let line = match crate::guard::read_request_line(&mut reader, crate::guard::MAX_REQUEST_BYTES).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(crate::guard::LineError::TooLong { max }) => {
+                log::warn!("control socket: refused a request longer than {max} bytes");
+                let _ = write_json(&mut write, &Response::refused(format!("request longer than {max} bytes; closing the connection"))).await;
+                return;
+            }
+            Err(crate::guard::LineError::Io(_)) => return,
+        };
+        let req: Request = match crate::control::parse_request(&line) {
             Ok(r) => r,
             Err(err) => {
-                let _ = write_json(&mut write, &Response { ok: false, error: Some(format!("bad request: {err}")), status: None }).await;
+                let _ = write_json(&mut write, &Response::refused(err.to_string())).await;
                 continue;
             }
         };

@@ -8,7 +8,8 @@
 //! Modules follow the stages of a packet's record: `loader` (kernel objects),
 //! `datapath` (desired state → map entries), `decoder` (bytes → records),
 //! `agent` (the running process: consumer, gc, control socket), `control`
-//! (the control socket's protocol and client), `btf` (kernel layouts for the
+//! (the control socket's protocol and client), `guard` (what the control
+//! socket lets in), `btf` (kernel layouts for the
 //! kfree_skb probe), `netns` (running code inside a network namespace).
 //!
 //! It must not know where desired state comes from (the lab, Kubernetes):
@@ -23,6 +24,7 @@ pub mod datapath;
 pub mod decoder;
 pub mod export;
 pub mod flow;
+pub mod guard;
 pub mod loader;
 pub mod metrics;
 pub mod netns;
