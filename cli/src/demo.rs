@@ -175,6 +175,7 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>, export: Ex
         prometheus: std::path::Path::new(cluster::PROMETHEUS_BIN).exists(),
         export_config: Some(export_config.clone()),
         node_export_config: None,
+        supervise: true,
     })?;
     for p in state.pods.values() {
         eprintln!("demo:   pod {}/{} at {} (identity {})", p.namespace, p.name, p.ip, p.identity);

@@ -74,6 +74,7 @@ enum Output {
 #[derive(Clone, Copy, ValueEnum)]
 enum RestartTarget {
     Relay,
+    Collector,
 }
 
 #[derive(Subcommand)]
@@ -125,6 +126,9 @@ enum LabCommand {
         /// says (node-local export, as Hubble's exporter on each agent).
         #[arg(long, value_name = "FILE")]
         node_export_config: Option<PathBuf>,
+        /// Run no supervisor: a collector or relay that exits stays down.
+        #[arg(long)]
+        no_supervisor: bool,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -197,10 +201,20 @@ enum LabCommand {
         name: NameArg,
     },
     /// Restarts one of the lab's processes, as a deliberate restart of a
-    /// pod would: `relay` (same addresses, same export configuration).
+    /// pod would: `relay` (same addresses, same export configuration) or
+    /// `collector NODE` (same flags and addresses, then the node's state).
     Restart {
         #[arg(value_enum)]
         what: RestartTarget,
+        /// The node, for `collector`.
+        node: Option<String>,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// The lab's supervisor (started by `lab up`): restarts a collector or
+    /// the relay that exits, with back-off.
+    #[command(hide = true)]
+    Supervise {
         #[command(flatten)]
         name: NameArg,
     },
@@ -277,8 +291,17 @@ struct CollectorArgs {
     /// The node's network namespace (a path such as /run/netns/NAME).
     #[arg(long)]
     netns: PathBuf,
+    /// The control socket (created mode 0600; its directory must be
+    /// private, mode 0700, and is created so when missing).
     #[arg(long)]
     control_socket: PathBuf,
+    /// Besides root, the only uid allowed on the control socket.
+    #[arg(long, value_name = "UID", default_value_t = 0)]
+    control_uid: u32,
+    /// The lab this node belongs to (pod namespaces must be
+    /// /run/netns/LAB.*); default: the --netns name without `.NODE`.
+    #[arg(long)]
+    lab: Option<String>,
     #[arg(long)]
     pin_dir: PathBuf,
     #[arg(long, default_value = "medium")]
@@ -400,10 +423,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
+            let lab = match &args.lab {
+                Some(lab) => lab.clone(),
+                None => collector_lab(&args.netns, &args.node)?,
+            };
             let opts = AgentOptions {
                 node_name: args.node,
                 node_netns: args.netns,
                 control_socket: args.control_socket,
+                control_uid: args.control_uid,
+                lab,
                 pin_dir: args.pin_dir,
                 aggregation: args.aggregation,
                 debug_events: args.debug_events,
@@ -435,6 +464,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The lab of a collector started without `--lab`: its node namespace is
+/// `/run/netns/<lab>.<node>`.
+fn collector_lab(netns: &std::path::Path, node: &str) -> anyhow::Result<String> {
+    netns
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(&format!(".{node}")))
+        .filter(|lab| !lab.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("--lab: cannot tell the lab from --netns {} (not <lab>.{node}); give --lab", netns.display()))
+}
+
 fn check_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -463,6 +504,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             prometheus,
             export_config,
             node_export_config,
+            no_supervisor,
         } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
@@ -479,6 +521,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 prometheus,
                 export_config,
                 node_export_config: node_export_config.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+                supervise: !no_supervisor,
             })?;
             println!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",
@@ -542,10 +585,19 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             let n = state.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow!("lab {} has no node {node}", name.name))?;
             lab::events::stream(&n.control_socket, matches!(output, Some(Output::Json)), duration)?;
         }
-        LabCommand::Restart { what: RestartTarget::Relay, name } => {
+        LabCommand::Restart { what: RestartTarget::Relay, node, name } => {
+            if let Some(node) = node {
+                bail!("`lab restart relay` takes no node (got {node:?})");
+            }
             let relay = cluster::restart_relay(&name.name)?;
             println!("relay of lab {} restarted: pid {}, gRPC {}", name.name, relay.pid, relay.grpc);
         }
+        LabCommand::Restart { what: RestartTarget::Collector, node, name } => {
+            let node = node.ok_or_else(|| anyhow!("`lab restart collector` needs a node, e.g. `lab restart collector node-1`"))?;
+            let pid = cluster::restart_collector_cmd(&name.name, &node)?;
+            println!("collector of {node} of lab {} restarted: pid {pid}, datapath programmed", name.name);
+        }
+        LabCommand::Supervise { name } => lab::supervisor::run(&name.name)?,
         LabCommand::Down { name } => {
             cluster::down(&name.name)?;
             println!("lab {} is down", name.name);

@@ -45,6 +45,10 @@ pub struct Node {
     /// The collector's metrics address (`/metrics`, `/healthz`, `/readyz`).
     #[serde(default)]
     pub metrics: Option<String>,
+    /// How many times the collector was started again (by the supervisor
+    /// or `lab restart collector`).
+    #[serde(default)]
+    pub collector_restarts: u32,
 }
 
 /// A Prometheus server the lab runs, scraping its collectors.
@@ -67,6 +71,61 @@ pub struct Relay {
     /// The export configuration it follows (re-read when it changes).
     #[serde(default)]
     pub export_config: Option<PathBuf>,
+    /// How many times it was started again (by the supervisor or `lab
+    /// restart relay`).
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+/// The lab's supervisor (`lab supervise`): restarts collectors and the
+/// relay when they exit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervisor {
+    pub pid: u32,
+}
+
+/// How every collector of the lab runs: its flags besides the node's own
+/// names and addresses, kept so that a collector restarts as it started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectorOptions {
+    pub aggregation: String,
+    pub debug_events: bool,
+    pub ct_timeouts: String,
+    pub ct_gc_interval: String,
+    pub flow_capacity: usize,
+    pub metrics: Vec<String>,
+    pub node_export_config: Option<PathBuf>,
+}
+
+impl CollectorOptions {
+    /// Those of `lab up`.
+    #[must_use]
+    pub fn from_up(opts: &UpOptions) -> Self {
+        Self {
+            aggregation: opts.aggregation.clone(),
+            debug_events: opts.debug_events,
+            ct_timeouts: opts.ct_timeouts.clone(),
+            ct_gc_interval: opts.ct_gc_interval.clone(),
+            flow_capacity: opts.flow_capacity,
+            metrics: opts.metrics.clone(),
+            node_export_config: opts.node_export_config.clone(),
+        }
+    }
+
+    /// For a lab whose state predates stored options: its aggregation and
+    /// the defaults of `lab up`.
+    #[must_use]
+    pub fn defaults(aggregation: &str) -> Self {
+        Self {
+            aggregation: aggregation.to_owned(),
+            debug_events: false,
+            ct_timeouts: String::new(),
+            ct_gc_interval: "5s".to_owned(),
+            flow_capacity: 4095,
+            metrics: Vec::new(),
+            node_export_config: None,
+        }
+    }
 }
 
 /// A pod as the lab plugged it in.
@@ -99,6 +158,12 @@ pub struct LabState {
     /// The relay (with the datapath).
     #[serde(default)]
     pub relay: Option<Relay>,
+    /// The supervisor restarting collectors and the relay, if it runs.
+    #[serde(default)]
+    pub supervisor: Option<Supervisor>,
+    /// How the collectors run (for restarts).
+    #[serde(default)]
+    pub collector: Option<CollectorOptions>,
     pub nodes: Vec<Node>,
     pub objects: ObjectStore,
     /// `ns/name` → runtime.
@@ -125,6 +190,11 @@ pub fn validate_name(name: &str) -> anyhow::Result<()> {
 
 pub fn lab_dir(name: &str) -> PathBuf {
     Path::new(LABS_DIR).join(name)
+}
+
+/// The private folder (mode 0700) of the collectors' control sockets.
+pub fn control_dir(name: &str) -> PathBuf {
+    lab_dir(name).join("control")
 }
 
 fn state_path(name: &str) -> PathBuf {
@@ -348,7 +418,7 @@ fn pod_key(ns: &str, name: &str) -> String {
 /// Starts a detached process that survives this command, logging to `log`.
 /// With `ready_pipe`, its stdout is a pipe for [`wait_ready`]; otherwise it
 /// goes to the log too.
-fn spawn_detached(cmd: &mut Command, log: &Path, ready_pipe: bool) -> anyhow::Result<std::process::Child> {
+pub(super) fn spawn_detached(cmd: &mut Command, log: &Path, ready_pipe: bool) -> anyhow::Result<std::process::Child> {
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -371,7 +441,7 @@ fn spawn_detached(cmd: &mut Command, log: &Path, ready_pipe: bool) -> anyhow::Re
 
 /// Waits for a child to print `ready` on stdout, then lets its stdout go to
 /// the log. Fails with the log's tail if it exits or takes too long.
-fn wait_ready(mut child: std::process::Child, log: &Path, what: &str, timeout: Duration) -> anyhow::Result<u32> {
+pub(super) fn wait_ready(mut child: std::process::Child, log: &Path, what: &str, timeout: Duration) -> anyhow::Result<u32> {
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     let log_path = log.to_path_buf();
@@ -416,20 +486,22 @@ fn wait_ready(mut child: std::process::Child, log: &Path, what: &str, timeout: D
     }
 }
 
-fn append(path: &Path, line: &str) -> std::io::Result<()> {
+pub(super) fn append(path: &Path, line: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut f = fs::OpenOptions::new().create(true).append(true).open(path)?;
     f.write_all(line.as_bytes())
 }
 
-fn self_exe() -> anyhow::Result<PathBuf> {
+pub(super) fn self_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the sightline binary")
 }
 
-fn start_collector(lab: &str, node: &Node, opts: &UpOptions) -> anyhow::Result<u32> {
+fn start_collector(lab: &str, node: &Node, opts: &CollectorOptions) -> anyhow::Result<u32> {
     let log = lab_dir(lab).join(format!("collector-{}.log", node.name));
     let mut cmd = Command::new(self_exe()?);
     cmd.arg("collector")
+        .arg("--lab")
+        .arg(lab)
         .arg("--node")
         .arg(&node.name)
         .arg("--netns")
@@ -494,7 +566,7 @@ fn spawn_relay(state: &LabState, export_config: Option<&Path>, grpc: String, met
     }
     let child = spawn_detached(&mut cmd, &log, true)?;
     let pid = wait_ready(child, &log, "the relay", Duration::from_secs(30))?;
-    Ok(Relay { pid, grpc, metrics: Some(metrics), export_config: export_config.map(Path::to_path_buf) })
+    Ok(Relay { pid, grpc, metrics: Some(metrics), export_config: export_config.map(Path::to_path_buf), restarts: 0 })
 }
 
 fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
@@ -510,7 +582,7 @@ fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
     wait_ready(child, &log, &format!("the responder of pod {}/{}", rt.namespace, rt.name), Duration::from_secs(20))
 }
 
-fn kill(pid: u32) {
+pub(super) fn kill(pid: u32) {
     if pid == 0 {
         return;
     }
@@ -533,7 +605,7 @@ fn kill(pid: u32) {
 
 /// Whether `pid` has exited and only waits to be reaped (by init: lab
 /// processes are detached, so they are not our children).
-fn is_zombie(pid: u32) -> bool {
+pub(crate) fn is_zombie(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
@@ -567,6 +639,9 @@ pub struct UpOptions {
     /// Each collector exports its own node's flows as this file says
     /// (Hubble's node-local exporter).
     pub node_export_config: Option<PathBuf>,
+    /// Run a supervisor that restarts collectors and the relay when they
+    /// exit (with the datapath).
+    pub supervise: bool,
 }
 
 /// Nodes a lab may have (each gets a /24 of 10.244.0.0/16).
@@ -651,15 +726,16 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
                 pod_cidr: format!("10.244.{i}.0/24"),
                 node_ip,
                 collector_pid: 0,
-                control_socket: dir.join(format!("collector-{name}.sock")),
+                control_socket: control_dir(&opts.name).join(format!("collector-{name}.sock")),
                 grpc: None,
                 metrics: None,
+                collector_restarts: 0,
                 name,
             };
             if opts.datapath {
                 node.grpc = Some(free_loopback_port()?);
                 node.metrics = Some(free_loopback_port()?);
-                node.collector_pid = start_collector(&opts.name, &node, opts)?;
+                node.collector_pid = start_collector(&opts.name, &node, &CollectorOptions::from_up(opts))?;
             }
             nodes.push(node);
         }
@@ -670,6 +746,8 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             policy_audit: opts.policy_audit,
             prometheus: None,
             relay: None,
+            supervisor: None,
+            collector: Some(CollectorOptions::from_up(opts)),
             nodes,
             objects: ObjectStore::new(),
             pods: BTreeMap::new(),
@@ -686,6 +764,10 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             state.save()?;
         }
         converge(&mut state, store.clone())?;
+        if opts.datapath && opts.supervise {
+            state.supervisor = Some(super::supervisor::start(&state.name)?);
+            state.save()?;
+        }
         Ok(state)
     })();
     match result {
@@ -842,8 +924,16 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<()> {
 pub fn restart_relay(name: &str) -> anyhow::Result<Relay> {
     let _lock = lock(name)?;
     let mut state = LabState::load(name)?;
+    let relay = restart_relay_in(&mut state)?;
+    state.save()?;
+    Ok(relay)
+}
+
+/// Restarts the relay of a lab whose lock the caller holds; the caller
+/// saves the state.
+pub fn restart_relay_in(state: &mut LabState) -> anyhow::Result<Relay> {
     let Some(old) = state.relay.clone() else {
-        bail!("lab {name} has no relay (it was started with --no-datapath)");
+        bail!("lab {} has no relay (it was started with --no-datapath)", state.name);
     };
     if old.pid != 0 && !is_zombie(old.pid) {
         kill(old.pid);
@@ -852,10 +942,53 @@ pub fn restart_relay(name: &str) -> anyhow::Result<Relay> {
         Some(m) => m.clone(),
         None => free_loopback_port()?,
     };
-    let relay = spawn_relay(&state, old.export_config.as_deref(), old.grpc.clone(), metrics)?;
+    let mut relay = spawn_relay(state, old.export_config.as_deref(), old.grpc.clone(), metrics)?;
+    relay.restarts = old.restarts.saturating_add(1);
     state.relay = Some(relay.clone());
-    state.save()?;
     Ok(relay)
+}
+
+/// Restarts the collector of `node` (if it still runs, it is stopped
+/// first) with the same flags and addresses, then sends it the node's
+/// desired state, so the node is programmed again as the lab wants it.
+/// For a lab whose lock the caller holds; the caller saves the state.
+/// Returns the new pid.
+pub fn restart_collector(state: &mut LabState, node: &str) -> anyhow::Result<u32> {
+    if !state.datapath {
+        bail!("lab {} runs no collectors (it was started with --no-datapath)", state.name);
+    }
+    let index = state
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .ok_or_else(|| anyhow!("lab {} has no node {node}", state.name))?;
+    let old = state.nodes[index].clone();
+    if old.collector_pid != 0 && !is_zombie(old.collector_pid) {
+        kill(old.collector_pid);
+    }
+    let opts = state.collector.clone().unwrap_or_else(|| CollectorOptions::defaults(&state.aggregation));
+    let pid = start_collector(&state.name, &old, &opts)?;
+    let n = &mut state.nodes[index];
+    n.collector_pid = pid;
+    n.collector_restarts = old.collector_restarts.saturating_add(1);
+    let desired = node_state(state, &state.nodes[index]);
+    if let Err(e) = control::apply(&old.control_socket, &desired) {
+        // A collector that does not enforce the node's state must not pass
+        // for a running one: stop it (the supervisor tries again).
+        kill(pid);
+        bail!("programming the datapath of {node} after its restart: {e}");
+    }
+    Ok(pid)
+}
+
+/// `lab restart collector NODE`.
+pub fn restart_collector_cmd(name: &str, node: &str) -> anyhow::Result<u32> {
+    let _lock = lock(name)?;
+    let mut state = LabState::load(name)?;
+    let result = restart_collector(&mut state, node);
+    // The new pid is kept even when programming failed.
+    state.save()?;
+    result
 }
 
 /// `lab apply`.
@@ -885,6 +1018,10 @@ pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<manifest::ApplyRe
 pub fn teardown(name: &str) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     if let Ok(state) = LabState::load(name) {
+        // First the supervisor, or it would start what is being stopped.
+        if let Some(s) = &state.supervisor {
+            kill(s.pid);
+        }
         if let Some(p) = &state.prometheus {
             kill(p.pid);
         }
@@ -898,8 +1035,11 @@ pub fn teardown(name: &str) -> anyhow::Result<()> {
             kill(pod.responder_pid);
         }
     }
-    // Collectors run in the host namespace: find strays by their arguments.
-    for pid in stray_collectors(name) {
+    // Collectors run in the host namespace: find strays by their arguments
+    // (a stray supervisor first).
+    let mut strays = stray_collectors(name);
+    strays.sort_by_key(|pid| !is_supervisor_of(*pid, name));
+    for pid in strays {
         kill(pid);
     }
     if let Err(e) = topology::destroy_lab(name) {
@@ -936,11 +1076,25 @@ fn stray_collectors(name: &str) -> Vec<u32> {
         let collector = args.iter().any(|a| a == "collector") && args.iter().any(|a| a.starts_with(&format!("{marker}/")));
         let prometheus = args.iter().any(|a| *a == prometheus_config);
         let relay = args.get(1).is_some_and(|a| a == "relay") && args.windows(2).any(|w| w[0] == "--lab" && w[1] == name);
-        if collector || prometheus || relay {
+        if collector || prometheus || relay || supervisor_args(&args, name) {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// Whether a command line is `sightline lab supervise --name NAME`.
+fn supervisor_args(args: &[String], name: &str) -> bool {
+    args.get(1).is_some_and(|a| a == "lab")
+        && args.get(2).is_some_and(|a| a == "supervise")
+        && args.windows(2).any(|w| w[0] == "--name" && w[1] == name)
+}
+
+fn is_supervisor_of(pid: u32, name: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let args: Vec<String> = c.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        supervisor_args(&args, name)
+    })
 }
 
 /// Where Debian's prometheus package puts the server.

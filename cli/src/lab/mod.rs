@@ -5,7 +5,7 @@
 //! `manifest` parses and validates objects, `cluster` keeps the lab's state
 //! and changes the world, `topology` makes namespaces and veths, `responder`
 //! answers inside pods, `probe` measures reachability, `status` and `events`
-//! report.
+//! report, `supervisor` restarts collectors and the relay that exit.
 
 pub mod cluster;
 pub mod events;
@@ -13,5 +13,6 @@ pub mod manifest;
 pub mod probe;
 pub mod responder;
 pub mod status;
+pub mod supervisor;
 pub mod topology;
 pub mod types;
