@@ -189,14 +189,14 @@ pub fn run(name: &str) -> anyhow::Result<()> {
     let mut ended: BTreeMap<u32, String> = BTreeMap::new();
     loop {
         ended.extend(reap());
-        let state = {
-            let _lock = cluster::lock(name)?;
-            match LabState::load(name) {
-                Ok(state) => state,
-                Err(_) => {
-                    log_line(&log, "the lab is gone; supervisor stops");
-                    return Ok(());
-                }
+        // Held while the state is read and the processes checked, so that
+        // a process a lab command is restarting is never seen as gone.
+        let lock = cluster::lock(name)?;
+        let state = match LabState::load(name) {
+            Ok(state) => state,
+            Err(_) => {
+                log_line(&log, "the lab is gone; supervisor stops");
+                return Ok(());
             }
         };
         if state.supervisor.as_ref().is_some_and(|s| s.pid != me) {
@@ -222,6 +222,7 @@ pub fn run(name: &str) -> anyhow::Result<()> {
                 log_line(&log, &format!("{target} (pid {pid}) {how}; restarting it in {}s", delay.as_secs()));
             }
         }
+        drop(lock);
         let due: Vec<Target> =
             watched.iter().filter(|(_, w)| w.due.is_some_and(|d| d <= now)).map(|(t, _)| t.clone()).collect();
         for target in due {
