@@ -170,7 +170,7 @@ enum LabCommand {
         port: u16,
         #[arg(long, default_value = "TCP")]
         protocol: Protocol,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
         timeout_ms: u64,
         #[command(flatten)]
         name: NameArg,
@@ -181,7 +181,7 @@ enum LabCommand {
         port: u16,
         #[arg(long, default_value = "TCP")]
         protocol: Protocol,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
         timeout_ms: u64,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
@@ -312,8 +312,8 @@ struct CollectorArgs {
     /// Connection lifetimes, e.g. `syn=60s,established=6h,closing=10s,other=60s`.
     #[arg(long, default_value = "")]
     ct_timeouts: CtTimeouts,
-    /// How often expired connections are deleted.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// How often expired connections are deleted (100ms to 24h).
+    #[arg(long, default_value = "5s", value_parser = agent::parse_gc_interval)]
     ct_gc_interval: Duration,
     /// Serve the gRPC API (Hubble's Observer and Peer, health, reflection)
     /// on this address (loopback in a lab).
@@ -359,7 +359,10 @@ enum BenchCommand {
     Rr(bench::RrArgs),
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
+/// The longest `--timeout-ms` of a probe: an hour.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds (at most 876000h).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     agent::parse_duration(s)
 }
@@ -484,6 +487,17 @@ fn check_root() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes to stdout; a reader that went away (`| head`) is no error, and
+/// never a panic as `println!` would make it.
+fn say(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
+}
+
 fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
     if !matches!(command, LabCommand::Responder { .. }) {
         check_root()?;
@@ -523,21 +537,21 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 node_export_config: node_export_config.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
                 supervise: !no_supervisor,
             })?;
-            println!(
-                "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",
+            say(format_args!(
+                "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it\n",
                 state.name,
                 state.nodes.len(),
                 state.pods.len(),
                 state.name
-            );
+            ))?;
         }
         LabCommand::Apply { files, name } => print_report(&cluster::apply(&name.name, &files)?),
         LabCommand::Delete { files, name } => print_report(&cluster::delete(&name.name, &files)?),
         LabCommand::Status { output, name } => {
             let state = LabState::load(&name.name)?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&lab::status::json(&state))?),
-                Output::Table => print!("{}", lab::status::table(&state)),
+                Output::Json => say(format_args!("{}\n", serde_json::to_string_pretty(&lab::status::json(&state))?))?,
+                Output::Table => say(format_args!("{}", lab::status::table(&state)))?,
             }
         }
         LabCommand::Exec { pod, name, command } => {
@@ -554,11 +568,11 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Probe { from, to, port, protocol, timeout_ms, name } => {
             return Ok(match probe(&name.name, &from, &to, port, protocol, timeout_ms) {
                 Ok(true) => {
-                    println!("connected");
+                    let _ = say(format_args!("connected\n"));
                     ExitCode::SUCCESS
                 }
                 Ok(false) => {
-                    println!("blocked");
+                    let _ = say(format_args!("blocked\n"));
                     ExitCode::from(1)
                 }
                 Err(err) => {
@@ -576,8 +590,8 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 .collect::<anyhow::Result<_>>()?;
             let entries = runtime()?.block_on(lab::probe::matrix(&pods, port, protocol, Duration::from_millis(timeout_ms)))?;
             match output {
-                Output::Json => println!("{}", lab::probe::render_json(&entries, port, protocol)),
-                Output::Table => print!("{}", lab::probe::render_table(&entries)),
+                Output::Json => say(format_args!("{}\n", lab::probe::render_json(&entries, port, protocol)))?,
+                Output::Table => say(format_args!("{}", lab::probe::render_table(&entries)))?,
             }
         }
         LabCommand::Events { node, output, duration, name } => {
@@ -590,17 +604,17 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 bail!("`lab restart relay` takes no node (got {node:?})");
             }
             let relay = cluster::restart_relay(&name.name)?;
-            println!("relay of lab {} restarted: pid {}, gRPC {}", name.name, relay.pid, relay.grpc);
+            say(format_args!("relay of lab {} restarted: pid {}, gRPC {}\n", name.name, relay.pid, relay.grpc))?;
         }
         LabCommand::Restart { what: RestartTarget::Collector, node, name } => {
             let node = node.ok_or_else(|| anyhow!("`lab restart collector` needs a node, e.g. `lab restart collector node-1`"))?;
             let pid = cluster::restart_collector_cmd(&name.name, &node)?;
-            println!("collector of {node} of lab {} restarted: pid {pid}, datapath programmed", name.name);
+            say(format_args!("collector of {node} of lab {} restarted: pid {pid}, datapath programmed\n", name.name))?;
         }
         LabCommand::Supervise { name } => lab::supervisor::run(&name.name)?,
         LabCommand::Down { name } => {
             cluster::down(&name.name)?;
-            println!("lab {} is down", name.name);
+            say(format_args!("lab {} is down\n", name.name))?;
         }
         LabCommand::Responder { text, ports } => {
             let ports = ports.iter().map(|p| parse_port(p)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -649,7 +663,7 @@ fn print_report(report: &lab::manifest::ApplyReport) {
         ("deleted", &report.deleted),
     ] {
         for item in items {
-            println!("{item} {verb}");
+            let _ = say(format_args!("{item} {verb}\n"));
         }
     }
 }

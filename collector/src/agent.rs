@@ -153,6 +153,9 @@ impl FromStr for CtTimeouts {
             if d.is_zero() {
                 return Err(format!("{part:?}: a lifetime must be longer than zero"));
             }
+            if d > MAX_CT_TIMEOUT {
+                return Err(format!("{part:?}: a lifetime must be at most 8760h (a year)"));
+            }
             match key.trim() {
                 "syn" => t.syn = d,
                 "established" => t.established = d,
@@ -163,6 +166,22 @@ impl FromStr for CtTimeouts {
         }
         Ok(t)
     }
+}
+
+/// The longest connection lifetime: a year. (The datapath adds lifetimes
+/// to its nanosecond clock; a year keeps that far from overflowing.)
+pub const MAX_CT_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The shortest and longest `--ct-gc-interval`.
+pub const GC_INTERVAL_BOUNDS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(24 * 3600));
+
+/// Parses `--ct-gc-interval`: a duration between 100ms and 24h.
+///
+/// # Errors
+///
+/// Not a duration, or outside the bounds.
+pub fn parse_gc_interval(s: &str) -> Result<Duration, String> {
+    sightline_flow::duration::parse_within(s, GC_INTERVAL_BOUNDS.0, GC_INTERVAL_BOUNDS.1)
 }
 
 /// Parses a duration as Go spells it (`500ms`, `30s`, `2m`, `1h30m`), or
@@ -579,7 +598,8 @@ async fn loss_monitor(shared: Arc<Shared>) {
 
 /// Deletes expired conntrack entries.
 async fn gc(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.opts.gc_interval);
+    // A zero period would panic; the flag refuses it, a library caller might not.
+    let mut tick = tokio::time::interval(shared.opts.gc_interval.max(GC_INTERVAL_BOUNDS.0));
     loop {
         tick.tick().await;
         let shared = Arc::clone(&shared);
@@ -824,5 +844,44 @@ mod tests {
         assert!("other=3x".parse::<CtTimeouts>().unwrap_err().contains("3x"));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        // Lifetimes the kernel's clock can take; huge ones refused, not wrapped.
+        assert_eq!("other=8760h".parse::<CtTimeouts>().unwrap().other, MAX_CT_TIMEOUT);
+        for huge in ["other=8761h", "syn=9999999999999h", "established=99999999999999999999h", "closing=18446744073709551615"] {
+            let err = huge.parse::<CtTimeouts>().unwrap_err();
+            assert!(err.contains("8760h") || err.contains("too long"), "{huge}: {err}");
+        }
+        let config = datapath_config(&AgentOptions {
+            ct_timeouts: "syn=8760h,established=8760h,closing=8760h,other=8760h".parse().unwrap(),
+            ..test_options()
+        });
+        assert_eq!(config.ct_other_timeout_ns, 8760 * 3600 * 1_000_000_000);
+    }
+
+    #[test]
+    fn gc_intervals_are_bounded() {
+        assert_eq!(parse_gc_interval("5s"), Ok(Duration::from_secs(5)));
+        for bad in ["0", "0s", "1ms", "25h", "9999999999999h"] {
+            assert!(parse_gc_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn test_options() -> AgentOptions {
+        AgentOptions {
+            node_name: "node-1".into(),
+            node_netns: "/run/netns/t.node-1".into(),
+            control_socket: "/run/sightline/labs/t/control/c.sock".into(),
+            control_uid: 0,
+            lab: "t".into(),
+            pin_dir: "/sys/fs/bpf/sightline/t/node-1".into(),
+            aggregation: Aggregation::Medium,
+            debug_events: false,
+            ct_timeouts: CtTimeouts::default(),
+            gc_interval: Duration::from_secs(5),
+            grpc: None,
+            flow_capacity: 4095,
+            metrics: None,
+            metrics_config: crate::metrics::MetricsConfig::default(),
+            export: None,
+        }
     }
 }

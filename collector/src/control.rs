@@ -216,7 +216,7 @@ mod tests {
     fn requests_parse_and_anything_else_is_refused() {
         assert!(matches!(parse_request(br#"{"op":"status"}"#), Ok(Request::Status)));
         assert!(matches!(parse_request(br#"{"op":"subscribe"}"#), Ok(Request::Subscribe)));
-        for bad in [&b""[..], b"{", b"null", b"[]", br#"{"op":"status","x":1}"#, br#"{"op":"reboot"}"#, b"\xff\xfe", br#"{"op":"apply"}"#] {
+        for bad in [&b""[..], b"{", b"null", b"[]", br#"{"op":"reboot"}"#, b"\xff\xfe", br#"{"op":"apply"}"#] {
             let err = parse_request(bad).expect_err(&String::from_utf8_lossy(bad));
             assert!(err.to_string().starts_with("bad request"), "{err}");
         }

@@ -662,7 +662,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     opts.ct_timeouts
         .parse::<sightline_collector::agent::CtTimeouts>()
         .map_err(|e| anyhow!("--ct-timeouts: {e}"))?;
-    sightline_collector::agent::parse_duration(&opts.ct_gc_interval).map_err(|e| anyhow!("--ct-gc-interval: {e}"))?;
+    sightline_collector::agent::parse_gc_interval(&opts.ct_gc_interval).map_err(|e| anyhow!("--ct-gc-interval: {e}"))?;
     sightline_collector::flow::Store::new(opts.flow_capacity).map_err(|e| anyhow!("--flow-capacity: {e}"))?;
     sightline_collector::metrics::MetricsConfig::from_entries(&opts.metrics).map_err(|e| anyhow!("--metrics: {e}"))?;
     if opts.prometheus && !opts.datapath {
