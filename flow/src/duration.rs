@@ -127,7 +127,7 @@ fn show(d: Duration) -> String {
         return "0s".to_owned();
     }
     for (size, unit) in units {
-        if ns % size == 0 {
+        if ns.is_multiple_of(size) {
             return format!("{}{unit}", ns / size);
         }
     }

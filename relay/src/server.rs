@@ -116,7 +116,7 @@ pub const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(5);
 /// What a node's forwarder hands the merge.
 enum NodeItem {
     /// A response of the node's stream.
-    Item(GetFlowsResponse),
+    Item(Box<GetFlowsResponse>),
     /// The stream failed and the request does not follow: the node is
     /// done (`NODE_ERROR`).
     Failed(String, Status),
@@ -158,7 +158,7 @@ async fn follow_node(
                         if let Some(ResponseTypes::Flow(_)) = &r.response_types {
                             last = later(last, r.time.as_ref());
                         }
-                        if tx.send(NodeItem::Item(r)).await.is_err() {
+                        if tx.send(NodeItem::Item(Box::new(r))).await.is_err() {
                             return;
                         }
                     }
@@ -505,7 +505,7 @@ impl Relay {
             forwarders.spawn(async move {
                 loop {
                     let next = match stream.message().await {
-                        Ok(Some(r)) => NodeItem::Item(r),
+                        Ok(Some(r)) => NodeItem::Item(Box::new(r)),
                         Ok(None) => break,
                         Err(status) => NodeItem::Failed(peer.clone(), status),
                     };
@@ -524,7 +524,7 @@ impl Relay {
         loop {
             let ready = tokio::select! {
                 item = items.recv() => match item {
-                    Some(NodeItem::Item(r)) => buffer.push(r).into_iter().collect(),
+                    Some(NodeItem::Item(r)) => buffer.push(*r).into_iter().collect(),
                     Some(NodeItem::Failed(peer, status)) => {
                         vec![node_status(&config.name, NodeState::NodeError, vec![peer], status.message().to_owned())]
                     }

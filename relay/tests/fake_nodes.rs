@@ -238,6 +238,9 @@ fn peers_need_host_port_addresses() {
     });
 }
 
+/// Where a follow stream of [`LiveNode`] gets its new flows.
+type Follower = tokio::sync::mpsc::UnboundedSender<Result<GetFlowsResponse, Status>>;
+
 /// A collector whose followers get the flows `publish` sends; it honours
 /// `since` and records every GetFlows request.
 #[derive(Clone, Default)]
@@ -245,7 +248,7 @@ struct LiveNode {
     name: String,
     /// Flow times it holds when a request comes.
     stored: Vec<i64>,
-    followers: Arc<std::sync::Mutex<Vec<tokio::sync::mpsc::UnboundedSender<Result<GetFlowsResponse, Status>>>>>,
+    followers: Arc<std::sync::Mutex<Vec<Follower>>>,
     requests: Arc<std::sync::Mutex<Vec<GetFlowsRequest>>>,
 }
 
