@@ -352,6 +352,7 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
         export_config: None,
         node_export_config: None,
         tls: true,
+        supervise: false,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

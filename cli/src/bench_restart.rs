@@ -387,6 +387,7 @@ pub fn restart(args: &RestartArgs) -> anyhow::Result<()> {
         export_config: None,
         node_export_config: None,
         tls: true,
+        supervise: false,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

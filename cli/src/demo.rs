@@ -176,6 +176,7 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>, export: Ex
         export_config: Some(export_config.clone()),
         node_export_config: None,
         tls: true,
+        supervise: true,
     })?;
     for p in state.pods.values() {
         eprintln!("demo:   pod {}/{} at {} (identity {})", p.namespace, p.name, p.ip, p.identity);

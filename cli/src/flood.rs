@@ -384,6 +384,7 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
         export_config: None,
         node_export_config: None,
         tls: true,
+        supervise: false,
     });
     let _ = std::fs::remove_dir_all(&dir);
     let state = up?;

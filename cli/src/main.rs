@@ -133,6 +133,9 @@ enum LabCommand {
         /// clients (docs/SECURITY.md).
         #[arg(long)]
         no_tls: bool,
+        /// Run no supervisor: a collector or relay that exits stays down.
+        #[arg(long)]
+        no_supervisor: bool,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -174,7 +177,7 @@ enum LabCommand {
         port: u16,
         #[arg(long, default_value = "TCP")]
         protocol: Protocol,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
         timeout_ms: u64,
         #[command(flatten)]
         name: NameArg,
@@ -185,7 +188,7 @@ enum LabCommand {
         port: u16,
         #[arg(long, default_value = "TCP")]
         protocol: Protocol,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=MAX_TIMEOUT_MS))]
         timeout_ms: u64,
         #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
         output: Output,
@@ -217,6 +220,13 @@ enum LabCommand {
         /// it: `programs` (maps kept) or `all` (maps recreated too).
         #[arg(long, default_value = "none")]
         reload: sightline_collector::pins::Reload,
+        #[command(flatten)]
+        name: NameArg,
+    },
+    /// The lab's supervisor (started by `lab up`): restarts a collector or
+    /// the relay that exits, with back-off.
+    #[command(hide = true)]
+    Supervise {
         #[command(flatten)]
         name: NameArg,
     },
@@ -397,6 +407,14 @@ struct CollectorArgs {
     netns: Option<PathBuf>,
     #[arg(long, required_unless_present = "uninstall")]
     control_socket: Option<PathBuf>,
+    /// Besides root, the only uid allowed on the control socket (created
+    /// mode 0600 in a private, mode 0700, directory).
+    #[arg(long, value_name = "UID", default_value_t = 0)]
+    control_uid: u32,
+    /// The lab this node belongs to (pod namespaces must be
+    /// /run/netns/LAB.*); default: the --netns name without `.NODE`.
+    #[arg(long)]
+    lab: Option<String>,
     /// Where the datapath is pinned. A datapath found there is adopted
     /// (this build's) or replaced in place (another build's); it stays in
     /// force when the collector exits.
@@ -419,8 +437,8 @@ struct CollectorArgs {
     /// Connection lifetimes, e.g. `syn=60s,established=6h,closing=10s,other=60s`.
     #[arg(long, default_value = "")]
     ct_timeouts: CtTimeouts,
-    /// How often expired connections are deleted.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// How often expired connections are deleted (100ms to 24h).
+    #[arg(long, default_value = "5s", value_parser = agent::parse_gc_interval)]
     ct_gc_interval: Duration,
     /// Serve the gRPC API (Hubble's Observer and Peer, health, reflection)
     /// on this address (loopback in a lab).
@@ -487,7 +505,10 @@ enum BenchCommand {
     Udp(bench_restart::UdpArgs),
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds.
+/// The longest `--timeout-ms` of a probe: an hour.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Parses `500ms`, `30s`, `2m`, `1h`, or plain seconds (at most 876000h).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     agent::parse_duration(s)
 }
@@ -545,9 +566,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Collector(args) if args.uninstall => {
             let removed = sightline_collector::loader::uninstall(&args.pin_dir)?;
             if removed.existed {
-                println!("detached {} link(s) and removed {}", removed.links, args.pin_dir.display());
+                say(format_args!("detached {} link(s) and removed {}\n", removed.links, args.pin_dir.display()))?;
             } else {
-                println!("nothing pinned at {}", args.pin_dir.display());
+                say(format_args!("nothing pinned at {}\n", args.pin_dir.display()))?;
             }
             if let Some(netns) = &args.netns {
                 let left = sightline_collector::loader::attached_in(netns)?;
@@ -585,10 +606,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 None => None,
             };
+            let lab = match &args.lab {
+                Some(lab) => lab.clone(),
+                None => collector_lab(&node_netns, &node_name)?,
+            };
             let opts = AgentOptions {
                 node_name,
                 node_netns,
                 control_socket,
+                control_uid: args.control_uid,
+                lab,
                 pin_dir: args.pin_dir,
                 aggregation: args.aggregation,
                 debug_events: args.debug_events,
@@ -627,12 +654,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The lab of a collector started without `--lab`: its node namespace is
+/// `/run/netns/<lab>.<node>`.
+fn collector_lab(netns: &std::path::Path, node: &str) -> anyhow::Result<String> {
+    netns
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(&format!(".{node}")))
+        .filter(|lab| !lab.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("--lab: cannot tell the lab from --netns {} (not <lab>.{node}); give --lab", netns.display()))
+}
+
 fn check_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab needs root (network namespaces, eBPF): run it with sudo");
     }
     Ok(())
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is no error, and
+/// never a panic as `println!` would make it.
+fn say(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("writing to stdout"),
+        _ => Ok(()),
+    }
 }
 
 fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
@@ -656,6 +706,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             export_config,
             node_export_config,
             no_tls,
+            no_supervisor,
         } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
@@ -673,14 +724,15 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 export_config,
                 node_export_config: node_export_config.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
                 tls: !no_tls,
+                supervise: !no_supervisor,
             })?;
-            println!(
-                "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it",
+            say(format_args!(
+                "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it\n",
                 state.name,
                 state.nodes.len(),
                 state.pods.len(),
                 state.name
-            );
+            ))?;
         }
         LabCommand::Apply { files, name } => {
             let (report, converged) = cluster::apply(&name.name, &files)?;
@@ -695,8 +747,8 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Status { output, name } => {
             let state = LabState::load(&name.name)?;
             match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&lab::status::json(&state))?),
-                Output::Table => print!("{}", lab::status::table(&state)),
+                Output::Json => say(format_args!("{}\n", serde_json::to_string_pretty(&lab::status::json(&state))?))?,
+                Output::Table => say(format_args!("{}", lab::status::table(&state)))?,
             }
         }
         LabCommand::Exec { pod, name, command } => {
@@ -713,11 +765,11 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Probe { from, to, port, protocol, timeout_ms, name } => {
             return Ok(match probe(&name.name, &from, &to, port, protocol, timeout_ms) {
                 Ok(true) => {
-                    println!("connected");
+                    let _ = say(format_args!("connected\n"));
                     ExitCode::SUCCESS
                 }
                 Ok(false) => {
-                    println!("blocked");
+                    let _ = say(format_args!("blocked\n"));
                     ExitCode::from(1)
                 }
                 Err(err) => {
@@ -735,8 +787,8 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 .collect::<anyhow::Result<_>>()?;
             let entries = runtime()?.block_on(lab::probe::matrix(&pods, port, protocol, Duration::from_millis(timeout_ms)))?;
             match output {
-                Output::Json => println!("{}", lab::probe::render_json(&entries, port, protocol)),
-                Output::Table => print!("{}", lab::probe::render_table(&entries)),
+                Output::Json => say(format_args!("{}\n", lab::probe::render_json(&entries, port, protocol)))?,
+                Output::Table => say(format_args!("{}", lab::probe::render_table(&entries)))?,
             }
         }
         LabCommand::Events { node, output, duration, name } => {
@@ -746,7 +798,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
         }
         LabCommand::Restart { what: RestartTarget::Relay, node: None, name, .. } => {
             let relay = cluster::restart_relay(&name.name)?;
-            println!("relay of lab {} restarted: pid {}, gRPC {}", name.name, relay.pid, relay.grpc);
+            say(format_args!("relay of lab {} restarted: pid {}, gRPC {}\n", name.name, relay.pid, relay.grpc))?;
         }
         LabCommand::Restart { what: RestartTarget::Relay, node: Some(node), .. } => {
             bail!("`lab restart relay` takes no node (got {node:?})");
@@ -755,19 +807,20 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             let node = node.ok_or_else(|| anyhow!("`lab restart collector` needs the node, e.g. `lab restart collector node-1`"))?;
             let r = cluster::restart_collector(&name.name, &node, reload)?;
             let was = if r.was_running { format!("stopped pid {}", r.old_pid) } else { "none was running".to_owned() };
-            println!(
-                "collector of {} in lab {} restarted: pid {} ({was}); ready in {} ms, desired state in force {} ms later",
+            say(format_args!(
+                "collector of {} in lab {} restarted: pid {} ({was}); ready in {} ms, desired state in force {} ms later\n",
                 r.node,
                 name.name,
                 r.pid,
                 r.ready_after.as_millis(),
                 r.programmed_after.as_millis()
-            );
+            ))?;
             print_behind(&name.name, &r.converged);
         }
+        LabCommand::Supervise { name } => lab::supervisor::run(&name.name)?,
         LabCommand::Down { name } => {
             cluster::down(&name.name)?;
-            println!("lab {} is down", name.name);
+            say(format_args!("lab {} is down\n", name.name))?;
         }
         LabCommand::Responder { text, ports } => {
             let ports = ports.iter().map(|p| parse_port(p)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -811,12 +864,12 @@ fn probe(name: &str, from: &str, to: &str, port: u16, protocol: Protocol, timeou
 /// What `apply`, `delete` and restarts could not program yet.
 fn print_behind(lab: &str, converged: &cluster::Converged) {
     for node in &converged.behind {
-        println!(
-            "{node}'s collector is not running; it will program this when it is back (`sightline lab restart collector {node} --name {lab}`)"
-        );
+        let _ = say(format_args!(
+            "{node}'s collector is not running; it will program this when it is back (`sightline lab restart collector {node} --name {lab}`)\n"
+        ));
     }
     for pod in &converged.pending {
-        println!("pod {pod} is pending: its node's collector is not running");
+        let _ = say(format_args!("pod {pod} is pending: its node's collector is not running\n"));
     }
 }
 
@@ -828,7 +881,7 @@ fn print_report(report: &lab::manifest::ApplyReport) {
         ("deleted", &report.deleted),
     ] {
         for item in items {
-            println!("{item} {verb}");
+            let _ = say(format_args!("{item} {verb}\n"));
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, RingBuf};
 use sightline_abi as abi;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
@@ -81,6 +81,11 @@ pub struct AgentOptions {
     /// The node's network namespace (where the pod veths live).
     pub node_netns: PathBuf,
     pub control_socket: PathBuf,
+    /// Besides root, the only uid that may use the control socket.
+    pub control_uid: u32,
+    /// The lab this node belongs to: pod namespaces an `apply` names must
+    /// be `/run/netns/<lab>.…`.
+    pub lab: String,
     pub pin_dir: PathBuf,
     pub aggregation: Aggregation,
     /// Print every decoded event on stdout.
@@ -153,6 +158,9 @@ impl FromStr for CtTimeouts {
             if d.is_zero() {
                 return Err(format!("{part:?}: a lifetime must be longer than zero"));
             }
+            if d > MAX_CT_TIMEOUT {
+                return Err(format!("{part:?}: a lifetime must be at most 8760h (a year)"));
+            }
             match key.trim() {
                 "syn" => t.syn = d,
                 "established" => t.established = d,
@@ -163,6 +171,22 @@ impl FromStr for CtTimeouts {
         }
         Ok(t)
     }
+}
+
+/// The longest connection lifetime: a year. (The datapath adds lifetimes
+/// to its nanosecond clock; a year keeps that far from overflowing.)
+pub const MAX_CT_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The shortest and longest `--ct-gc-interval`.
+pub const GC_INTERVAL_BOUNDS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(24 * 3600));
+
+/// Parses `--ct-gc-interval`: a duration between 100ms and 24h.
+///
+/// # Errors
+///
+/// Not a duration, or outside the bounds.
+pub fn parse_gc_interval(s: &str) -> Result<Duration, String> {
+    sightline_flow::duration::parse_within(s, GC_INTERVAL_BOUNDS.0, GC_INTERVAL_BOUNDS.1)
 }
 
 /// Parses a duration as Go spells it (`500ms`, `30s`, `2m`, `1h30m`), or
@@ -336,11 +360,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         undecodable: AtomicU64::new(0),
     });
 
-    let _ = std::fs::remove_file(&opts.control_socket);
-    if let Some(dir) = opts.control_socket.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let listener = UnixListener::bind(&opts.control_socket)
+    let listener: UnixListener = crate::guard::bind_private(&opts.control_socket, opts.control_uid)
         .map_err(|source| AgentError::Control { path: opts.control_socket.clone(), source })?;
     log::info!(
         "collector for {} ready: control socket {}, maps pinned under {}, aggregation {}",
@@ -654,7 +674,8 @@ async fn loss_monitor(shared: Arc<Shared>, reported: u64) {
 
 /// Deletes expired conntrack entries.
 async fn gc(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.opts.gc_interval);
+    // A zero period would panic; the flag refuses it, a library caller might not.
+    let mut tick = tokio::time::interval(shared.opts.gc_interval.max(GC_INTERVAL_BOUNDS.0));
     loop {
         tick.tick().await;
         let shared = Arc::clone(&shared);
@@ -675,6 +696,14 @@ fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
     if state.node_name != shared.opts.node_name {
         return Err(format!("state for node {} sent to the collector of {}", state.node_name, shared.opts.node_name));
     }
+    // Only what the lab made, before anything is planned or written.
+    let scope = crate::guard::Scope {
+        lab: shared.opts.lab.clone(),
+        node: shared.opts.node_name.clone(),
+        node_netns: netns.clone(),
+        netns_dir: PathBuf::from(crate::guard::NETNS_DIR),
+    };
+    crate::guard::check_state(state, &scope, |ifname| loader::ifindex_in(&netns, ifname).is_ok()).map_err(|e| e.to_string())?;
     let next = datapath::plan(
         state,
         |ifname| loader::ifindex_in(&netns, ifname),
@@ -791,13 +820,37 @@ async fn write_json<T: serde::Serialize>(stream: &mut (impl tokio::io::AsyncWrit
 }
 
 async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+    // Root or --control-uid only; anyone else hears why and is gone.
+    let peer = stream.peer_cred().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        let req: Request = match serde_json::from_str(&line) {
+    match peer {
+        Ok(uid) if crate::guard::peer_allowed(uid, shared.opts.control_uid) => {}
+        Ok(uid) => {
+            log::warn!("control socket: refused a connection from uid {uid}");
+            let _ = write_json(&mut write, &Response::refused(format!("uid {uid} may not use this control socket (root or --control-uid only)"))).await;
+            return;
+        }
+        Err(err) => {
+            log::warn!("control socket: no peer credentials: {err}");
+            return;
+        }
+    }
+    let mut reader = BufReader::new(read);
+    loop {
+        let line = match crate::guard::read_request_line(&mut reader, crate::guard::MAX_REQUEST_BYTES).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(crate::guard::LineError::TooLong { max }) => {
+                log::warn!("control socket: refused a request longer than {max} bytes");
+                let _ = write_json(&mut write, &Response::refused(format!("request longer than {max} bytes; closing the connection"))).await;
+                return;
+            }
+            Err(crate::guard::LineError::Io(_)) => return,
+        };
+        let req: Request = match crate::control::parse_request(&line) {
             Ok(r) => r,
             Err(err) => {
-                let _ = write_json(&mut write, &Response { ok: false, error: Some(format!("bad request: {err}")), status: None }).await;
+                let _ = write_json(&mut write, &Response::refused(err.to_string())).await;
                 continue;
             }
         };
@@ -866,5 +919,46 @@ mod tests {
         assert!("other=3x".parse::<CtTimeouts>().unwrap_err().contains("3x"));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        // Lifetimes the kernel's clock can take; huge ones refused, not wrapped.
+        assert_eq!("other=8760h".parse::<CtTimeouts>().unwrap().other, MAX_CT_TIMEOUT);
+        for huge in ["other=8761h", "syn=9999999999999h", "established=99999999999999999999h", "closing=18446744073709551615"] {
+            let err = huge.parse::<CtTimeouts>().unwrap_err();
+            assert!(err.contains("8760h") || err.contains("too long"), "{huge}: {err}");
+        }
+        let config = datapath_config(&AgentOptions {
+            ct_timeouts: "syn=8760h,established=8760h,closing=8760h,other=8760h".parse().unwrap(),
+            ..test_options()
+        });
+        assert_eq!(config.ct_other_timeout_ns, 8760 * 3600 * 1_000_000_000);
+    }
+
+    #[test]
+    fn gc_intervals_are_bounded() {
+        assert_eq!(parse_gc_interval("5s"), Ok(Duration::from_secs(5)));
+        for bad in ["0", "0s", "1ms", "25h", "9999999999999h"] {
+            assert!(parse_gc_interval(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn test_options() -> AgentOptions {
+        AgentOptions {
+            node_name: "node-1".into(),
+            node_netns: "/run/netns/t.node-1".into(),
+            control_socket: "/run/sightline/labs/t/control/c.sock".into(),
+            control_uid: 0,
+            lab: "t".into(),
+            pin_dir: "/sys/fs/bpf/sightline/t/node-1".into(),
+            aggregation: Aggregation::Medium,
+            debug_events: false,
+            ct_timeouts: CtTimeouts::default(),
+            gc_interval: Duration::from_secs(5),
+            grpc: None,
+            grpc_tls: None,
+            flow_capacity: 4095,
+            metrics: None,
+            metrics_config: crate::metrics::MetricsConfig::default(),
+            export: None,
+            reload: crate::pins::Reload::None,
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! The collector's local control socket: a Unix stream socket speaking
 //! newline-delimited JSON.
 //!
-//! One request per line; `apply` and `status` get one response line,
+//! One request per line (at most 4 MiB); `apply` and `status` get one response line,
 //! `subscribe` turns the connection into a stream of event records (one JSON
 //! object per line; `{"lost": N}` when this subscriber fell behind by N).
 //! The lab uses it to program the datapath and the demo and tests use it to
 //! watch decoded events; it is not a public API (that is the gRPC Observer).
+//! Who may connect and what an `apply` may name is checked by
+//! [`crate::guard`].
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::unix::net::UnixStream;
@@ -27,6 +29,30 @@ pub enum Request {
     Status,
     /// Stream every decoded event from now on.
     Subscribe,
+}
+
+/// Why a request line is refused before anything is done.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("request longer than {max} bytes")]
+    TooLong { max: usize },
+    #[error("bad request: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Parses one request line (without its newline), at most
+/// [`crate::guard::MAX_REQUEST_BYTES`] long. Never panics, whatever the bytes.
+///
+/// # Errors
+///
+/// [`RequestError::TooLong`] past the bound, [`RequestError::Json`] for
+/// anything that is not exactly one request.
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    let max = crate::guard::MAX_REQUEST_BYTES;
+    if line.len() > max {
+        return Err(RequestError::TooLong { max });
+    }
+    Ok(serde_json::from_slice(line)?)
 }
 
 /// The answer to `apply` and `status`.
@@ -126,6 +152,14 @@ pub struct Subscription {
     line: String,
 }
 
+impl Response {
+    /// A refusal with its reason.
+    #[must_use]
+    pub fn refused(error: impl Into<String>) -> Self {
+        Self { ok: false, error: Some(error.into()), status: None }
+    }
+}
+
 impl Subscription {
     /// Subscribes; events from the moment the collector answers are delivered.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
@@ -178,5 +212,25 @@ impl Subscription {
                 None => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_anything_else_is_refused() {
+        assert!(matches!(parse_request(br#"{"op":"status"}"#), Ok(Request::Status)));
+        assert!(matches!(parse_request(br#"{"op":"subscribe"}"#), Ok(Request::Subscribe)));
+        for bad in [&b""[..], b"{", b"null", b"[]", br#"{"op":"reboot"}"#, b"\xff\xfe", br#"{"op":"apply"}"#] {
+            let err = parse_request(bad).expect_err(&String::from_utf8_lossy(bad));
+            assert!(err.to_string().starts_with("bad request"), "{err}");
+        }
+        // Deep nesting is refused by serde_json's recursion limit, not a stack overflow.
+        let deep = format!(r#"{{"op":"apply","state":{}{}}}"#, "[".repeat(100_000), "]".repeat(100_000));
+        assert!(parse_request(deep.as_bytes()).is_err());
+        let long = vec![b' '; crate::guard::MAX_REQUEST_BYTES + 1];
+        assert!(matches!(parse_request(&long), Err(RequestError::TooLong { .. })));
     }
 }

@@ -11,6 +11,7 @@
 //! decision between those), `datapath` (desired state → map entries),
 //! `decoder` (bytes → records), `agent` (the running process: consumer, gc,
 //! control socket), `control` (the control socket's protocol and client),
+//! `guard` (what the control socket lets in),
 //! `btf` (kernel layouts for the kfree_skb probe), `netns` (running code
 //! inside a network namespace).
 //!
@@ -27,6 +28,7 @@ pub mod datapath;
 pub mod decoder;
 pub mod export;
 pub mod flow;
+pub mod guard;
 pub mod loader;
 pub mod metrics;
 pub mod netns;

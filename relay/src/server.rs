@@ -7,6 +7,15 @@
 //! authentication (`Relay::with_auth`), every Observer call carries a bearer
 //! token; a token scoped to some namespaces sees only their flows (filtered
 //! here, after the merge) and namespaces.
+//!
+//! A `follow` request outlives the nodes' restarts: when a node's stream
+//! fails (or a node did not answer when the request came), the client is
+//! told the node is `NODE_UNAVAILABLE` and the relay keeps trying it with
+//! back-off ([`FOLLOW_RETRY_START`] doubling to [`FOLLOW_RETRY_MAX`]); once
+//! it answers, the client is told `NODE_CONNECTED` and the node's flows
+//! resume `since` the last one received from it (so nothing the node still
+//! holds is skipped; flows of that very instant may come twice). The
+//! client's stream never ends because a node restarted.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -129,6 +138,98 @@ fn minus(ts: &Timestamp, d: Duration) -> Timestamp {
     Timestamp {
         seconds: i64::try_from(total.div_euclid(1_000_000_000)).unwrap_or(0),
         nanos: i32::try_from(total.rem_euclid(1_000_000_000)).unwrap_or(0),
+    }
+}
+
+/// The first wait before a followed node that failed is tried again.
+pub const FOLLOW_RETRY_START: Duration = Duration::from_millis(250);
+/// The longest wait between two tries.
+pub const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// What a node's forwarder hands the merge.
+enum NodeItem {
+    /// A response of the node's stream.
+    Item(Box<GetFlowsResponse>),
+    /// The stream failed and the request does not follow: the node is
+    /// done (`NODE_ERROR`).
+    Failed(String, Status),
+    /// The followed node went away; it is being tried again
+    /// (`NODE_UNAVAILABLE`).
+    Lost(String, String),
+    /// The followed node answers again (`NODE_CONNECTED`).
+    Back(String),
+}
+
+fn later(a: Option<Timestamp>, b: Option<&Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if (b.seconds, b.nanos) > (a.seconds, a.nanos) { *b } else { a }),
+        (a, b) => a.or_else(|| b.copied()),
+    }
+}
+
+/// Forwards one node's stream of a `follow` request, for as long as the
+/// client stays: when the stream fails, tries the node again with back-off
+/// and resumes `since` the last flow it sent (`since` of the request, or
+/// the moment the request came, when it sent none yet). `stream` is `None`
+/// for a node that did not answer when the request came.
+async fn follow_node(
+    peer: String,
+    channel: Channel,
+    req: GetFlowsRequest,
+    mut stream: Option<tonic::Streaming<GetFlowsResponse>>,
+    opened_at: Timestamp,
+    dial_timeout: Duration,
+    tx: mpsc::Sender<NodeItem>,
+) {
+    let mut last: Option<Timestamp> = None;
+    let mut backoff = FOLLOW_RETRY_START;
+    loop {
+        if let Some(mut s) = stream.take() {
+            let why = loop {
+                match s.message().await {
+                    Ok(Some(r)) => {
+                        if let Some(ResponseTypes::Flow(_)) = &r.response_types {
+                            last = later(last, r.time.as_ref());
+                        }
+                        if tx.send(NodeItem::Item(Box::new(r))).await.is_err() {
+                            return;
+                        }
+                    }
+                    // A followed stream ends only at `until` or when the
+                    // node stops.
+                    Ok(None) if req.until.is_some() => return,
+                    Ok(None) => break "the node ended its stream".to_owned(),
+                    Err(status) => break status.message().to_owned(),
+                }
+            };
+            log::info!("follow: node {peer} lost ({why}); trying it again");
+            if tx.send(NodeItem::Lost(peer.clone(), why)).await.is_err() {
+                return;
+            }
+            backoff = FOLLOW_RETRY_START;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(FOLLOW_RETRY_MAX);
+        // The last flow's time; before any, what the request asked for.
+        let since = last.or(req.since).or(Some(opened_at));
+        let retry = GetFlowsRequest { number: 0, first: false, since, ..req.clone() };
+        let mut client = ObserverClient::new(channel.clone());
+        match tokio::time::timeout(dial_timeout, client.get_flows(retry)).await {
+            Ok(Ok(response)) => {
+                log::info!("follow: node {peer} is back");
+                stream = Some(response.into_inner());
+                if tx.send(NodeItem::Back(peer.clone())).await.is_err() {
+                    return;
+                }
+            }
+            // The node answered and refused: trying again will not help.
+            Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                let _ = tx.send(NodeItem::Failed(peer, status)).await;
+                return;
+            }
+            Ok(Err(status)) => log::debug!("follow: node {peer} still unavailable: {status}"),
+            Err(_) => log::debug!("follow: node {peer} still unavailable: no answer in time"),
+        }
     }
 }
 
@@ -433,10 +534,12 @@ impl Relay {
     /// Forwards `req` to every peer and sends the merged responses to
     /// `tx`: first which nodes take part (`NODE_CONNECTED`) and which do
     /// not (`NODE_UNAVAILABLE`), then the items in time order, with a
-    /// `NODE_ERROR` event for a node whose stream fails. Flows outside
-    /// `scope` are left out.
+    /// `NODE_ERROR` event for a node whose stream fails — or, with
+    /// `follow`, `NODE_UNAVAILABLE` and later `NODE_CONNECTED` when it is
+    /// back (see the module docs). Flows outside `scope` are left out.
     async fn merge_flows(&self, req: GetFlowsRequest, scope: Scope, tx: mpsc::Sender<Result<GetFlowsResponse, Status>>) {
         let config = &self.state.config;
+        let opened_at = now();
         let opened = self
             .ask_all(|mut c| {
                 let req = req.clone();
@@ -446,18 +549,22 @@ impl Relay {
         let mut streams = Vec::new();
         let (mut connected, mut unavailable, mut refused) = (Vec::new(), Vec::new(), Vec::new());
         for (i, opened) in opened {
-            let Some(peer) = self.state.peers.get(i).map(|p| p.peer.name.clone()) else { continue };
+            let Some(peer) = self.state.peers.get(i).map(|p| (p.peer.name.clone(), p.channel.clone())) else { continue };
             match opened {
                 Ok(stream) => {
-                    connected.push(peer.clone());
-                    streams.push((peer, stream));
+                    connected.push(peer.0.clone());
+                    streams.push((peer, Some(stream)));
                 }
                 // The node answered and refused the request (a bad filter):
                 // the client must hear why.
                 Err(status) if status.code() == tonic::Code::InvalidArgument => refused.push(status),
                 Err(status) => {
-                    log::debug!("peer {peer} unavailable: {status}");
-                    unavailable.push(peer);
+                    log::debug!("peer {} unavailable: {status}", peer.0);
+                    unavailable.push(peer.0.clone());
+                    // A follower gets the node once it answers.
+                    if req.follow {
+                        streams.push((peer, None));
+                    }
                 }
             }
         }
@@ -474,21 +581,26 @@ impl Relay {
             }
         }
 
-        let (items_tx, mut items) = mpsc::channel::<Result<GetFlowsResponse, (String, Status)>>(1024);
+        let (items_tx, mut items) = mpsc::channel::<NodeItem>(1024);
         // Held until this returns: when the client goes away, dropping it
         // stops the forwarders and closes the node streams at once (a quiet
         // followed stream would otherwise stay open until its next flow).
         let mut forwarders = JoinSet::new();
-        for (peer, mut stream) in streams {
+        for ((peer, channel), stream) in streams {
             let items_tx = items_tx.clone();
+            if req.follow {
+                forwarders.spawn(follow_node(peer, channel, req.clone(), stream, opened_at, config.dial_timeout, items_tx));
+                continue;
+            }
+            let Some(mut stream) = stream else { continue };
             forwarders.spawn(async move {
                 loop {
                     let next = match stream.message().await {
-                        Ok(Some(r)) => Ok(r),
+                        Ok(Some(r)) => NodeItem::Item(Box::new(r)),
                         Ok(None) => break,
-                        Err(status) => Err((peer.clone(), status)),
+                        Err(status) => NodeItem::Failed(peer.clone(), status),
                     };
-                    let failed = next.is_err();
+                    let failed = matches!(next, NodeItem::Failed(..));
                     if items_tx.send(next).await.is_err() || failed {
                         break;
                     }
@@ -503,9 +615,15 @@ impl Relay {
         loop {
             let ready = tokio::select! {
                 item = items.recv() => match item {
-                    Some(Ok(r)) => buffer.push(r).into_iter().collect(),
-                    Some(Err((peer, status))) => {
+                    Some(NodeItem::Item(r)) => buffer.push(*r).into_iter().collect(),
+                    Some(NodeItem::Failed(peer, status)) => {
                         vec![node_status(&config.name, NodeState::NodeError, vec![peer], status.message().to_owned())]
+                    }
+                    Some(NodeItem::Lost(peer, why)) => {
+                        vec![node_status(&config.name, NodeState::NodeUnavailable, vec![peer], why)]
+                    }
+                    Some(NodeItem::Back(peer)) => {
+                        vec![node_status(&config.name, NodeState::NodeConnected, vec![peer], String::new())]
                     }
                     None => {
                         for r in buffer.drain().into_iter().filter(|r| visible(&scope, r)) {

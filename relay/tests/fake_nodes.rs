@@ -1,6 +1,7 @@
 //! The relay against in-process fake collectors (no root, no lab): merge
-//! order, node status events, status aggregation, refused requests and
-//! unreachable nodes.
+//! order, node status events, status aggregation, refused requests,
+//! unreachable nodes, and follow streams that carry on while a node dies
+//! and comes back on the same port.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -235,4 +236,241 @@ fn peers_need_host_port_addresses() {
             assert!(Relay::new(config).is_err(), "{bad}");
         }
     });
+}
+
+/// Where a follow stream of [`LiveNode`] gets its new flows.
+type Follower = tokio::sync::mpsc::UnboundedSender<Result<GetFlowsResponse, Status>>;
+
+/// A collector whose followers get the flows `publish` sends; it honours
+/// `since` and records every GetFlows request.
+#[derive(Clone, Default)]
+struct LiveNode {
+    name: String,
+    /// Flow times it holds when a request comes.
+    stored: Vec<i64>,
+    followers: Arc<std::sync::Mutex<Vec<Follower>>>,
+    requests: Arc<std::sync::Mutex<Vec<GetFlowsRequest>>>,
+}
+
+fn flow_at(node: &str, seconds: i64) -> GetFlowsResponse {
+    GetFlowsResponse {
+        response_types: Some(ResponseTypes::Flow(Flow { node_name: node.into(), time: Some(Timestamp { seconds, nanos: 0 }), ..Flow::default() })),
+        node_name: node.into(),
+        time: Some(Timestamp { seconds, nanos: 0 }),
+    }
+}
+
+impl LiveNode {
+    fn new(name: &str, stored: Vec<i64>) -> Self {
+        Self { name: name.into(), stored, ..Self::default() }
+    }
+
+    /// Sends a new flow to every follower.
+    fn publish(&self, seconds: i64) {
+        let mut followers = self.followers.lock().expect("followers");
+        followers.retain(|f| f.send(Ok(flow_at(&self.name, seconds))).is_ok());
+    }
+
+    fn following(&self) -> usize {
+        self.followers.lock().expect("followers").iter().filter(|f| !f.is_closed()).count()
+    }
+}
+
+#[tonic::async_trait]
+impl Observer for LiveNode {
+    type GetFlowsStream = BoxStream<GetFlowsResponse>;
+    type GetAgentEventsStream = BoxStream<GetAgentEventsResponse>;
+    type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
+
+    async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let req = request.into_inner();
+        self.requests.lock().expect("requests").push(req.clone());
+        let since = req.since.map_or(i64::MIN, |t| t.seconds);
+        let backlog: Vec<_> = self.stored.iter().filter(|t| **t >= since).map(|t| Ok(flow_at(&self.name, *t))).collect();
+        if !req.follow {
+            return Ok(Response::new(Box::pin(tokio_stream::iter(backlog))));
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.followers.lock().expect("followers").push(tx);
+        Ok(Response::new(Box::pin(tokio_stream::iter(backlog).chain(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)))))
+    }
+
+    async fn get_agent_events(&self, _: Request<GetAgentEventsRequest>) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        Ok(Response::new(Box::pin(tokio_stream::iter(Vec::new()))))
+    }
+
+    async fn get_debug_events(&self, _: Request<GetDebugEventsRequest>) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+
+    async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+
+    async fn get_namespaces(&self, _: Request<GetNamespacesRequest>) -> Result<Response<GetNamespacesResponse>, Status> {
+        Ok(Response::new(GetNamespacesResponse::default()))
+    }
+
+    async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
+        Ok(Response::new(ServerStatusResponse { version: "live".into(), ..ServerStatusResponse::default() }))
+    }
+}
+
+/// A fake collector "process": its server runs on a runtime of its own, so
+/// that stopping it closes every connection at once, as a `kill -9` would.
+struct NodeProcess {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl NodeProcess {
+    /// Serves `node` on `addr` (a fixed port: the same one after a restart).
+    fn start(node: LiveNode, addr: SocketAddr) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        // The port may still be held by the last run's sockets for a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(std::time::Instant::now() < deadline, "binding {addr} again: {e}");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        listener.set_nonblocking(true).expect("non-blocking");
+        let listener = {
+            let _in = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).expect("listener")
+        };
+        runtime.spawn(
+            tonic::transport::Server::builder()
+                .add_service(ObserverServer::new(node))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Self { runtime: Some(runtime) }
+    }
+
+    fn kill(mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// What a follow client of the relay saw, item by item.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Status(i32, Vec<String>),
+    Flow(String, i64),
+}
+
+async fn next_seen(stream: &mut tonic::Streaming<GetFlowsResponse>) -> Seen {
+    let r = tokio::time::timeout(Duration::from_secs(20), stream.message())
+        .await
+        .expect("the relay sent nothing for 20 s")
+        .expect("the follow stream failed")
+        .expect("the follow stream ended");
+    match r.response_types {
+        Some(ResponseTypes::NodeStatus(s)) => Seen::Status(s.state_change, s.node_names),
+        Some(ResponseTypes::Flow(f)) => Seen::Flow(f.node_name, r.time.expect("time").seconds),
+        other => panic!("unexpected item {other:?}"),
+    }
+}
+
+/// Waits until `want` arrives; returns everything seen on the way.
+async fn until_seen(stream: &mut tonic::Streaming<GetFlowsResponse>, want: &Seen) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    loop {
+        let s = next_seen(stream).await;
+        let done = &s == want;
+        seen.push(s);
+        if done {
+            return seen;
+        }
+    }
+}
+
+async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !ok() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_stream_carries_on_across_a_node_restart_and_resumes_since_its_last_flow() {
+    let a_addr = closed_port();
+    let first = LiveNode::new("node-a", vec![10, 11]);
+    let a = NodeProcess::start(first.clone(), a_addr);
+    let b_node = LiveNode::new("node-b", vec![]);
+    let b = start(b_node.clone()).await;
+    let mut c = relay(vec![("node-a", a_addr), ("node-b", b)]).await;
+    let mut stream = c.get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() }).await.expect("GetFlows").into_inner();
+    let connected = NodeState::NodeConnected as i32;
+    let unavailable = NodeState::NodeUnavailable as i32;
+    assert_eq!(next_seen(&mut stream).await, Seen::Status(connected, vec!["node-a".into(), "node-b".into()]));
+    assert_eq!(next_seen(&mut stream).await, Seen::Flow("node-a".into(), 10));
+    assert_eq!(next_seen(&mut stream).await, Seen::Flow("node-a".into(), 11));
+    wait_for("node-b's follower", || b_node.following() == 1).await;
+
+    // node-a dies: the client hears it, and node-b's flows keep coming.
+    a.kill();
+    let seen = until_seen(&mut stream, &Seen::Status(unavailable, vec!["node-a".into()])).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    b_node.publish(20);
+    assert_eq!(next_seen(&mut stream).await, Seen::Flow("node-b".into(), 20));
+
+    // node-a comes back on the same port, holding what it recorded since.
+    let second = LiveNode::new("node-a", vec![5, 11, 12, 13]);
+    let _a = NodeProcess::start(second.clone(), a_addr);
+    let seen = until_seen(&mut stream, &Seen::Flow("node-a".into(), 13)).await;
+    assert_eq!(
+        seen,
+        [
+            Seen::Status(connected, vec!["node-a".into()]),
+            // Resumed since its last flow (11): that instant again, then what is new.
+            Seen::Flow("node-a".into(), 11),
+            Seen::Flow("node-a".into(), 12),
+            Seen::Flow("node-a".into(), 13),
+        ]
+    );
+    let resumed = second.requests.lock().expect("requests").last().cloned().expect("a request");
+    assert!(resumed.follow && resumed.number == 0, "{resumed:?}");
+    assert_eq!(resumed.since.map(|t| t.seconds), Some(11));
+    // Live flows of both nodes after the restart.
+    wait_for("node-a's follower", || second.following() == 1).await;
+    second.publish(30);
+    b_node.publish(31);
+    let mut tail = vec![next_seen(&mut stream).await, next_seen(&mut stream).await];
+    tail.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(tail, [Seen::Flow("node-a".into(), 30), Seen::Flow("node-b".into(), 31)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_down_when_a_follower_came_joins_its_stream_once_it_answers() {
+    let a_addr = closed_port();
+    let b_node = LiveNode::new("node-b", vec![1]);
+    let b = start(b_node).await;
+    let mut c = relay(vec![("node-a", a_addr), ("node-b", b)]).await;
+    let mut stream = c.get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() }).await.expect("GetFlows").into_inner();
+    assert_eq!(next_seen(&mut stream).await, Seen::Status(NodeState::NodeConnected as i32, vec!["node-b".into()]));
+    assert_eq!(next_seen(&mut stream).await, Seen::Status(NodeState::NodeUnavailable as i32, vec!["node-a".into()]));
+    assert_eq!(next_seen(&mut stream).await, Seen::Flow("node-b".into(), 1));
+    // node-a starts; flows from before the request are not replayed.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let a = LiveNode::new("node-a", vec![1, now + 1]);
+    let _a = NodeProcess::start(a.clone(), a_addr);
+    let seen = until_seen(&mut stream, &Seen::Flow("node-a".into(), now + 1)).await;
+    assert_eq!(seen, [Seen::Status(NodeState::NodeConnected as i32, vec!["node-a".into()]), Seen::Flow("node-a".into(), now + 1)]);
+    let since = a.requests.lock().expect("requests")[0].since.expect("since").seconds;
+    assert!((now - 30..=now).contains(&since), "since {since}, now {now}");
 }

@@ -50,6 +50,10 @@ pub struct Node {
     /// the same way (`lab restart collector`).
     #[serde(default)]
     pub collector_args: Vec<String>,
+    /// How many times the collector was started again (by the supervisor
+    /// or `lab restart collector`).
+    #[serde(default)]
+    pub collector_restarts: u32,
 }
 
 /// A Prometheus server the lab runs, scraping its collectors.
@@ -72,7 +76,19 @@ pub struct Relay {
     /// The export configuration it follows (re-read when it changes).
     #[serde(default)]
     pub export_config: Option<PathBuf>,
+    /// How many times it was started again (by the supervisor or `lab
+    /// restart relay`).
+    #[serde(default)]
+    pub restarts: u32,
 }
+
+/// The lab's supervisor (`lab supervise`): restarts collectors and the
+/// relay when they exit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Supervisor {
+    pub pid: u32,
+}
+
 
 /// A pod as the lab plugged it in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +124,9 @@ pub struct LabState {
     /// clients); `None` with `--no-tls` or without the datapath.
     #[serde(default)]
     pub tls: Option<LabTls>,
+    /// The supervisor restarting collectors and the relay, if it runs.
+    #[serde(default)]
+    pub supervisor: Option<Supervisor>,
     pub nodes: Vec<Node>,
     pub objects: ObjectStore,
     /// `ns/name` → runtime.
@@ -134,6 +153,11 @@ pub fn validate_name(name: &str) -> anyhow::Result<()> {
 
 pub fn lab_dir(name: &str) -> PathBuf {
     Path::new(LABS_DIR).join(name)
+}
+
+/// The private folder (mode 0700) of the collectors' control sockets.
+pub fn control_dir(name: &str) -> PathBuf {
+    lab_dir(name).join("control")
 }
 
 fn state_path(name: &str) -> PathBuf {
@@ -357,7 +381,7 @@ fn pod_key(ns: &str, name: &str) -> String {
 /// Starts a detached process that survives this command, logging to `log`.
 /// With `ready_pipe`, its stdout is a pipe for [`wait_ready`]; otherwise it
 /// goes to the log too.
-fn spawn_detached(cmd: &mut Command, log: &Path, ready_pipe: bool) -> anyhow::Result<std::process::Child> {
+pub(super) fn spawn_detached(cmd: &mut Command, log: &Path, ready_pipe: bool) -> anyhow::Result<std::process::Child> {
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -380,7 +404,7 @@ fn spawn_detached(cmd: &mut Command, log: &Path, ready_pipe: bool) -> anyhow::Re
 
 /// Waits for a child to print `ready` on stdout, then lets its stdout go to
 /// the log. Fails with the log's tail if it exits or takes too long.
-fn wait_ready(mut child: std::process::Child, log: &Path, what: &str, timeout: Duration) -> anyhow::Result<u32> {
+pub(super) fn wait_ready(mut child: std::process::Child, log: &Path, what: &str, timeout: Duration) -> anyhow::Result<u32> {
     let stdout = child.stdout.take().expect("stdout is piped");
     let (tx, rx) = std::sync::mpsc::channel();
     let log_path = log.to_path_buf();
@@ -425,13 +449,13 @@ fn wait_ready(mut child: std::process::Child, log: &Path, what: &str, timeout: D
     }
 }
 
-fn append(path: &Path, line: &str) -> std::io::Result<()> {
+pub(super) fn append(path: &Path, line: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut f = fs::OpenOptions::new().create(true).append(true).open(path)?;
     f.write_all(line.as_bytes())
 }
 
-fn self_exe() -> anyhow::Result<PathBuf> {
+pub(super) fn self_exe() -> anyhow::Result<PathBuf> {
     std::env::current_exe().context("locating the sightline binary")
 }
 
@@ -439,6 +463,8 @@ fn self_exe() -> anyhow::Result<PathBuf> {
 fn start_collector(lab: &str, node: &Node, opts: &UpOptions, tls: Option<&LabTls>) -> anyhow::Result<(u32, Vec<String>)> {
     let mut cmd = Command::new(self_exe()?);
     cmd.arg("collector")
+        .arg("--lab")
+        .arg(lab)
         .arg("--node")
         .arg(&node.name)
         .arg("--netns")
@@ -551,7 +577,7 @@ fn spawn_relay(state: &LabState, export_config: Option<&Path>, grpc: String, met
     }
     let child = spawn_detached(&mut cmd, &log, true)?;
     let pid = wait_ready(child, &log, "the relay", Duration::from_secs(30))?;
-    Ok(Relay { pid, grpc, metrics: Some(metrics), export_config: export_config.map(Path::to_path_buf) })
+    Ok(Relay { pid, grpc, metrics: Some(metrics), export_config: export_config.map(Path::to_path_buf), restarts: 0 })
 }
 
 fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
@@ -567,7 +593,7 @@ fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
     wait_ready(child, &log, &format!("the responder of pod {}/{}", rt.namespace, rt.name), Duration::from_secs(20))
 }
 
-fn kill(pid: u32) {
+pub(super) fn kill(pid: u32) {
     if pid == 0 {
         return;
     }
@@ -590,7 +616,7 @@ fn kill(pid: u32) {
 
 /// Whether `pid` has exited and only waits to be reaped (by init: lab
 /// processes are detached, so they are not our children).
-fn is_zombie(pid: u32) -> bool {
+pub(crate) fn is_zombie(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
@@ -627,6 +653,9 @@ pub struct UpOptions {
     /// TLS between every component and for clients, with the lab's own CA
     /// (`lab up --no-tls`: plaintext).
     pub tls: bool,
+    /// Run a supervisor that restarts collectors and the relay when they
+    /// exit (with the datapath).
+    pub supervise: bool,
 }
 
 /// Nodes a lab may have (each gets a /24 of 10.244.0.0/16).
@@ -647,7 +676,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     opts.ct_timeouts
         .parse::<sightline_collector::agent::CtTimeouts>()
         .map_err(|e| anyhow!("--ct-timeouts: {e}"))?;
-    sightline_collector::agent::parse_duration(&opts.ct_gc_interval).map_err(|e| anyhow!("--ct-gc-interval: {e}"))?;
+    sightline_collector::agent::parse_gc_interval(&opts.ct_gc_interval).map_err(|e| anyhow!("--ct-gc-interval: {e}"))?;
     sightline_collector::flow::Store::new(opts.flow_capacity).map_err(|e| anyhow!("--flow-capacity: {e}"))?;
     sightline_collector::metrics::MetricsConfig::from_entries(&opts.metrics).map_err(|e| anyhow!("--metrics: {e}"))?;
     if opts.prometheus && !opts.datapath {
@@ -717,10 +746,11 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
                 pod_cidr: format!("10.244.{i}.0/24"),
                 node_ip,
                 collector_pid: 0,
-                control_socket: dir.join(format!("collector-{name}.sock")),
+                control_socket: control_dir(&opts.name).join(format!("collector-{name}.sock")),
                 grpc: None,
                 metrics: None,
                 collector_args: Vec::new(),
+                collector_restarts: 0,
                 name,
             };
             if opts.datapath {
@@ -738,6 +768,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             prometheus: None,
             relay: None,
             tls,
+            supervisor: None,
             nodes,
             objects: ObjectStore::new(),
             pods: BTreeMap::new(),
@@ -754,6 +785,10 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             state.save()?;
         }
         converge(&mut state, store.clone())?;
+        if opts.datapath && opts.supervise {
+            state.supervisor = Some(super::supervisor::start(&state.name)?);
+            state.save()?;
+        }
         Ok(state)
     })();
     match result {
@@ -1003,6 +1038,7 @@ pub fn restart_collector_locked(
     let pid = spawn_collector(&state.name, node, &args)?;
     let ready_after = started.elapsed();
     state.nodes[index].collector_pid = pid;
+    state.nodes[index].collector_restarts = old.collector_restarts.saturating_add(1);
     state.save()?;
     let programmed = Instant::now();
     let store = state.objects.clone();
@@ -1024,8 +1060,16 @@ pub fn restart_collector_locked(
 pub fn restart_relay(name: &str) -> anyhow::Result<Relay> {
     let _lock = lock(name)?;
     let mut state = LabState::load(name)?;
+    let relay = restart_relay_in(&mut state)?;
+    state.save()?;
+    Ok(relay)
+}
+
+/// Restarts the relay of a lab whose lock the caller holds; the caller
+/// saves the state.
+pub fn restart_relay_in(state: &mut LabState) -> anyhow::Result<Relay> {
     let Some(old) = state.relay.clone() else {
-        bail!("lab {name} has no relay (it was started with --no-datapath)");
+        bail!("lab {} has no relay (it was started with --no-datapath)", state.name);
     };
     if old.pid != 0 && !is_zombie(old.pid) {
         kill(old.pid);
@@ -1034,9 +1078,9 @@ pub fn restart_relay(name: &str) -> anyhow::Result<Relay> {
         Some(m) => m.clone(),
         None => free_loopback_port()?,
     };
-    let relay = spawn_relay(&state, old.export_config.as_deref(), old.grpc.clone(), metrics)?;
+    let mut relay = spawn_relay(state, old.export_config.as_deref(), old.grpc.clone(), metrics)?;
+    relay.restarts = old.restarts.saturating_add(1);
     state.relay = Some(relay.clone());
-    state.save()?;
     Ok(relay)
 }
 
@@ -1067,6 +1111,10 @@ pub fn delete(name: &str, files: &[PathBuf]) -> anyhow::Result<(manifest::ApplyR
 pub fn teardown(name: &str) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     if let Ok(state) = LabState::load(name) {
+        // First the supervisor, or it would start what is being stopped.
+        if let Some(s) = &state.supervisor {
+            kill(s.pid);
+        }
         if let Some(p) = &state.prometheus {
             kill(p.pid);
         }
@@ -1080,8 +1128,11 @@ pub fn teardown(name: &str) -> anyhow::Result<()> {
             kill(pod.responder_pid);
         }
     }
-    // Collectors run in the host namespace: find strays by their arguments.
-    for pid in stray_collectors(name) {
+    // Collectors run in the host namespace: find strays by their arguments
+    // (a stray supervisor first).
+    let mut strays = stray_collectors(name);
+    strays.sort_by_key(|pid| !is_supervisor_of(*pid, name));
+    for pid in strays {
         kill(pid);
     }
     // The datapath outlives collectors: detach every pinned link and
@@ -1127,11 +1178,25 @@ fn stray_collectors(name: &str) -> Vec<u32> {
         let collector = args.iter().any(|a| a == "collector") && args.iter().any(|a| a.starts_with(&format!("{marker}/")));
         let prometheus = args.iter().any(|a| *a == prometheus_config);
         let relay = args.get(1).is_some_and(|a| a == "relay") && args.windows(2).any(|w| w[0] == "--lab" && w[1] == name);
-        if collector || prometheus || relay {
+        if collector || prometheus || relay || supervisor_args(&args, name) {
             pids.push(pid);
         }
     }
     pids
+}
+
+/// Whether a command line is `sightline lab supervise --name NAME`.
+fn supervisor_args(args: &[String], name: &str) -> bool {
+    args.get(1).is_some_and(|a| a == "lab")
+        && args.get(2).is_some_and(|a| a == "supervise")
+        && args.windows(2).any(|w| w[0] == "--name" && w[1] == name)
+}
+
+fn is_supervisor_of(pid: u32, name: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let args: Vec<String> = c.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        supervisor_args(&args, name)
+    })
 }
 
 /// Where Debian's prometheus package puts the server.

@@ -11,7 +11,8 @@ use sightline_collector::control::{StreamItem, Subscription};
 /// JSON lines. A subscriber that falls behind is told how many it lost.
 pub fn stream(socket: &Path, json: bool, duration: Option<Duration>) -> anyhow::Result<()> {
     let mut sub = Subscription::open(socket).context("subscribing to the collector")?;
-    let deadline = duration.map(|d| Instant::now() + d);
+    // Past the clock's range is forever.
+    let deadline = duration.and_then(|d| Instant::now().checked_add(d));
     let mut out = std::io::stdout();
     loop {
         let wait = match deadline {

@@ -5,7 +5,8 @@
 //! `manifest` parses and validates objects, `cluster` keeps the lab's state
 //! and changes the world, `topology` makes namespaces and veths, `responder`
 //! answers inside pods, `probe` measures reachability, `status` and `events`
-//! report, `pki` makes the lab's CA and certificates.
+//! report, `pki` makes the lab's CA and certificates, `supervisor` restarts
+//! collectors and the relay that exit.
 
 pub mod cluster;
 pub mod events;
@@ -14,5 +15,6 @@ pub mod pki;
 pub mod probe;
 pub mod responder;
 pub mod status;
+pub mod supervisor;
 pub mod topology;
 pub mod types;

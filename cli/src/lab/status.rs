@@ -20,9 +20,9 @@ pub fn json(state: &LabState) -> Value {
                 "node_ip": n.node_ip.to_string(),
                 "collector": {"grpc": n.grpc, "metrics": n.metrics,
                                "control": n.control_socket.display().to_string(),
-                               "pid": n.collector_pid,
                                "tls_server_name": state.tls.as_ref().map(|_| super::pki::collector_server_name(&n.name)),
                                "running": state.datapath && super::cluster::collector_running(n),
+                               "pid": n.collector_pid, "restarts": n.collector_restarts,
                                "stats": collector_stats(state, n)},
             })
         })
@@ -56,8 +56,9 @@ pub fn json(state: &LabState) -> Value {
         "name": state.name,
         "aggregation": state.aggregation,
         "nodes": nodes,
-        "relay": state.relay.as_ref().map(|r| json!({"grpc": r.grpc, "metrics": r.metrics, "pid": r.pid,
+        "relay": state.relay.as_ref().map(|r| json!({"grpc": r.grpc, "metrics": r.metrics, "pid": r.pid, "restarts": r.restarts,
                                                      "export_config": r.export_config.as_ref().map(|p| p.display().to_string())})),
+        "supervisor": state.supervisor.as_ref().map(|s| json!({"pid": s.pid, "running": running(s.pid)})),
         "prometheus": state.prometheus.as_ref().map(|p| p.address.clone()),
         // What a client of the relay (or of a collector, with the node's
         // tls_server_name) needs; null with --no-tls.
@@ -75,6 +76,12 @@ pub fn json(state: &LabState) -> Value {
         "services": services,
         "policies": policies,
     })
+}
+
+/// Whether `pid` runs (not a zombie).
+fn running(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0 && !super::cluster::is_zombie(pid)
 }
 
 /// The collector's own counters (events, losses, conntrack), or null when
@@ -95,7 +102,16 @@ pub fn table(state: &LabState) -> String {
     let _ = writeln!(out, "lab {} (aggregation {})", state.name, state.aggregation);
     let _ = writeln!(out, "\nNODE      POD CIDR          NODE IP        COLLECTOR");
     for n in &state.nodes {
-        let _ = writeln!(out, "{:<9} {:<17} {:<14} pid {} ({})", n.name, n.pod_cidr, n.node_ip, n.collector_pid, n.control_socket.display());
+        let _ = writeln!(
+            out,
+            "{:<9} {:<17} {:<14} pid {}, {} restart(s) ({})",
+            n.name,
+            n.pod_cidr,
+            n.node_ip,
+            n.collector_pid,
+            n.collector_restarts,
+            n.control_socket.display()
+        );
         if state.datapath {
             match control::status(&n.control_socket) {
                 Ok(s) => {
@@ -120,7 +136,11 @@ pub fn table(state: &LabState) -> String {
         }
     }
     if let Some(r) = &state.relay {
-        let _ = writeln!(out, "\nRELAY     {} (pid {}): every node's flows, `sightline observe` reads it", r.grpc, r.pid);
+        let _ = writeln!(
+            out,
+            "\nRELAY     {} (pid {}, {} restart(s)): every node's flows, `sightline observe` reads it",
+            r.grpc, r.pid, r.restarts
+        );
         if let Some(m) = &r.metrics {
             let _ = writeln!(out, "          metrics http://{m}/metrics");
         }
@@ -142,6 +162,20 @@ pub fn table(state: &LabState) -> String {
         }
         None if state.datapath => {
             let _ = writeln!(out, "\nTLS       off (lab up --no-tls): every gRPC API is plaintext");
+        }
+        None => {}
+    }
+    match &state.supervisor {
+        Some(s) => {
+            let _ = writeln!(
+                out,
+                "\nSUPERVISOR pid {}{}: restarts a collector or the relay that exits",
+                s.pid,
+                if running(s.pid) { "" } else { " (not running)" }
+            );
+        }
+        None if state.datapath => {
+            let _ = writeln!(out, "\nSUPERVISOR none: a collector or the relay that exits stays down");
         }
         None => {}
     }

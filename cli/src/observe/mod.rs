@@ -57,6 +57,12 @@ fn use_color(when: ColorWhen, is_terminal: bool) -> bool {
     }
 }
 
+/// Now as RFC 3339 in UTC, to the millisecond (for log lines).
+#[must_use]
+pub fn rfc3339_now() -> String {
+    time::format_timestamp(Some(&time::system_time_to_timestamp(SystemTime::now())), time::TimeFormat::Rfc3339Milli)
+}
+
 /// `sightline observe`: prints flows until the selection is exhausted (or,
 /// with `--follow`, until Ctrl-C).
 pub fn observe(args: ObserveArgs) -> anyhow::Result<()> {
@@ -89,14 +95,69 @@ async fn next_item<T>(
     stream: &mut tonic::Streaming<T>,
     cancel: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<T>, tonic::Status> {
+    match next_or_cancel(stream, cancel).await {
+        Next::Item(item) => Ok(Some(item)),
+        Next::Cancelled | Next::End => Ok(None),
+        Next::Failed(status) => Err(status),
+    }
+}
+
+/// What came next on a stream.
+enum Next<T> {
+    Item(T),
+    /// `cancel` fired (Ctrl-C).
+    Cancelled,
+    /// The server ended the stream (or cancelled it).
+    End,
+    Failed(tonic::Status),
+}
+
+async fn next_or_cancel<T>(stream: &mut tonic::Streaming<T>, cancel: std::pin::Pin<&mut impl Future<Output = ()>>) -> Next<T> {
     tokio::select! {
         biased;
-        () = cancel => Ok(None),
+        () = cancel => Next::Cancelled,
         next = stream.message() => match next {
-            Err(status) if status.code() == tonic::Code::Cancelled => Ok(None),
-            other => other,
+            Ok(Some(item)) => Next::Item(item),
+            Ok(None) => Next::End,
+            Err(status) if status.code() == tonic::Code::Cancelled => Next::End,
+            Err(status) => Next::Failed(status),
         },
     }
+}
+
+/// The first wait before `observe --follow` reconnects to a server it lost.
+const RECONNECT_START: std::time::Duration = std::time::Duration::from_millis(500);
+/// The longest wait between two tries.
+const RECONNECT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a failed follow stream is worth opening again: the server went
+/// away or broke, rather than refused what was asked.
+fn worth_retrying(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    !matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::Unimplemented
+    )
+}
+
+/// The request that resumes a follow stream: every flow `since` the last
+/// one printed (that instant again: at worst a duplicate, never a gap), or,
+/// before any, since what the first request asked for or the moment it was
+/// made.
+fn resume_request(
+    first: &sightline_proto::observer::GetFlowsRequest,
+    last: Option<prost_types::Timestamp>,
+    opened_at: prost_types::Timestamp,
+) -> sightline_proto::observer::GetFlowsRequest {
+    let since = last.or(first.since).or(Some(opened_at));
+    sightline_proto::observer::GetFlowsRequest { number: 0, first: false, since, ..first.clone() }
 }
 
 async fn observe_with<O: Write, E: Write>(
@@ -129,32 +190,79 @@ async fn observe_with<O: Write, E: Write>(
     let conn = client::connect(&opts.conn).await?;
     log::debug!("GetFlows {req:?} to {}", conn.addr);
     let mut rpc = conn.client.clone();
+    let opened_at = time::system_time_to_timestamp(SystemTime::now());
     // No --request-timeout here: a server may hold the stream's headers
     // until the first flow matches (grpc-go does), as long as it likes.
     let mut stream = rpc
-        .get_flows(req)
+        .get_flows(req.clone())
         .await
         .map_err(|status| client::ClientError::Rpc { addr: conn.label.clone(), what: "GetFlows", status })?
         .into_inner();
     let mut printer = Printer::new(print_opts, out, err);
     let mut cancel = std::pin::pin!(cancel);
+    // The time of the last flow printed: a follow stream that is lost
+    // resumes from there.
+    let mut last: Option<prost_types::Timestamp> = None;
     loop {
-        let resp = match next_item(&mut stream, cancel.as_mut()).await {
-            Ok(Some(resp)) => resp,
-            Ok(None) => break,
-            Err(status) => {
+        let lost = match next_or_cancel(&mut stream, cancel.as_mut()).await {
+            Next::Item(resp) => {
+                if let Some(sightline_proto::observer::get_flows_response::ResponseTypes::Flow(_)) = &resp.response_types
+                    && resp.time.is_some()
+                {
+                    last = resp.time;
+                }
+                let written = printer.write(&resp).and_then(|()| if follow { printer.finish() } else { Ok(()) });
+                match written {
+                    Ok(()) => continue,
+                    Err(e) if is_broken_pipe(&e) => return Ok(()),
+                    Err(e) => return Err(e).context("writing flows"),
+                }
+            }
+            Next::Cancelled => break,
+            Next::End if !follow || req.until.is_some() => break,
+            Next::End => "the server ended the stream".to_owned(),
+            Next::Failed(status) if follow && worth_retrying(&status) => status.message().to_owned(),
+            Next::Failed(status) => {
                 // Print what arrived before the error, then report it.
                 let _ = printer.finish();
                 return Err(client::ClientError::Rpc { addr: conn.label.clone(), what: "GetFlows", status }.into());
             }
         };
-        let written = printer.write(&resp).and_then(|()| if follow { printer.finish() } else { Ok(()) });
-        match written {
-            Ok(()) => {}
-            Err(e) if is_broken_pipe(&e) => return Ok(()),
-            Err(e) => return Err(e).context("writing flows"),
-        }
+        // A follower carries on: the same request again, from the last
+        // flow, with back-off, until the server answers or Ctrl-C.
+        let _ = printer.note(&format!("lost the flow API at {} ({lost}); reconnecting", conn.label));
+        let mut backoff = RECONNECT_START;
+        stream = loop {
+            tokio::select! {
+                biased;
+                () = cancel.as_mut() => return finish(&mut printer),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(RECONNECT_MAX);
+            let again = resume_request(&req, last, opened_at);
+            let opened = tokio::select! {
+                biased;
+                () = cancel.as_mut() => return finish(&mut printer),
+                r = rpc.get_flows(again) => r,
+            };
+            match opened {
+                Ok(response) => {
+                    let _ = printer.note(&format!("reconnected to the flow API at {}", conn.label));
+                    break response.into_inner();
+                }
+                Err(status) if worth_retrying(&status) => log::debug!("reconnecting to {}: {status}", conn.label),
+                Err(status) => {
+                    let _ = printer.finish();
+                    return Err(client::ClientError::Rpc { addr: conn.label.clone(), what: "GetFlows", status }.into());
+                }
+            }
+        };
     }
+    finish(&mut printer)
+}
+
+/// Writes what the printer holds; a reader that went away is no error.
+fn finish<O: Write, E: Write>(printer: &mut Printer<O, E>) -> anyhow::Result<()> {
     match printer.finish() {
         Err(e) if !is_broken_pipe(&e) => Err(e).context("writing flows"),
         _ => Ok(()),
@@ -269,7 +377,10 @@ mod tests {
             }
             let n = usize::try_from(req.number).unwrap_or(usize::MAX);
             let all = self.flows.clone();
-            let picked: Vec<_> = if req.first {
+            let picked: Vec<_> = if let Some(since) = req.since {
+                let key = |t: &Timestamp| (t.seconds, t.nanos);
+                all.into_iter().filter(|f| f.time.as_ref().is_some_and(|t| key(t) >= key(&since))).collect()
+            } else if req.first {
                 all.into_iter().take(n).collect()
             } else {
                 let skip = all.len().saturating_sub(n);
@@ -726,6 +837,123 @@ mod tests {
         let msg = format!("{:#}", result.expect_err("plain text to TLS must fail"));
         assert!(msg.contains(&addr), "{msg}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Output shared with the test while `observe` writes it.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
+        }
+    }
+
+    /// A server on a runtime of its own: stopping it closes every
+    /// connection at once, as a `kill -9` would.
+    struct ServerProcess(Option<tokio::runtime::Runtime>);
+
+    impl ServerProcess {
+        fn start(fake: Fake, addr: SocketAddr) -> Self {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let listener = loop {
+                match std::net::TcpListener::bind(addr) {
+                    Ok(l) => break l,
+                    Err(e) => {
+                        assert!(std::time::Instant::now() < deadline, "binding {addr} again: {e}");
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            };
+            listener.set_nonblocking(true).expect("non-blocking");
+            let listener = {
+                let _in = runtime.enter();
+                tokio::net::TcpListener::from_std(listener).expect("listener")
+            };
+            runtime.spawn(
+                tonic::transport::Server::builder()
+                    .add_service(ObserverServer::new(fake))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            Self(Some(runtime))
+        }
+    }
+
+    impl Drop for ServerProcess {
+        fn drop(&mut self) {
+            if let Some(rt) = self.0.take() {
+                rt.shutdown_background();
+            }
+        }
+    }
+
+    async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follow_reconnects_to_a_server_that_comes_back_and_resumes_since_the_last_flow() {
+        let addr = dead_addr().await;
+        let first = Fake { flows: vec![flow(0, Verdict::Forwarded), flow(1, Verdict::Forwarded)], ..Fake::default() };
+        let server = ServerProcess::start(first.clone(), addr);
+        let (out, err) = (Shared::default(), Shared::default());
+        let parsed = args::tests::parse(&["--server", &addr.to_string(), "-f", "--last", "5", "-o", "json"]).expect("arguments parse");
+        let (o, e) = (out.clone(), err.clone());
+        let second = Fake { flows: vec![flow(0, Verdict::Forwarded), flow(1, Verdict::Dropped), flow(2, Verdict::Forwarded)], ..Fake::default() };
+        let second_requests = second.requests.clone();
+        let control = async move {
+            let line = |i: u32| format!("\"source_port\":{}", 40000 + i);
+            wait_for("the first two flows", || o.text().contains(&line(1))).await;
+            // The server dies; a new one comes on the same port.
+            drop(server);
+            wait_for("the loss reported", || e.text().contains("lost the flow API")).await;
+            let _again = ServerProcess::start(second, addr);
+            wait_for("the flows after the restart", || o.text().contains(&line(2))).await;
+        };
+        let result = observe_with(&parsed, SystemTime::now(), out.clone(), err.clone(), false, control).await;
+        result.expect("a follower survives its server's restart");
+        let text = out.text();
+        let ports: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["flow"]["l4"]["TCP"]["source_port"].as_u64().expect("port"))
+            .collect();
+        // Resumed since the last flow printed: that one again, then the new one.
+        assert_eq!(ports, [40000, 40001, 40001, 40002], "{text}");
+        assert!(err.text().contains("reconnected to the flow API"), "{}", err.text());
+        let resumed = second_requests.lock().expect("lock").last().cloned().expect("a request");
+        assert_eq!((resumed.number, resumed.follow), (0, true));
+        assert_eq!(resumed.since, flow(1, Verdict::Forwarded).time);
+    }
+
+    #[test]
+    fn only_failures_of_the_server_are_retried() {
+        assert!(worth_retrying(&Status::unavailable("gone")));
+        assert!(worth_retrying(&Status::unknown("h2 protocol error")));
+        assert!(!worth_retrying(&Status::invalid_argument("bad filter")));
+        assert!(!worth_retrying(&Status::unimplemented("no")));
+        let first = sightline_proto::observer::GetFlowsRequest { number: 20, follow: true, ..Default::default() };
+        let opened = Timestamp { seconds: 100, nanos: 0 };
+        let last = Timestamp { seconds: 90, nanos: 5 };
+        let r = resume_request(&first, None, opened);
+        assert_eq!((r.number, r.since, r.follow), (0, Some(opened), true));
+        assert_eq!(resume_request(&first, Some(last), opened).since, Some(last));
+        let with_since = sightline_proto::observer::GetFlowsRequest { since: Some(Timestamp { seconds: 5, nanos: 0 }), ..first };
+        assert_eq!(resume_request(&with_since, None, opened).since, Some(Timestamp { seconds: 5, nanos: 0 }));
     }
 
     #[test]

@@ -131,6 +131,14 @@ impl<O: Write, E: Write> Printer<O, E> {
         self.err.flush()
     }
 
+    /// A line about the connection (lost, back) on the error stream,
+    /// after what is buffered.
+    pub fn note(&mut self, text: &str) -> io::Result<()> {
+        self.finish()?;
+        writeln!(self.err, "{text}")?;
+        self.err.flush()
+    }
+
     /// The writers back (for tests).
     #[cfg(test)]
     pub fn into_inner(self) -> (O, E) {
