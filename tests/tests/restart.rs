@@ -18,6 +18,10 @@ use tokio_stream::StreamExt as _;
 /// x/a may send to x/c only: x/a → x/b is denied (in `from_container`, on
 /// x/a's own veth, so a moment without that program would let it through),
 /// x/a → x/c is allowed.
+/// These tests stop collectors and look at the node while none runs: no
+/// supervisor may start one behind their back (tests/supervision.rs covers it).
+const NO_SUPERVISOR: &[&str] = &["--no-supervisor"];
+
 const A_TO_C_ONLY: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a-to-c-only, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{podSelector: {matchLabels: {pod: c}}}]\n";
 
 /// Nothing may reach x/c.
@@ -220,7 +224,7 @@ fn a_killed_collector_leaves_the_datapath_in_force_and_its_successor_adopts_it()
     if !require_root() {
         return;
     }
-    let lab = Lab::up("e2e-rs-kill", &with_policy(A_TO_C_ONLY), &[]);
+    let lab = Lab::up("e2e-rs-kill", &with_policy(A_TO_C_ONLY), NO_SUPERVISOR);
     let ip_c = lab.pod_ip("x/c");
     assert!(!lab.probe("x/a", "x/b", 80, "TCP"), "the policy denies x/a → x/b");
     assert!(lab.probe("x/a", "x/c", 80, "TCP"), "the policy allows x/a → x/c");
@@ -291,7 +295,7 @@ fn a_policy_applied_while_the_collector_is_down_is_in_force_once_it_is_back() {
     if !require_root() {
         return;
     }
-    let lab = Lab::up("e2e-rs-apply", &xyz_manifests(), &[]);
+    let lab = Lab::up("e2e-rs-apply", &xyz_manifests(), NO_SUPERVISOR);
     assert!(lab.probe("x/a", "x/c", 80, "TCP"));
     stop_collector(&lab, libc::SIGKILL);
 
@@ -331,7 +335,7 @@ fn only_lab_down_removes_the_pins_and_links() {
         return;
     }
     let name = "e2e-rs-down";
-    let lab = Lab::up(name, &with_policy(A_TO_C_ONLY), &[]);
+    let lab = Lab::up(name, &with_policy(A_TO_C_ONLY), NO_SUPERVISOR);
     let pinned = walk(&pins(name));
     for wanted in ["node-1/meta", "node-1/maps/CT", "node-1/maps/EVENTS", "node-1/progs/from_container", "node-1/links/lxc00001-ingress", "node-1/links/lxc00001-egress"] {
         assert!(pinned.iter().any(|p| p == wanted), "{wanted} is not pinned: {pinned:?}");
@@ -352,7 +356,7 @@ fn collector_uninstall_detaches_and_removes_the_pins() {
     if !require_root() {
         return;
     }
-    let lab = Lab::up("e2e-rs-uninst", &with_policy(A_TO_C_ONLY), &[]);
+    let lab = Lab::up("e2e-rs-uninst", &with_policy(A_TO_C_ONLY), NO_SUPERVISOR);
     stop_collector(&lab, libc::SIGKILL);
     assert!(!lab.probe("x/a", "x/b", 80, "TCP"));
     let dir = pins(&lab.name).join("node-1");
@@ -374,7 +378,7 @@ fn replacing_the_programs_in_place_leaves_no_moment_without_them() {
     if !require_root() {
         return;
     }
-    let lab = Lab::up("e2e-rs-repl", &with_policy(A_TO_C_ONLY), &[]);
+    let lab = Lab::up("e2e-rs-repl", &with_policy(A_TO_C_ONLY), NO_SUPERVISOR);
     let (ip_b, ip_c) = (lab.pod_ip("x/b"), lab.pod_ip("x/c"));
     iperf_server(&lab, "x/c", 5201);
     let iperf = {
@@ -426,7 +430,7 @@ fn events_that_overflowed_while_no_collector_ran_are_reported_lost_once() {
     }
     // Every packet is an event: a short UDP flood overflows the 4 MiB ring
     // buffer (about 37,000 events) while nothing drains it.
-    let lab = Lab::up("e2e-rs-lost", &xyz_manifests(), &["--aggregation", "none"]);
+    let lab = Lab::up("e2e-rs-lost", &xyz_manifests(), &["--aggregation", "none", "--no-supervisor"]);
     let ip_c = lab.pod_ip("x/c");
     iperf_server(&lab, "x/c", 5201);
     stop_collector(&lab, libc::SIGKILL);

@@ -81,13 +81,13 @@ struct Follower {
 }
 
 /// Follows the relay's flows to `x/b` on a thread of its own.
-fn follow_relay(relay: String) -> Arc<Mutex<Follower>> {
+fn follow_relay(access: sightline_e2e::GrpcAccess, relay: String) -> Arc<Mutex<Follower>> {
     let seen = Arc::new(Mutex::new(Follower::default()));
     let out = Arc::clone(&seen);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async move {
-            let mut c = ObserverClient::connect(format!("http://{relay}")).await.expect("relay");
+            let mut c = ObserverClient::new(access.channel(&relay).await);
             let req = GetFlowsRequest {
                 follow: true,
                 whitelist: vec![FlowFilter { destination_pod: vec!["x/b".into()], ..FlowFilter::default() }],
@@ -192,7 +192,7 @@ fn killed_collectors_and_relays_come_back_and_followers_carry_on() {
     assert!(lab.probe("x/a", "x/b", 80, "TCP"));
 
     // A follower of the relay, connected before anything is killed.
-    let follower = follow_relay(relay_addr.clone());
+    let follower = follow_relay(lab.grpc(), relay_addr.clone());
     wait_for("the follower to see x/a → x/b", Duration::from_secs(30), || {
         let _ = lab.probe("x/a", "x/b", 80, "TCP");
         (!follower.lock().expect("lock").flows.is_empty()).then_some(())
