@@ -4,7 +4,7 @@
 //!
 //! - `Retry` waits and sends the same records again: `Retry-After` when the
 //!   service gave one (never sooner; a little jitter after it), otherwise an
-//!   exponential back-off with jitter (250 ms doubling to 30 s);
+//!   exponential back-off with jitter (250 ms doubling to 10 s: a sink that comes back is found within seconds);
 //! - `TooLarge` sends the batch again in halves; a single record that is
 //!   too large is dead-lettered;
 //! - `Rejected` dead-letters the records into the spool's `rejected/`
@@ -24,7 +24,7 @@ use crate::spool::{Spool, SpooledRecord};
 /// First back-off after a failure.
 pub const BACKOFF_START: Duration = Duration::from_millis(250);
 /// Longest back-off.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Why a delivery loop ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -51,11 +51,35 @@ fn wait_for(after: Option<Duration>, backoff: Duration) -> Duration {
 }
 
 /// Delivers the spool's records through `sink` until `stop` turns true.
-pub async fn run(spool: Spool, mut sink: Box<dyn Sink>, metrics: ExporterMetrics, mut stop: watch::Receiver<bool>) -> Ended {
+pub async fn run(spool: Spool, sink: Box<dyn Sink>, metrics: ExporterMetrics, stop: watch::Receiver<bool>) -> Ended {
+    run_giving_way(spool, sink, metrics, stop, || false).await
+}
+
+/// How long delivery waits, each time, while the front of the exporter is
+/// behind.
+pub const GIVE_WAY: Duration = Duration::from_millis(5);
+
+/// [`run`], but before each batch it waits while `behind()` says the
+/// exporter's front (pipeline into the spool) is falling behind: on a busy
+/// machine, draining a backlog must not take the CPU that keeps new flows
+/// from being dropped before they reach the spool.
+pub async fn run_giving_way(
+    spool: Spool,
+    mut sink: Box<dyn Sink>,
+    metrics: ExporterMetrics,
+    mut stop: watch::Receiver<bool>,
+    behind: impl Fn() -> bool + Send,
+) -> Ended {
     let mut backoff = BACKOFF_START;
     loop {
         if *stop.borrow() {
             return Ended::Stopped;
+        }
+        while behind() {
+            tokio::select! {
+                () = tokio::time::sleep(GIVE_WAY) => {}
+                _ = stop.changed() => return Ended::Stopped,
+            }
         }
         let mut batch = tokio::select! {
             batch = spool.read(sink.max_batch_records(), sink.max_batch_bytes()) => batch,
@@ -136,4 +160,60 @@ fn dead_letter(
         log::warn!("export: writing {} rejected record(s) to the dead-letter folder: {e}", records.len());
     }
     metrics.rejected.inc_by(records.len() as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::sink::{Delivery, Outcome, SendFuture, Sink};
+
+    struct Counting(Arc<AtomicUsize>);
+
+    impl Sink for Counting {
+        fn max_batch_bytes(&self) -> usize {
+            1 << 20
+        }
+
+        fn max_batch_records(&self) -> usize {
+            10
+        }
+
+        fn send<'a>(&'a mut self, records: &'a [Vec<u8>]) -> SendFuture<'a> {
+            self.0.fetch_add(records.len(), Ordering::SeqCst);
+            Box::pin(async { Delivery { outcome: Outcome::Sent, code: "200".to_owned() } })
+        }
+    }
+
+    #[tokio::test]
+    async fn delivery_gives_way_while_the_front_is_behind() {
+        let spool = Spool::memory(1 << 20);
+        spool.append(&[(1, b"a".as_slice()), (2, b"b".as_slice())]).expect("append");
+        let sent = Arc::new(AtomicUsize::new(0));
+        let behind = Arc::new(AtomicBool::new(true));
+        let (stop_tx, stop) = watch::channel(false);
+        let flag = Arc::clone(&behind);
+        let task = tokio::spawn(run_giving_way(
+            spool.clone(),
+            Box::new(Counting(Arc::clone(&sent))),
+            crate::metrics::ExportMetrics::unregistered().exporter("t"),
+            stop,
+            move || flag.load(Ordering::SeqCst),
+        ));
+        // While the front stays behind (many give-way periods), nothing is
+        // sent…
+        tokio::time::sleep(GIVE_WAY * 60).await;
+        assert_eq!(sent.load(Ordering::SeqCst), 0);
+        // …and once it has caught up, the backlog goes.
+        behind.store(false, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sent.load(Ordering::SeqCst) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the backlog was not delivered");
+            tokio::time::sleep(GIVE_WAY).await;
+        }
+        let _ = stop_tx.send(true);
+        assert_eq!(task.await.expect("delivery task"), Ended::Stopped);
+    }
 }

@@ -226,12 +226,13 @@ impl Exporters {
             }
             for (e, sink, source) in built {
                 let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
+                let queue = tx.downgrade();
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let metrics = self.metrics.exporter(&e.name);
                 let placeholder =
                     Running { config: e.clone(), tx, stop: stop_tx, tasks: Vec::new(), metrics: metrics.clone(), spool: None };
                 running.insert(e.name.clone(), placeholder);
-                starting.push((e, sink, source, rx, stop_rx, metrics));
+                starting.push((e, sink, source, rx, queue, stop_rx, metrics));
             }
         }
         let mut old_spools = BTreeMap::new();
@@ -246,7 +247,7 @@ impl Exporters {
             }
         }
         let mut failed = None;
-        for (e, sink, source, rx, stop_rx, metrics) in starting {
+        for (e, sink, source, rx, queue, stop_rx, metrics) in starting {
             let spool = match source {
                 SpoolSource::Ready(spool) => Ok(spool),
                 SpoolSource::TakeOver => match old_spools.remove(&e.name).and_then(|(spool, _)| spool) {
@@ -257,7 +258,7 @@ impl Exporters {
             };
             match spool {
                 Ok(spool) => {
-                    let tasks = self.start(&e, sink, spool.clone(), rx, stop_rx, metrics);
+                    let tasks = self.start(&e, sink, spool.clone(), (rx, queue), stop_rx, metrics);
                     let mut running = self.running.write().unwrap_or_else(PoisonError::into_inner);
                     if let Some(r) = running.get_mut(&e.name) {
                         r.tasks = tasks;
@@ -356,7 +357,7 @@ impl Exporters {
         e: &ExporterConfig,
         sink: Box<dyn Sink>,
         spool: Spool,
-        rx: mpsc::Receiver<Items>,
+        (rx, queue): (mpsc::Receiver<Items>, mpsc::WeakSender<Items>),
         stop_rx: watch::Receiver<bool>,
         metrics: ExporterMetrics,
     ) -> Vec<JoinHandle<()>> {
@@ -382,8 +383,12 @@ impl Exporters {
         });
         let resume_dir = e.spool.as_ref().map(|s| s.path.clone());
         let front = tokio::spawn(run_pipeline(e.name.clone(), pipeline, rx, stop_rx.clone(), resume_dir, metrics.clone()));
+        // Delivery gives way while the pipeline's queue is more than half
+        // full: new flows must reach the spool (or they are dropped), a
+        // backlog can wait on disk.
+        let behind = move || queue.upgrade().is_some_and(|tx| tx.capacity() < tx.max_capacity() / 2);
         let back = tokio::spawn(async move {
-            crate::deliver::run(spool, sink, metrics, stop_rx).await;
+            crate::deliver::run_giving_way(spool, sink, metrics, stop_rx, behind).await;
         });
         log::info!("export: exporter {:?} started ({} sink)", e.name, e.sink.kind());
         vec![front, back]

@@ -601,7 +601,7 @@ fn write_report(path: &Path, args: &ExportArgs, report: &Report) -> anyhow::Resu
     // One section per sink and rate, so runs at several rates stay side by side.
     let name = format!("export-{}-{}", args.sink.name(), args.rate);
     let section = format!(
-        "<!-- bench:{name}:start -->\nMeasured on {} by `{command}` ({}), the relay a release build.\n\n{}<!-- bench:{name}:end -->",
+        "<!-- bench:{name}:start -->\nMeasured on {} by `{command}` ({}), the relay a release build (plaintext gRPC from the fake collectors; TLS costs are under GetFlows streaming).\n\n{}<!-- bench:{name}:end -->",
         today(),
         report.machine,
         report.table

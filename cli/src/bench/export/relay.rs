@@ -93,6 +93,9 @@ pub(super) fn start_relay(dir: &Path, peers: &[(String, SocketAddr)], config: &P
     for (name, addr) in peers {
         cmd.arg("--peer").arg(format!("{name}={addr}"));
     }
+    // The fake collectors serve plaintext; the relay's own API is not what
+    // this measures (bench observe measures TLS).
+    cmd.arg("--disable-server-tls").arg("--disable-client-tls");
     cmd.arg("--export-config")
         .arg(config)
         .arg("--metrics-address")
