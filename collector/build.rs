@@ -6,7 +6,10 @@
 
 use std::{env, fs, path::PathBuf};
 
+include!("../build-support/test_cfg.rs");
+
 fn main() {
+    emit_test_cfgs(&PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("manifest dir")));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
     let object = out_dir.join("sightline-probes");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));

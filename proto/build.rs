@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+include!("../build-support/test_cfg.rs");
+
 /// Files compiled, relative to the include root `api/v1`. The paths are the
 /// names the files get in descriptors, so they must stay equal to Hubble's
 /// (`flow/flow.proto`, ...).
@@ -18,6 +20,10 @@ const PROTOS: &[&str] = &[
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    emit_test_cfgs(&manifest);
+    // The compatibility tests run once the upstream protos are there.
+    println!("cargo:rerun-if-changed={}", manifest.join("../../shared/reference/hubble-api").display());
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let include = manifest_dir.join("api/v1");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -10,6 +10,14 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+# A test that needs what this machine lacks (root, ../shared, a tool) is
+# reported as ignored, with its reason. Under CI=true it runs anyway and
+# fails: CI never passes for work it did not do.
+include_ignored=()
+if [ "${CI:-}" = "true" ]; then
+    include_ignored=(--include-ignored)
+fi
+
 cargo build --workspace --all-targets
-cargo test --workspace --exclude sightline-e2e --no-fail-fast
-cargo test -p sightline-e2e --no-fail-fast -- --test-threads=1
+cargo test --workspace --exclude sightline-e2e --no-fail-fast -- "${include_ignored[@]}"
+cargo test -p sightline-e2e --no-fail-fast -- --test-threads=1 "${include_ignored[@]}"

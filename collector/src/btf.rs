@@ -1527,20 +1527,16 @@ print fmt: \"skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s\", REC->skb
 
     // --- The running kernel -------------------------------------------------
 
-    fn kernel_btf() -> Option<Btf> {
+    fn kernel_btf() -> Btf {
         let path = Path::new(VMLINUX_BTF);
-        if !path.exists() {
-            eprintln!(
-                "skipped: {VMLINUX_BTF} does not exist (kernel without CONFIG_DEBUG_INFO_BTF?)"
-            );
-            return None;
-        }
-        Some(Btf::from_file(path).expect("the kernel's BTF parses"))
+        assert!(path.exists(), "{VMLINUX_BTF} does not exist (kernel without CONFIG_DEBUG_INFO_BTF?)");
+        Btf::from_file(path).expect("the kernel's BTF parses")
     }
 
     #[test]
+    #[cfg_attr(not(sightline_btf), ignore = "needs the kernel's BTF (/sys/kernel/btf/vmlinux)")]
     fn real_kernel_offsets() {
-        let Some(btf) = kernel_btf() else { return };
+        let btf = kernel_btf();
         let skb = |m: &str| btf.member_offset("sk_buff", m).unwrap();
         let (dev, head, network_header, len) =
             (skb("dev"), skb("head"), skb("network_header"), skb("len"));
@@ -1564,8 +1560,9 @@ print fmt: \"skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s\", REC->skb
     }
 
     #[test]
+    #[cfg_attr(not(sightline_btf), ignore = "needs the kernel's BTF (/sys/kernel/btf/vmlinux)")]
     fn real_kernel_drop_reasons() {
-        let Some(btf) = kernel_btf() else { return };
+        let btf = kernel_btf();
         let reasons = btf.enum_values("skb_drop_reason").unwrap();
         let no_socket = reasons
             .iter()
@@ -1579,14 +1576,14 @@ print fmt: \"skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s\", REC->skb
     }
 
     #[test]
+    #[cfg_attr(
+        not(all(sightline_root, sightline_btf)),
+        ignore = "needs root (to mount tracefs) and the kernel's BTF (/sys/kernel/btf/vmlinux)"
+    )]
     fn real_kernel_layout() {
-        if !Path::new(VMLINUX_BTF).exists() {
-            eprintln!("skipped: {VMLINUX_BTF} does not exist");
-            return;
-        }
+        assert!(Path::new(VMLINUX_BTF).exists(), "{VMLINUX_BTF} does not exist");
         let tracing = Path::new("/sys/kernel/tracing");
         if !tracing.join("events").exists() && tracing.exists() {
-            // Mounting needs root; if it fails the check below skips.
             let _ = std::process::Command::new("mount")
                 .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
                 .status();
@@ -1594,12 +1591,7 @@ print fmt: \"skbaddr=%p rx_sk=%p protocol=%u location=%pS reason: %s\", REC->skb
         let mounted = TRACEFS_ROOTS
             .iter()
             .any(|root| Path::new(root).join("events/skb/kfree_skb/format").exists());
-        if !mounted {
-            eprintln!(
-                "skipped: tracefs is not mounted (and could not be mounted) or has no skb:kfree_skb"
-            );
-            return;
-        }
+        assert!(mounted, "tracefs is not mounted (and could not be mounted) or has no skb:kfree_skb");
         let layout = KernelLayout::from_system().unwrap();
         eprintln!("{:?}", layout.offsets);
         assert_eq!(layout.offsets.valid, 1);

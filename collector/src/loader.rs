@@ -1392,17 +1392,13 @@ mod tests {
     /// again, uninstall: with a real kernel, a link on the loopback device
     /// of a namespace of the test's own.
     #[test]
+    #[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
     fn installs_adopts_replaces_and_uninstalls() {
         // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 || PROBES.is_empty() {
-            eprintln!("skipped: needs root and the probes");
-            return;
-        }
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+        assert!(!PROBES.is_empty(), "the probes were not built (AYA_BUILD_SKIP?)");
         let id = std::process::id();
-        let Some(ns) = Netns::new(&format!("sl-unit-{id}")) else {
-            eprintln!("skipped: cannot create a network namespace");
-            return;
-        };
+        let ns = Netns::new(&format!("sl-unit-{id}")).expect("a network namespace of the test's own");
         let dir = PathBuf::from(format!("/sys/fs/bpf/sightline/unit-{id}/node"));
         let result = std::panic::catch_unwind(|| lifecycle(&dir, &ns.path()));
         let _ = uninstall(&dir);

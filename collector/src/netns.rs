@@ -155,11 +155,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
     fn non_namespace_file_is_an_error() {
-        if !is_root() {
-            eprintln!("skipping: setns needs root");
-            return;
-        }
+        assert!(is_root(), "this test needs root");
         let err = in_netns(Path::new("/proc/self/stat"), || ()).unwrap_err();
         assert!(
             err.to_string().contains("joining network namespace"),
@@ -168,11 +166,9 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
     fn runs_inside_the_namespace_and_leaves_caller_alone() {
-        if !is_root() {
-            eprintln!("skipping: creating a network namespace needs root");
-            return;
-        }
+        assert!(is_root(), "this test needs root");
         let ns = NetnsGuard::create(format!("slnetnstest{}", std::process::id()));
         let path = netns_path(&ns.0);
         let target = netns_inode(&path).unwrap();

@@ -127,6 +127,7 @@ fn endpoint(ifname: &str, netns: &str) -> Endpoint {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn the_control_socket_lets_in_only_root_and_what_the_lab_made() {
     if !require_root() {
         return;

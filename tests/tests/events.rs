@@ -32,6 +32,7 @@ fn find<'a>(events: &[&'a Record], what: &str, pred: impl Fn(&Record) -> bool) -
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn tcp_connection_and_udp_exchange_field_by_field() {
     if !require_root() {
         return;
@@ -123,6 +124,7 @@ fn tcp_connection_and_udp_exchange_field_by_field() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn kernel_drops_carry_the_kernel_reason() {
     if !require_root() {
         return;
@@ -166,6 +168,7 @@ fn long_transfer(aggregation: &str, lab_name: &str) -> (Vec<Record>, String, Str
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn medium_aggregation_emits_far_fewer_events_and_keeps_first_packets() {
     if !require_root() {
         return;
@@ -195,6 +198,7 @@ fn medium_aggregation_emits_far_fewer_events_and_keeps_first_packets() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn icmp_echo_is_tracked_and_connections_expire() {
     if !require_root() {
         return;
@@ -243,6 +247,7 @@ fn icmp_echo_is_tracked_and_connections_expire() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn medium_aggregation_reports_the_first_packet_of_each_direction() {
     if !require_root() {
         return;

@@ -127,6 +127,7 @@ fn compare(want: &BTreeSet<String>, got: &[String]) -> (Vec<String>, usize) {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn every_flow_reaches_every_sink_through_faults_and_a_relay_restart() {
     if !require_root() {
         return;
@@ -256,6 +257,7 @@ impl Drop for RemoveDir {
 /// filtered, to a file; they are exactly the flows GetFlows returns for the
 /// same filter.
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn a_collector_exports_its_own_flows() {
     if !require_root() {
         return;

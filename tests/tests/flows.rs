@@ -50,6 +50,7 @@ fn apply(lab: &Lab, file: &str, manifest: &str) {
 const DENY_81: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: only-80, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - ports: [{port: 80}]\n";
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn allowed_and_denied_flows_field_by_field() {
     if !require_root() {
         return;
@@ -207,6 +208,7 @@ fn allowed_and_denied_flows_field_by_field() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn follow_receives_new_flows_and_a_stalled_client_sees_what_it_lost() {
     if !require_root() {
         return;
@@ -254,6 +256,7 @@ fn follow_receives_new_flows_and_a_stalled_client_sees_what_it_lost() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn a_full_kernel_ring_buffer_is_reported_as_lost_events() {
     if !require_root() {
         return;

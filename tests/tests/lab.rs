@@ -3,6 +3,7 @@
 use sightline_e2e::{Lab, host_links, netns_names, processes_mentioning, require_root, sightline, two_pods, write_temp, xyz_manifests};
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn up_and_down_leave_nothing_behind() {
     if !require_root() {
         return;
@@ -56,6 +57,7 @@ fn up_and_down_leave_nothing_behind() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn identical_labels_share_an_identity() {
     if !require_root() {
         return;
@@ -71,6 +73,7 @@ fn identical_labels_share_an_identity() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn all_pairs_connect_over_tcp_and_udp() {
     if !require_root() {
         return;
@@ -104,6 +107,7 @@ fn apply(lab: &Lab, file: &str, manifest: &str) -> (bool, String) {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn bad_manifests_are_refused_whole() {
     if !require_root() {
         return;
@@ -163,6 +167,7 @@ fn bad_manifests_are_refused_whole() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn delete_removes_pods_and_exec_runs_inside() {
     if !require_root() {
         return;

@@ -62,6 +62,7 @@ fn matrix(lab: &Lab, port: u16, protocol: &str) -> Vec<(String, String, bool)> {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn pods_on_three_nodes_reach_each_other_under_each_nodes_policy() {
     if !require_root() {
         return;

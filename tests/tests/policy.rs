@@ -32,6 +32,7 @@ fn policy_b(name: &str, a_ports: &[u16], c_ports: &[u16]) -> String {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn verdicts_name_their_policies_and_denials_are_drops() {
     if !require_root() {
         return;
@@ -98,6 +99,7 @@ fn verdicts_name_their_policies_and_denials_are_drops() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn audit_mode_reports_without_dropping() {
     if !require_root() {
         return;
@@ -136,6 +138,7 @@ fn spin(stop: &Arc<AtomicBool>, f: impl Fn() -> bool + Send + 'static) -> (std::
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn policy_changes_under_traffic_give_no_wrong_verdict() {
     if !require_root() {
         return;
@@ -221,6 +224,7 @@ fn policy_changes_under_traffic_give_no_wrong_verdict() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn a_policy_change_cuts_connections_it_now_denies() {
     if !require_root() {
         return;

@@ -61,6 +61,7 @@ fn collector_pid(lab: &str, node: &str) -> u32 {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn the_relay_merges_every_nodes_flows_and_reports_the_nodes() {
     if !require_root() {
         return;

@@ -220,6 +220,7 @@ fn lost_metric(lab: &Lab) -> u64 {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn a_killed_collector_leaves_the_datapath_in_force_and_its_successor_adopts_it() {
     if !require_root() {
         return;
@@ -291,6 +292,7 @@ fn a_killed_collector_leaves_the_datapath_in_force_and_its_successor_adopts_it()
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn a_policy_applied_while_the_collector_is_down_is_in_force_once_it_is_back() {
     if !require_root() {
         return;
@@ -330,6 +332,7 @@ fn a_policy_applied_while_the_collector_is_down_is_in_force_once_it_is_back() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn only_lab_down_removes_the_pins_and_links() {
     if !require_root() {
         return;
@@ -352,6 +355,7 @@ fn only_lab_down_removes_the_pins_and_links() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn collector_uninstall_detaches_and_removes_the_pins() {
     if !require_root() {
         return;
@@ -374,6 +378,7 @@ fn collector_uninstall_detaches_and_removes_the_pins() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn replacing_the_programs_in_place_leaves_no_moment_without_them() {
     if !require_root() {
         return;
@@ -424,6 +429,7 @@ fn replacing_the_programs_in_place_leaves_no_moment_without_them() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn events_that_overflowed_while_no_collector_ran_are_reported_lost_once() {
     if !require_root() {
         return;

@@ -71,6 +71,7 @@ fn metrics_text(lab: &Lab) -> String {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn services_balance_connections_over_their_backends() {
     if !require_root() {
         return;

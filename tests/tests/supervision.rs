@@ -178,6 +178,7 @@ fn json_time_ns(line: &str) -> Option<i128> {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn killed_collectors_and_relays_come_back_and_followers_carry_on() {
     if !require_root() {
         return;

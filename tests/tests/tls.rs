@@ -151,6 +151,7 @@ fn s(p: &Path) -> String {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn every_server_refuses_what_the_lab_did_not_sign_and_the_lab_client_works() {
     if !require_root() {
         return;
@@ -279,6 +280,7 @@ fn now() -> i64 {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn the_relay_checks_bearer_tokens_and_scopes_them_to_namespaces() {
     if !require_root() {
         return;
@@ -405,6 +407,7 @@ fn the_relay_checks_bearer_tokens_and_scopes_them_to_namespaces() {
 }
 
 #[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn lab_up_no_tls_serves_plaintext() {
     if !require_root() {
         return;

@@ -427,11 +427,9 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    #[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
     async fn pods_probe_each_other() {
-        if !is_root() {
-            eprintln!("skipping pods_probe_each_other: needs root");
-            return;
-        }
+        assert!(is_root(), "this test needs root");
         let lab = lab_name("p");
         let guard = LabGuard(lab.clone());
         let pods = three_pod_lab(&lab);

@@ -993,11 +993,9 @@ pub(crate) mod tests {
     }
 
     #[test]
+    #[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
     fn lab_lifecycle() {
-        if !is_root() {
-            eprintln!("skipping lab_lifecycle: needs root");
-            return;
-        }
+        assert!(is_root(), "this test needs root");
         let lab = lab_name("l");
         let guard = LabGuard(lab.clone());
         let node_ns = node_netns(&lab, "node-1");
