@@ -531,8 +531,8 @@ fn summary(since: SystemTime) {
     let Some(dir) = criterion_dir() else { return };
     let rows = [
         ("encode", "getflows_protobuf", "GetFlowsResponse, prost-encoded (baseline)"),
-        ("encode", "azure_rows", "Azure rows + JSON arrays + gzip (default level), as the sink sends"),
-        ("encode", "azure_rows_gzip_fast", "the same with gzip level 1 (`Compression::fast()`)"),
+        ("encode", "azure_rows", "Azure rows + JSON arrays + gzip (default level)"),
+        ("encode", "azure_rows_gzip_fast", "the same with gzip level 1, as the sink sends"),
         ("encode", "azure_rows_encode_only", "Azure rows only"),
         ("encode", "otlp_log_records", "OTLP LogRecords, written as protobuf"),
         ("encode", "otlp_log_records_via_prost", "the same through `LogRecord` structs and prost"),
@@ -543,14 +543,17 @@ fn summary(since: SystemTime) {
         ("pipeline", "push_aggregated", "… with 30 s aggregation"),
         ("pipeline", "push_disk_spool", "… into the on-disk spool"),
     ];
+    use std::fmt::Write as _;
     let Some(base) = estimate(&dir, BASELINE.0, BASELINE.1, since) else { return };
     let per_flow = |ns: f64| ns / FLOWS as f64;
-    println!("\nSummary ({FLOWS} flows per iteration; CPU time of one thread; ratios to {}/{} of this run):\n", BASELINE.0, BASELINE.1);
-    println!("| bench | what | CPU per flow | flows per CPU second | vs GetFlows encoding |");
-    println!("|---|---|---|---|---|");
+    let mut out = String::new();
+    let _ = writeln!(out, "Summary ({FLOWS} flows per iteration; CPU time of one thread; ratios to {}/{} of this run):\n", BASELINE.0, BASELINE.1);
+    let _ = writeln!(out, "| bench | what | CPU per flow | flows per CPU second | vs GetFlows encoding |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
     for (group, name, what) in rows {
         let Some(ns) = estimate(&dir, group, name, since) else { continue };
-        println!(
+        let _ = writeln!(
+            out,
             "| `{group}/{name}` | {what} | {:.0} ns | {:.0} | {:.1}× |",
             per_flow(ns),
             1e9 / per_flow(ns),
@@ -558,13 +561,66 @@ fn summary(since: SystemTime) {
         );
     }
     let (plain, default, fast) = gzip_sizes();
-    println!(
+    let _ = writeln!(
+        out,
         "\nAzure rows of the batch: {plain} bytes ({} per row); gzip default level {default} bytes ({:.1}:1), fast {fast} bytes ({:.1}:1).",
         plain / FLOWS,
         plain as f64 / default as f64,
         plain as f64 / fast as f64
     );
+    println!("\n{out}");
+    // `SIGHTLINE_BENCH_WRITE=docs/PERFORMANCE.md cargo bench -p sightline-export`
+    // records the table there (paths relative to the workspace).
+    if let Ok(file) = std::env::var("SIGHTLINE_BENCH_WRITE") {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&file);
+        let section = format!(
+            "<!-- bench:export-encoders:start -->\nMeasured on {} by `SIGHTLINE_BENCH_WRITE={file} cargo bench -p sightline-export --bench export` ({}).\n\n{out}<!-- bench:export-encoders:end -->",
+            today_utc(),
+            machine()
+        );
+        match write_section(&path, "export-encoders", &section) {
+            Ok(()) => println!("figures written to {}", path.display()),
+            Err(e) => eprintln!("writing {}: {e}", path.display()),
+        }
+    }
 }
+
+/// Today's date (UTC), from the system clock.
+fn today_utc() -> String {
+    let days = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// CPUs, model and kernel, for the record.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_owned();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cpus} CPUs ({model}), Linux {}, one thread's CPU time", kernel.trim())
+}
+
+/// Replaces the `name` section of a Markdown file, or appends it.
+fn write_section(path: &Path, name: &str, section: &str) -> std::io::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let (start, end) = (format!("<!-- bench:{name}:start -->"), format!("<!-- bench:{name}:end -->"));
+    let new = match (text.find(&start), text.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &text[..a], &text[b + end.len()..]),
+        _ => format!("{}\n{section}\n", text.trim_end()),
+    };
+    std::fs::write(path, new)
+}
+
 
 fn main() {
     let since = SystemTime::now();
