@@ -124,15 +124,25 @@ fn allowed_and_denied_flows_field_by_field() {
 
         // Filters: whitelist OR, blacklist minus, each a different field.
         let only_drops = flows(&mut c, GetFlowsRequest { number: 1000, whitelist: vec![FlowFilter { event_type: vec![pb::EventTypeFilter { r#type: 1, match_sub_type: false, sub_type: 0 }], ..Default::default() }], ..Default::default() }).await;
+        assert!(!only_drops.is_empty(), "the drops of a→b:81 pass the drop filter");
         assert!(only_drops.iter().all(|f| f.verdict == pb::Verdict::Dropped as i32));
         let not_tcp = flows(&mut c, GetFlowsRequest { number: 1000, blacklist: vec![FlowFilter { protocol: vec!["tcp".into()], ..Default::default() }], ..Default::default() }).await;
         assert!(not_tcp.iter().all(|f| !matches!(f.l4.as_ref().and_then(|l| l.protocol.as_ref()), Some(pb::layer4::Protocol::Tcp(_)))));
+        let everything = flows(&mut c, GetFlowsRequest { number: 1000, ..Default::default() }).await;
+        assert!(everything.len() > not_tcp.len(), "the TCP blacklist removed nothing ({} flows either way)", everything.len());
         let by_ip = flows(&mut c, GetFlowsRequest { number: 1000, whitelist: vec![FlowFilter { source_ip: vec![format!("{ip_b}/32")], ..Default::default() }], ..Default::default() }).await;
         assert!(!by_ip.is_empty() && by_ip.iter().all(|f| f.ip.as_ref().unwrap().source == ip_b));
         let by_label = flows(&mut c, GetFlowsRequest { number: 1000, whitelist: vec![FlowFilter { source_label: vec!["pod=a".into()], reply: vec![false], ..Default::default() }], ..Default::default() }).await;
         assert!(!by_label.is_empty() && by_label.iter().all(|f| f.source.as_ref().unwrap().pod_name == "a" && f.is_reply == Some(false)));
         let syn_only = flows(&mut c, GetFlowsRequest { number: 1000, whitelist: vec![FlowFilter { tcp_flags: vec![pb::TcpFlags { syn: true, ..Default::default() }], ..Default::default() }], ..Default::default() }).await;
         assert!(!syn_only.is_empty());
+        assert!(
+            syn_only.iter().all(|f| matches!(
+                f.l4.as_ref().and_then(|l| l.protocol.as_ref()),
+                Some(pb::layer4::Protocol::Tcp(t)) if t.flags.as_ref().is_some_and(|fl| fl.syn)
+            )),
+            "the SYN filter let through a flow without SYN"
+        );
         let two = flows(&mut c, GetFlowsRequest { number: 2, ..Default::default() }).await;
         assert_eq!(two.len(), 2);
         let first = flows(&mut c, GetFlowsRequest { number: 1, first: true, ..Default::default() }).await;

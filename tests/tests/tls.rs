@@ -212,6 +212,7 @@ fn every_server_refuses_what_the_lab_did_not_sign_and_the_lab_client_works() {
         let s = c.server_status(ServerStatusRequest {}).await.expect("status").into_inner();
         assert_eq!((s.num_connected_nodes, s.num_unavailable_nodes), (Some(2), Some(0)));
         let nodes = c.get_nodes(sightline_proto::observer::GetNodesRequest {}).await.expect("nodes").into_inner().nodes;
+        assert_eq!(nodes.len(), 2, "{nodes:?}");
         assert!(nodes.iter().all(|n| n.tls.as_ref().is_some_and(|t| t.enabled && t.server_name.ends_with(".default.hubble-grpc.cilium.io"))), "{nodes:?}");
         let mut stream = c.get_flows(GetFlowsRequest { number: 100, ..GetFlowsRequest::default() }).await.expect("GetFlows").into_inner();
         let mut from = std::collections::BTreeSet::new();
