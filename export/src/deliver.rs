@@ -50,20 +50,16 @@ fn wait_for(after: Option<Duration>, backoff: Duration) -> Duration {
     }
 }
 
-/// Delivers the spool's records through `sink` until `stop` turns true.
-pub async fn run(spool: Spool, sink: Box<dyn Sink>, metrics: ExporterMetrics, stop: watch::Receiver<bool>) -> Ended {
-    run_giving_way(spool, sink, metrics, stop, || false).await
-}
-
 /// How long delivery waits, each time, while the front of the exporter is
 /// behind.
 pub const GIVE_WAY: Duration = Duration::from_millis(5);
 
-/// [`run`], but before each batch it waits while `behind()` says the
-/// exporter's front (pipeline into the spool) is falling behind: on a busy
-/// machine, draining a backlog must not take the CPU that keeps new flows
-/// from being dropped before they reach the spool.
-pub async fn run_giving_way(
+/// Delivers the spool's records through `sink` until `stop` turns true.
+/// Before each batch it waits while `behind()` says the exporter's front
+/// (pipeline into the spool) is falling behind: on a busy machine, draining
+/// a backlog must not take the CPU that keeps new flows from being dropped
+/// before they reach the spool.
+pub async fn run(
     spool: Spool,
     mut sink: Box<dyn Sink>,
     metrics: ExporterMetrics,
@@ -195,7 +191,7 @@ mod tests {
         let behind = Arc::new(AtomicBool::new(true));
         let (stop_tx, stop) = watch::channel(false);
         let flag = Arc::clone(&behind);
-        let task = tokio::spawn(run_giving_way(
+        let task = tokio::spawn(run(
             spool.clone(),
             Box::new(Counting(Arc::clone(&sent))),
             crate::metrics::ExportMetrics::unregistered().exporter("t"),

@@ -388,7 +388,7 @@ impl Exporters {
         // backlog can wait on disk.
         let behind = move || queue.upgrade().is_some_and(|tx| tx.capacity() < tx.max_capacity() / 2);
         let back = tokio::spawn(async move {
-            crate::deliver::run_giving_way(spool, sink, metrics, stop_rx, behind).await;
+            crate::deliver::run(spool, sink, metrics, stop_rx, behind).await;
         });
         log::info!("export: exporter {:?} started ({} sink)", e.name, e.sink.kind());
         vec![front, back]

@@ -585,20 +585,13 @@ fn summary(since: SystemTime) {
     }
 }
 
-/// Today's date (UTC), from the system clock.
+/// Today's date (UTC), from the system clock: the date part of the RFC 3339
+/// time the flow JSON writer makes.
 fn today_utc() -> String {
-    let days = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut out = Vec::new();
+    sightline_flow::json_fast::write_rfc3339(&mut out, i64::try_from(secs).unwrap_or(i64::MAX), 0);
+    String::from_utf8_lossy(&out[..out.len().min(10)]).into_owned()
 }
 
 /// CPUs, model and kernel, for the record.
