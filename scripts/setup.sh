@@ -32,11 +32,22 @@ if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'
     rustup component add rust-src --toolchain nightly
 fi
 
-if ! command -v bpf-linker >/dev/null 2>&1; then
-    log "building bpf-linker against LLVM 22 (takes a few minutes)"
-    PATH=/usr/lib/llvm-22/bin:$PATH cargo install bpf-linker --no-default-features --features llvm-22
+# The versions CI builds and tests with: bpf-linker from its lockfile, and
+# the nightly the probes were last built with (a different nightly is used
+# but named, since only the machine's own toolchains may be reachable).
+BPF_LINKER_VERSION=0.13.0
+TESTED_NIGHTLY="rustc 1.97.0-nightly (e50aa6fba 2026-05-19)"
+installed_nightly=$(rustc +nightly --version 2>/dev/null || true)
+if [ "$installed_nightly" != "$TESTED_NIGHTLY" ]; then
+    log "note: the probes are tested with $TESTED_NIGHTLY; this machine's nightly is ${installed_nightly:-missing}"
+fi
+
+if [ "$(bpf-linker --version 2>/dev/null)" != "bpf-linker $BPF_LINKER_VERSION" ]; then
+    log "building bpf-linker $BPF_LINKER_VERSION against LLVM 22 (takes a few minutes)"
+    PATH=/usr/lib/llvm-22/bin:$PATH cargo install bpf-linker --version "=$BPF_LINKER_VERSION" --locked --force \
+        --no-default-features --features llvm-22
 else
-    log "bpf-linker present"
+    log "bpf-linker $BPF_LINKER_VERSION present"
 fi
 
 # Kernel filesystems the collector uses.
