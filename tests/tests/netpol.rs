@@ -31,7 +31,6 @@
 //! Run a subset with `NETPOL_CASES=name,name2` (substring match).
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use sightline_e2e::{Lab, require_root, sightline, write_temp, xyz_manifests};
 
@@ -1341,20 +1340,15 @@ fn measure(port: u16, protocol: &str) -> Result<Matrix, String> {
     Ok(m)
 }
 
-/// Measures and compares; on a mismatch measures once more after a second (a policy change
-/// may take a moment to reach the datapath, and a UDP probe may by chance reuse the source
-/// port of an earlier, still tracked flow). Returns a note when only the retry matched.
-fn check(port: u16, protocol: &str, expected: &Matrix) -> Result<Option<String>, String> {
-    let first = measure(port, protocol)?;
-    if first == *expected {
-        return Ok(None);
+/// Measures once and compares: `lab apply` returns only when every node's
+/// datapath holds the new policy, and connections tracked under an older
+/// policy revision are judged again, so a mismatch is a failure, not a race.
+fn check(port: u16, protocol: &str, expected: &Matrix) -> Result<(), String> {
+    let measured = measure(port, protocol)?;
+    if measured == *expected {
+        return Ok(());
     }
-    std::thread::sleep(Duration::from_secs(1));
-    let second = measure(port, protocol)?;
-    if second == *expected {
-        return Ok(Some(format!("matched only on the second measurement; the first was:\n{}", describe_mismatch(expected, &first))));
-    }
-    Err(describe_mismatch(expected, &second))
+    Err(describe_mismatch(expected, &measured))
 }
 
 // -------------------------------------------------------------------------------------------
@@ -1430,8 +1424,8 @@ fn cleanup(lab: &Lab) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs one case; returns its failures and notes.
-fn run_case(lab: &Lab, case: &Case, failures: &mut Vec<String>, notes: &mut Vec<String>) {
+/// Runs one case; returns its failures.
+fn run_case(lab: &Lab, case: &Case, failures: &mut Vec<String>) {
     let mut step = 0;
     let mut failed = |what: String| failures.push(format!("case `{}` ({}): {what}", case.name, case.rule));
     for (i, op) in case.ops.iter().enumerate() {
@@ -1446,11 +1440,7 @@ fn run_case(lab: &Lab, case: &Case, failures: &mut Vec<String>, notes: &mut Vec<
                 }
             }
             Op::Expect { port, protocol, matrix } => match check(*port, protocol, &parse_matrix(matrix)) {
-                Ok(None) => eprintln!("   ok   step {step} {protocol}/{port}"),
-                Ok(Some(note)) => {
-                    eprintln!("   ok*  step {step} {protocol}/{port} (on retry)");
-                    notes.push(format!("case `{}` step {step} {protocol}/{port}: {note}", case.name));
-                }
+                Ok(()) => eprintln!("   ok   step {step} {protocol}/{port}"),
                 Err(e) => {
                     eprintln!("   FAIL step {step} {protocol}/{port}");
                     failed(format!("step {step} {protocol}/{port}:\n{e}"));
@@ -1510,7 +1500,6 @@ fn network_policy_conformance() {
         .unwrap_or_default();
     let lab = Lab::up(LAB, &xyz_manifests(), &[]);
     let mut failures = Vec::new();
-    let mut notes = Vec::new();
     let mut ran = 0;
     for case in &cases {
         if !only.is_empty() && !only.iter().any(|o| case.name.contains(o.as_str())) {
@@ -1519,13 +1508,10 @@ fn network_policy_conformance() {
         ran += 1;
         eprintln!("== {}: {}", case.name, case.rule);
         let before = failures.len();
-        run_case(&lab, case, &mut failures, &mut notes);
+        run_case(&lab, case, &mut failures);
         if failures.len() > before {
             eprintln!("   => FAILED");
         }
-    }
-    for note in &notes {
-        eprintln!("note: {note}");
     }
     let failed_cases: std::collections::BTreeSet<&str> =
         cases.iter().map(|c| c.name).filter(|n| failures.iter().any(|f| f.starts_with(&format!("case `{n}`")))).collect();
