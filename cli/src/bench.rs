@@ -353,6 +353,7 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
         node_export_config: None,
         tls: true,
         supervise: false,
+        network: Default::default(),
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

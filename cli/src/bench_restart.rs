@@ -388,6 +388,7 @@ pub fn restart(args: &RestartArgs) -> anyhow::Result<()> {
         node_export_config: None,
         tls: true,
         supervise: false,
+        network: Default::default(),
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

@@ -177,6 +177,7 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>, export: Ex
         node_export_config: None,
         tls: true,
         supervise: true,
+        network: Default::default(),
     })?;
     for p in state.pods.values() {
         eprintln!("demo:   pod {}/{} at {} (identity {})", p.namespace, p.name, p.ip, p.identity);

@@ -385,6 +385,7 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
         node_export_config: None,
         tls: true,
         supervise: false,
+        network: Default::default(),
     });
     let _ = std::fs::remove_dir_all(&dir);
     let state = up?;

@@ -136,6 +136,8 @@ enum LabCommand {
         /// Run no supervisor: a collector or relay that exits stays down.
         #[arg(long)]
         no_supervisor: bool,
+        #[command(flatten)]
+        network: lab::network::NetworkArgs,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -707,6 +709,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             node_export_config,
             no_tls,
             no_supervisor,
+            network,
         } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
@@ -725,6 +728,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 node_export_config: node_export_config.map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
                 tls: !no_tls,
                 supervise: !no_supervisor,
+                network: network.options()?,
             })?;
             say(format_args!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it\n",

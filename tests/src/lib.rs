@@ -266,12 +266,21 @@ pub fn write_temp(name: &str, text: &str) -> TempFile {
 /// serving TCP and UDP on ports 80 and 81.
 #[must_use]
 pub fn xyz_manifests() -> String {
+    xyz_manifests_on(1)
+}
+
+/// [`xyz_manifests`] with the pods spread over `nodes` nodes: pod a on
+/// node-1, b on node-2, c on node-3 (wrapping around with fewer nodes; no
+/// `nodeName` at all with one).
+#[must_use]
+pub fn xyz_manifests_on(nodes: u32) -> String {
     let mut docs = Vec::new();
     for ns in ["x", "y", "z"] {
         docs.push(format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{ns: {ns}}}\n"));
-        for pod in ["a", "b", "c"] {
+        for (i, pod) in ["a", "b", "c"].into_iter().enumerate() {
+            let node = if nodes > 1 { format!("\n  nodeName: node-{}", i as u32 % nodes + 1) } else { String::new() };
             docs.push(format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\n  labels: {{pod: {pod}}}\nspec:\n  containers:\n  - name: c\n    ports:\n    - {{containerPort: 80, protocol: TCP, name: serve-80-tcp}}\n    - {{containerPort: 80, protocol: UDP, name: serve-80-udp}}\n    - {{containerPort: 81, protocol: TCP, name: serve-81-tcp}}\n    - {{containerPort: 81, protocol: UDP, name: serve-81-udp}}\n"
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\n  labels: {{pod: {pod}}}\nspec:{node}\n  containers:\n  - name: c\n    ports:\n    - {{containerPort: 80, protocol: TCP, name: serve-80-tcp}}\n    - {{containerPort: 80, protocol: UDP, name: serve-80-udp}}\n    - {{containerPort: 81, protocol: TCP, name: serve-81-tcp}}\n    - {{containerPort: 81, protocol: UDP, name: serve-81-udp}}\n"
             ));
         }
     }

@@ -28,13 +28,15 @@
 //!   So a pod with its egress denied still accepts connections from others (its replies are
 //!   not new connections), and a pod with its ingress denied can still connect out.
 //!
-//! Run a subset with `NETPOL_CASES=name,name2` (substring match).
+//! The suite runs on a one-node lab and, with the nine pods spread over three nodes (pod a on
+//! node-1, b on node-2, c on node-3), in each network model (`lab up --network-model`).
+//! Run a subset with `NETPOL_CASES=name,name2` (substring match), one model with
+//! `cargo test -p sightline-e2e --test netpol -- node_subnet`.
 
 use std::fmt::Write as _;
 
-use sightline_e2e::{Lab, require_root, sightline, write_temp, xyz_manifests};
+use sightline_e2e::{Lab, require_root, sightline, write_temp, xyz_manifests_on};
 
-const LAB: &str = "e2e-netpol";
 const PODS: [&str; 9] = ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"];
 const HEADER: &str = "xa xb xc ya yb yc za zb zc";
 const PROBE_TIMEOUT_MS: &str = "400";
@@ -147,8 +149,9 @@ z/c    X  X  X  X  X  X  X  X  .
 // Manifests.
 // -------------------------------------------------------------------------------------------
 
-/// A NetworkPolicy; `spec` is a YAML flow mapping. `@ip(ns/pod)` and `@podcidr` in it are
-/// replaced with the pod's IP and the node's pod CIDR when the manifest is applied.
+/// A NetworkPolicy; `spec` is a YAML flow mapping. `@ip(ns/pod)` and `@podcidr` in it are replaced, when
+/// the manifest is applied, with the pod's IP and the range every pod's address comes from
+/// (`network.pod_range` of `lab status`).
 fn np(ns: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: \"{ns}\"\nspec: {spec}\n"
@@ -161,7 +164,7 @@ const XYZ_PORTS: &str = "[{containerPort: 80, protocol: TCP, name: serve-80-tcp}
 /// A pod like the xyz ones, with the given labels (flow mapping) and container ports.
 fn pod(ns: &str, name: &str, labels: &str, ports: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: \"{ns}\"\n  labels: {labels}\nspec:\n  containers:\n  - name: c\n    ports: {ports}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  namespace: \"{ns}\"\n  labels: {labels}\nspec:\n  @nodename({ns}/{name})\n  containers:\n  - name: c\n    ports: {ports}\n"
     )
 }
 
@@ -633,10 +636,10 @@ z/c    .  .  .  .  .  .  .  .  .
             ),
     );
 
-    // Checks: ipBlock (wider than the pod CIDR) with except as an egress destination.
+    // Checks: ipBlock (the cluster's whole pod range) with except as an egress destination.
     v.push(
         Case::new("ip-block-egress-except", "an egress ipBlock allows destinations in its cidr except the except ranges")
-            .apply(np("z", "b-to-cidr-except", "{podSelector: {matchLabels: {pod: b}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 10.244.0.0/16, except: [@ip(x/a)/32]}}]}]}"))
+            .apply(np("z", "b-to-cidr-except", "{podSelector: {matchLabels: {pod: b}}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: @podcidr, except: [@ip(x/a)/32]}}]}]}"))
             .expect(
                 80,
                 "TCP",
@@ -1305,9 +1308,9 @@ fn describe_mismatch(expected: &Matrix, actual: &Matrix) -> String {
 }
 
 /// `lab matrix --port P --protocol PROTO -o json`.
-fn measure(port: u16, protocol: &str) -> Result<Matrix, String> {
+fn measure(lab: &Lab, port: u16, protocol: &str) -> Result<Matrix, String> {
     let out = sightline(&[
-        "lab", "matrix", "--port", &port.to_string(), "--protocol", protocol, "--timeout-ms", PROBE_TIMEOUT_MS, "-o", "json", "--name", LAB,
+        "lab", "matrix", "--port", &port.to_string(), "--protocol", protocol, "--timeout-ms", PROBE_TIMEOUT_MS, "-o", "json", "--name", &lab.name,
     ]);
     if !out.status.success() {
         return Err(format!("lab matrix failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)));
@@ -1343,8 +1346,8 @@ fn measure(port: u16, protocol: &str) -> Result<Matrix, String> {
 /// Measures once and compares: `lab apply` returns only when every node's
 /// datapath holds the new policy, and connections tracked under an older
 /// policy revision are judged again, so a mismatch is a failure, not a race.
-fn check(port: u16, protocol: &str, expected: &Matrix) -> Result<(), String> {
-    let measured = measure(port, protocol)?;
+fn check(lab: &Lab, port: u16, protocol: &str, expected: &Matrix) -> Result<(), String> {
+    let measured = measure(lab, port, protocol)?;
     if measured == *expected {
         return Ok(());
     }
@@ -1355,7 +1358,7 @@ fn check(port: u16, protocol: &str, expected: &Matrix) -> Result<(), String> {
 // Running.
 // -------------------------------------------------------------------------------------------
 
-/// Replaces `@ip(ns/pod)` and `@podcidr` with values from `lab status`.
+/// Replaces `@ip(ns/pod)`, `@nodename(ns/pod)` and `@podcidr` with values from `lab status`.
 fn expand(lab: &Lab, text: &str) -> Result<String, String> {
     if !text.contains('@') {
         return Ok(text.to_owned());
@@ -1367,9 +1370,28 @@ fn expand(lab: &Lab, text: &str) -> Result<String, String> {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
         if let Some(after) = rest.strip_prefix("@podcidr") {
-            let cidr = status["nodes"][0]["pod_cidr"].as_str().ok_or("lab status has no nodes[0].pod_cidr")?;
+            // The range every pod's address comes from, whatever the node.
+            let cidr = status["network"]["pod_range"].as_str().ok_or("lab status has no network.pod_range")?;
             out.push_str(cidr);
             rest = after;
+        } else if let Some(after) = rest.strip_prefix("@nodename(") {
+            // `nodeName: N` with the node the pod runs on (a pod cannot move) or, for a new
+            // pod, the node `xyz_manifests_on` would give it; nothing in a one-node lab,
+            // whose pods have no nodeName.
+            let end = after.find(')').ok_or("unterminated @nodename(")?;
+            let (ns, name) = after[..end].split_once('/').ok_or("@nodename(ns/pod)")?;
+            let nodes = status["nodes"].as_array().map_or(1, Vec::len);
+            if nodes > 1 {
+                let running = status["pods"]
+                    .as_array()
+                    .and_then(|pods| pods.iter().find(|p| p["namespace"] == ns && p["name"] == name))
+                    .and_then(|p| p["node"].as_str())
+                    .map(str::to_owned);
+                let spread = ["a", "b", "c"].iter().position(|p| *p == name).unwrap_or(0) % nodes + 1;
+                out.push_str("nodeName: ");
+                out.push_str(&running.unwrap_or_else(|| format!("node-{spread}")));
+            }
+            rest = &after[end + 1..];
         } else if let Some(after) = rest.strip_prefix("@ip(") {
             let end = after.find(')').ok_or("unterminated @ip(")?;
             let (ns, name) = after[..end].split_once('/').ok_or("@ip(ns/pod)")?;
@@ -1416,7 +1438,8 @@ fn cleanup(lab: &Lab) -> Result<(), String> {
     if !policies.is_empty() {
         lab_file(lab, "delete", "cleanup-policies.yaml", &docs(&policies))?;
     }
-    lab_file(lab, "apply", "cleanup-xyz.yaml", &xyz_manifests())?;
+    let nodes = status["nodes"].as_array().map_or(1, Vec::len) as u32;
+    lab_file(lab, "apply", "cleanup-xyz.yaml", &xyz_manifests_on(nodes))?;
     let left = lab.status()["policies"].as_array().map_or(0, Vec::len);
     if left != 0 {
         return Err(format!("{left} policies are still listed after deleting them all"));
@@ -1439,7 +1462,7 @@ fn run_case(lab: &Lab, case: &Case, failures: &mut Vec<String>) {
                     break;
                 }
             }
-            Op::Expect { port, protocol, matrix } => match check(*port, protocol, &parse_matrix(matrix)) {
+            Op::Expect { port, protocol, matrix } => match check(lab, *port, protocol, &parse_matrix(matrix)) {
                 Ok(()) => eprintln!("   ok   step {step} {protocol}/{port}"),
                 Err(e) => {
                     eprintln!("   FAIL step {step} {protocol}/{port}");
@@ -1462,7 +1485,7 @@ fn run_case(lab: &Lab, case: &Case, failures: &mut Vec<String>) {
         failed(format!("cleanup: {e}"));
     }
     // Back to the baseline: nothing isolated once every policy is gone.
-    if let Err(e) = check(80, "TCP", &parse_matrix(ALL)) {
+    if let Err(e) = check(lab, 80, "TCP", &parse_matrix(ALL)) {
         failed(format!("baseline after cleanup, TCP/80 (a deleted policy or restored label still has an effect):\n{e}"));
     }
 }
@@ -1486,9 +1509,10 @@ fn conformance_cases_are_well_formed() {
     check_cases(&cases());
 }
 
-#[test]
-#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
-fn network_policy_conformance() {
+/// Brings up lab `name` (`lab up` with `extra` flags) with the x/y/z pods on `nodes` nodes
+/// (pod a on node-1, b on node-2, c on node-3 when there are three), runs every case (or
+/// those `NETPOL_CASES` names) and fails with every mismatch.
+fn conformance(name: &str, nodes: u32, extra: &[&str]) {
     let cases = cases();
     check_cases(&cases);
     if !require_root() {
@@ -1498,7 +1522,19 @@ fn network_policy_conformance() {
     let only: Vec<String> = std::env::var("NETPOL_CASES")
         .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
         .unwrap_or_default();
-    let lab = Lab::up(LAB, &xyz_manifests(), &[]);
+    let nodes_arg = nodes.to_string();
+    let mut args = vec!["--nodes", &nodes_arg];
+    args.extend_from_slice(extra);
+    let lab = Lab::up(name, &xyz_manifests_on(nodes), &args);
+    let placed: Vec<String> = lab.status()["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .map(|p| p["node"].as_str().unwrap_or_default().to_owned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(placed.len(), nodes as usize, "the pods are not spread over every node: {placed:?}");
     let mut failures = Vec::new();
     let mut ran = 0;
     for case in &cases {
@@ -1513,13 +1549,38 @@ fn network_policy_conformance() {
             eprintln!("   => FAILED");
         }
     }
+    assert!(ran > 0, "NETPOL_CASES={only:?} names no case");
     let failed_cases: std::collections::BTreeSet<&str> =
         cases.iter().map(|c| c.name).filter(|n| failures.iter().any(|f| f.starts_with(&format!("case `{n}`")))).collect();
     assert!(
         failures.is_empty(),
-        "{} of {ran} NetworkPolicy cases failed ({}):\n\n{}",
+        "{} of {ran} NetworkPolicy cases failed on {name} ({}):\n\n{}",
         failed_cases.len(),
         failed_cases.iter().copied().collect::<Vec<_>>().join(", "),
         failures.join("\n\n")
     );
+}
+
+#[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
+fn network_policy_conformance() {
+    conformance("e2e-netpol", 1, &[]);
+}
+
+#[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
+fn network_policy_conformance_overlay_three_nodes() {
+    conformance("e2e-netpol-ov", 3, &["--network-model", "overlay", "--pod-cidr", "192.168.0.0/16"]);
+}
+
+#[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
+fn network_policy_conformance_pod_subnet_three_nodes() {
+    conformance("e2e-netpol-ps", 3, &["--network-model", "pod-subnet"]);
+}
+
+#[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
+fn network_policy_conformance_node_subnet_three_nodes() {
+    conformance("e2e-netpol-ns", 3, &["--network-model", "node-subnet"]);
 }

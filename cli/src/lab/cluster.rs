@@ -22,6 +22,7 @@ use sightline_collector::netns::netns_path;
 use sightline_collector::state::{self, Endpoint, Identity, IpcacheEntry, NodeState};
 
 use super::manifest::{self, Object, ObjectStore, Pod, TargetPort};
+use super::network::{Model, Network, NetworkOptions};
 use super::pki::{self, LabTls};
 use super::topology;
 
@@ -127,6 +128,9 @@ pub struct LabState {
     /// The supervisor restarting collectors and the relay, if it runs.
     #[serde(default)]
     pub supervisor: Option<Supervisor>,
+    /// The network model and its ranges, with the blocks handed out.
+    #[serde(default)]
+    pub network: Network,
     pub nodes: Vec<Node>,
     pub objects: ObjectStore,
     /// `ns/name` → runtime.
@@ -287,7 +291,7 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
         let identity = if other.name == node.name { abi::IDENTITY_HOST } else { abi::IDENTITY_REMOTE_NODE };
         ipcache.push(IpcacheEntry { cidr: format!("{}/32", other.node_ip), identity });
         if state.nodes.len() > 1 {
-            ipcache.push(IpcacheEntry { cidr: format!("{}/32", topology::fabric_ip(i as u8 + 1)), identity });
+            ipcache.push(IpcacheEntry { cidr: format!("{}/32", state.network.fabric_ip(i as u32 + 1)), identity });
         }
     }
     let identities = state
@@ -656,9 +660,11 @@ pub struct UpOptions {
     /// Run a supervisor that restarts collectors and the relay when they
     /// exit (with the datapath).
     pub supervise: bool,
+    /// The network model (`--network-model`) and its ranges.
+    pub network: NetworkOptions,
 }
 
-/// Nodes a lab may have (each gets a /24 of 10.244.0.0/16).
+/// Nodes a lab may have.
 pub const MAX_NODES: u32 = 16;
 
 /// `lab up`.
@@ -679,6 +685,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     sightline_collector::agent::parse_gc_interval(&opts.ct_gc_interval).map_err(|e| anyhow!("--ct-gc-interval: {e}"))?;
     sightline_collector::flow::Store::new(opts.flow_capacity).map_err(|e| anyhow!("--flow-capacity: {e}"))?;
     sightline_collector::metrics::MetricsConfig::from_entries(&opts.metrics).map_err(|e| anyhow!("--metrics: {e}"))?;
+    let mut network = Network::plan(&opts.network, opts.nodes)?;
     if opts.prometheus && !opts.datapath {
         bail!("--prometheus needs the datapath: without collectors there is nothing to scrape");
     }
@@ -731,19 +738,27 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
         }
         for i in 1..=opts.nodes {
             let name = format!("node-{i}");
-            let node_ip = Ipv4Addr::new(10, 244, i as u8, 1);
+            // The node's gateway address for its pods: the first of its
+            // /24 (overlay) or of its first block (the other models).
+            let (pod_cidr, node_ip) = if network.model.dynamic() {
+                let block = network
+                    .allocate_block(&name, opts.nodes)
+                    .ok_or_else(|| anyhow!("{} has no block left for node {name}", network.pod_range))?;
+                let ip = network.addresses(block, opts.nodes).next().expect("a block has a usable address");
+                (network.pod_range.to_string(), ip)
+            } else {
+                let block = network.node_block(i).expect("checked by Network::plan");
+                (block.to_string(), Ipv4Addr::from(u32::from(block.network()) + 1))
+            };
             topology::create_node(&opts.name, &name, node_ip)?;
             if opts.nodes > 1 {
-                // Every other node's pods (and node address) through its
-                // fabric address: pod traffic between nodes is routed, not
-                // encapsulated.
-                topology::connect_node(&opts.name, &name, i as u8)?;
-                for j in (1..=opts.nodes).filter(|j| *j != i) {
-                    topology::route_via_fabric(&opts.name, &name, &format!("10.244.{j}.0/24"), topology::fabric_ip(j as u8))?;
+                topology::connect_node(&opts.name, &name, i as u8, network.fabric_ip(i), network.node_subnet.prefix_len())?;
+                if network.model == Model::NodeSubnet {
+                    topology::answer_arp_for_pods(&opts.name, &name)?;
                 }
             }
-            let mut node = Node {
-                pod_cidr: format!("10.244.{i}.0/24"),
+            nodes.push(Node {
+                pod_cidr,
                 node_ip,
                 collector_pid: 0,
                 control_socket: control_dir(&opts.name).join(format!("collector-{name}.sock")),
@@ -752,13 +767,27 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
                 collector_args: Vec::new(),
                 collector_restarts: 0,
                 name,
-            };
-            if opts.datapath {
+            });
+        }
+        // Every other node's pods (and gateway address) through its fabric
+        // address: pod traffic between nodes is routed, not encapsulated.
+        // In node-subnet there are no such routes: nodes answer ARP.
+        if opts.nodes > 1 {
+            for node in &nodes {
+                for (block, owner) in routed_blocks(&network, &nodes) {
+                    if owner != node.name {
+                        let via = network.fabric_ip(node_index(&owner));
+                        topology::route_via_fabric(&opts.name, &node.name, &block, via)?;
+                    }
+                }
+            }
+        }
+        if opts.datapath {
+            for node in &mut nodes {
                 node.grpc = Some(free_loopback_port()?);
                 node.metrics = Some(free_loopback_port()?);
-                (node.collector_pid, node.collector_args) = start_collector(&opts.name, &node, opts, tls.as_ref())?;
+                (node.collector_pid, node.collector_args) = start_collector(&opts.name, node, opts, tls.as_ref())?;
             }
-            nodes.push(node);
         }
         let mut state = LabState {
             name: opts.name.clone(),
@@ -769,6 +798,7 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             relay: None,
             tls,
             supervisor: None,
+            network,
             nodes,
             objects: ObjectStore::new(),
             pods: BTreeMap::new(),
@@ -812,6 +842,39 @@ fn check_nodes(store: &ObjectStore, nodes: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The 1-based index of `node-N`.
+fn node_index(node: &str) -> u32 {
+    node.strip_prefix("node-").and_then(|i| i.parse().ok()).expect("lab nodes are named node-N")
+}
+
+/// The blocks the fabric routes, with the node each goes to: each node's
+/// /24 (overlay), each block handed out (pod-subnet), none (node-subnet:
+/// nodes answer ARP for their pods instead).
+fn routed_blocks(network: &Network, nodes: &[Node]) -> Vec<(String, String)> {
+    match network.model {
+        Model::Overlay => nodes.iter().map(|n| (n.pod_cidr.clone(), n.name.clone())).collect(),
+        Model::PodSubnet => network.blocks.iter().map(|b| (b.cidr.to_string(), b.node.clone())).collect(),
+        Model::NodeSubnet => Vec::new(),
+    }
+}
+
+/// A free address for a new pod on `node`: from its /24 (overlay), or from
+/// its blocks, handing it a new block when they are full (the other
+/// models).
+fn allocate_ip(network: &mut Network, node: &Node, nodes: u32, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let free = |ip: &Ipv4Addr| *ip != node.node_ip && !used.contains(ip);
+    if !network.model.dynamic() {
+        let block: ipnet::Ipv4Net = node.pod_cidr.parse().ok()?;
+        return block.hosts().find(free);
+    }
+    let blocks: Vec<ipnet::Ipv4Net> = network.blocks_of(&node.name).collect();
+    if let Some(ip) = blocks.iter().find_map(|b| network.addresses(*b, nodes).find(free)) {
+        return Some(ip);
+    }
+    let block = network.allocate_block(&node.name, nodes)?;
+    network.addresses(block, nodes).find(free)
+}
+
 /// What `converge` could not do yet because a node's collector is down.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Converged {
@@ -845,6 +908,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
     let mut used_ips: BTreeSet<Ipv4Addr> = state.pods.values().filter(|p| new_keys.contains(&pod_key(&p.namespace, &p.name))).map(|p| p.ip).collect();
     let mut used_ids: BTreeSet<(String, u16)> = state.pods.values().filter(|p| new_keys.contains(&pod_key(&p.namespace, &p.name))).map(|p| (p.node.clone(), p.endpoint_id)).collect();
     let mut identities = state.identities.clone();
+    let mut network = state.network.clone();
     let mut tmp = state.clone();
     tmp.identities = identities.clone();
     for pod in store.pods.values() {
@@ -866,10 +930,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
             pending.push(key);
             continue;
         }
-        let base = u32::from(n.node_ip) & 0xffff_ff00;
-        let ip = (2..255u32)
-            .map(|h| Ipv4Addr::from(base | h))
-            .find(|ip| !used_ips.contains(ip))
+        let ip = allocate_ip(&mut network, n, state.nodes.len() as u32, &used_ips)
             .ok_or_else(|| anyhow!("node {node} has no free address left in {} for pod {key}", n.pod_cidr))?;
         used_ips.insert(ip);
         let endpoint_id = (1..=u16::MAX)
@@ -913,6 +974,15 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
             }
         }
     };
+    // Blocks handed out now are routed by every other node (pod-subnet).
+    if state.nodes.len() > 1 && network.model == Model::PodSubnet {
+        for block in network.blocks.iter().filter(|b| !state.network.blocks.contains(b)) {
+            let via = network.fabric_ip(node_index(&block.node));
+            for other in state.nodes.iter().filter(|n| n.name != block.node) {
+                topology::route_via_fabric(&state.name, &other.name, &block.cidr.to_string(), via)?;
+            }
+        }
+    }
     for key in &created {
         let rt = next_pods.get_mut(key).expect("created pods are planned");
         let node = state.node(&rt.node).expect("checked above").clone();
@@ -933,6 +1003,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
 
     state.pods = next_pods.clone();
     state.identities = identities;
+    state.network = network;
     state.objects = store;
     state.service_ips = service_ips;
     // Program every collector; pods being removed leave the datapath first.

@@ -3,7 +3,8 @@
 //! is the contract: commands, output and exit codes).
 //!
 //! `manifest` parses and validates objects, `cluster` keeps the lab's state
-//! and changes the world, `topology` makes namespaces and veths, `responder`
+//! and changes the world, `network` plans the addresses of each network model, `topology` makes
+//! namespaces, veths and routes, `responder`
 //! answers inside pods, `probe` measures reachability, `status` and `events`
 //! report, `pki` makes the lab's CA and certificates, `supervisor` restarts
 //! collectors and the relay that exit.
@@ -11,6 +12,7 @@
 pub mod cluster;
 pub mod events;
 pub mod manifest;
+pub mod network;
 pub mod pki;
 pub mod probe;
 pub mod responder;

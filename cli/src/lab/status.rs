@@ -13,11 +13,14 @@ pub fn json(state: &LabState) -> Value {
     let nodes: Vec<Value> = state
         .nodes
         .iter()
-        .map(|n| {
+        .enumerate()
+        .map(|(i, n)| {
             json!({
                 "name": n.name,
                 "pod_cidr": n.pod_cidr,
+                "pod_blocks": state.network.blocks_of(&n.name).map(|b| b.to_string()).collect::<Vec<_>>(),
                 "node_ip": n.node_ip.to_string(),
+                "fabric_ip": (state.nodes.len() > 1).then(|| state.network.fabric_ip(i as u32 + 1).to_string()),
                 "collector": {"grpc": n.grpc, "metrics": n.metrics,
                                "control": n.control_socket.display().to_string(),
                                "tls_server_name": state.tls.as_ref().map(|_| super::pki::collector_server_name(&n.name)),
@@ -55,6 +58,8 @@ pub fn json(state: &LabState) -> Value {
     json!({
         "name": state.name,
         "aggregation": state.aggregation,
+        "network": {"model": state.network.model.as_str(), "node_subnet": state.network.node_subnet.to_string(),
+                    "pod_range": state.network.pod_range.to_string()},
         "nodes": nodes,
         "relay": state.relay.as_ref().map(|r| json!({"grpc": r.grpc, "metrics": r.metrics, "pid": r.pid, "restarts": r.restarts,
                                                      "export_config": r.export_config.as_ref().map(|p| p.display().to_string())})),
@@ -99,7 +104,15 @@ fn collector_stats(state: &LabState, node: &super::cluster::Node) -> Value {
 /// A human-readable summary.
 pub fn table(state: &LabState) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "lab {} (aggregation {})", state.name, state.aggregation);
+    let _ = writeln!(
+        out,
+        "lab {} (aggregation {}; network model {}, pods from {}, nodes in {})",
+        state.name,
+        state.aggregation,
+        state.network.model.as_str(),
+        state.network.pod_range,
+        state.network.node_subnet
+    );
     let _ = writeln!(out, "\nNODE      POD CIDR          NODE IP        COLLECTOR");
     for n in &state.nodes {
         let _ = writeln!(

@@ -216,12 +216,6 @@ pub fn fabric_netns(lab: &str) -> String {
 pub const FABRIC_IFNAME: &str = "fab0";
 const FABRIC_BRIDGE: &str = "br0";
 
-/// Node `index`'s (1-based) address on the fabric: `10.243.0.INDEX/24`.
-#[must_use]
-pub fn fabric_ip(index: u8) -> Ipv4Addr {
-    Ipv4Addr::new(10, 243, 0, index)
-}
-
 /// Creates the fabric namespace and its bridge. On failure removes what it
 /// created.
 pub fn create_fabric(lab: &str) -> Result<(), TopologyError> {
@@ -246,8 +240,9 @@ pub fn create_fabric(lab: &str) -> Result<(), TopologyError> {
 }
 
 /// Plugs node `node` (number `index`) into the fabric: `fab0` in the node's
-/// namespace with its fabric address, the peer `nINDEX` on the bridge.
-pub fn connect_node(lab: &str, node: &str, index: u8) -> Result<(), TopologyError> {
+/// namespace with address `addr/prefix`, the peer `nINDEX` on the bridge.
+pub fn connect_node(lab: &str, node: &str, index: u8, addr: Ipv4Addr, prefix: u8) -> Result<(), TopologyError> {
+    validate_unicast("fabric address", addr)?;
     let (node_ns, fabric) = (node_netns(lab, node), fabric_netns(lab));
     let peer = format!("n{index}");
     run_ip(
@@ -259,18 +254,33 @@ pub fn connect_node(lab: &str, node: &str, index: u8) -> Result<(), TopologyErro
     write_sysctls(&node_ns, &[(&format!("net.ipv6.conf.{FABRIC_IFNAME}.disable_ipv6"), "1")])?;
     run_ip(
         &format!("addressing {FABRIC_IFNAME} of node {node}"),
-        &["-n", &node_ns, "addr", "add", &format!("{}/24", fabric_ip(index)), "dev", FABRIC_IFNAME],
+        &["-n", &node_ns, "addr", "add", &format!("{addr}/{prefix}"), "dev", FABRIC_IFNAME],
     )?;
     run_ip(&format!("bringing up {FABRIC_IFNAME} of node {node}"), &["-n", &node_ns, "link", "set", FABRIC_IFNAME, "up"])
         .map(|_| ())
 }
 
-/// Routes `cidr` (another node's pod CIDR) from node `node` through that
-/// node's fabric address.
+/// Makes node `node` answer ARP on the fabric for the addresses it routes
+/// elsewhere, its pods (proxy ARP): the node-subnet model, where other
+/// nodes reach a pod on the shared segment without a route for it.
+pub fn answer_arp_for_pods(lab: &str, node: &str) -> Result<(), TopologyError> {
+    write_sysctls(
+        &node_netns(lab, node),
+        &[
+            (&format!("net.ipv4.conf.{FABRIC_IFNAME}.proxy_arp"), "1"),
+            // Answer at once: by default proxy replies to broadcast requests
+            // wait up to 0.8 s, which a new connection would feel.
+            (&format!("net.ipv4.neigh.{FABRIC_IFNAME}.proxy_delay"), "0"),
+        ],
+    )
+}
+
+/// Routes `cidr` (pods of another node) from node `node` through that
+/// node's fabric address, replacing a route the lab made for it before.
 pub fn route_via_fabric(lab: &str, node: &str, cidr: &str, via: Ipv4Addr) -> Result<(), TopologyError> {
     run_ip(
         &format!("routing {cidr} from node {node} via {via}"),
-        &["-n", &node_netns(lab, node), "route", "add", cidr, "via", &via.to_string(), "dev", FABRIC_IFNAME],
+        &["-n", &node_netns(lab, node), "route", "replace", cidr, "via", &via.to_string(), "dev", FABRIC_IFNAME],
     )
     .map(|_| ())
 }
