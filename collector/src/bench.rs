@@ -183,7 +183,7 @@ fn measure_packet_cost(probes: &mut Probes, fillers: usize, repeat: u32) -> Resu
         probes.endpoints.insert(EndpointKey { addr: ip.octets() }, ep, 0).map_err(map_err(abi::maps::ENDPOINTS))?;
         probes
             .ipcache
-            .insert(&LpmKey::new(32, IpcacheKey { addr: ip.octets() }), IpcacheValue { identity: ep.identity, flags: 0 }, 0)
+            .insert(&LpmKey::new(32, IpcacheKey { addr: ip.octets() }), IpcacheValue { identity: ep.identity, tunnel_endpoint: [0; 4] }, 0)
             .map_err(map_err(abi::maps::IPCACHE))?;
     }
     let established = tcp_packet(40_000, 5201, abi::TCP_ACK);

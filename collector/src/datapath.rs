@@ -39,8 +39,11 @@ pub enum DatapathError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub endpoints: BTreeMap<[u8; 4], EndpointInfo>,
-    /// (prefix length, address) → identity.
-    pub ipcache: BTreeMap<(u32, [u8; 4]), u32>,
+    /// (prefix length, address) → identity and tunnel endpoint.
+    pub ipcache: BTreeMap<(u32, [u8; 4]), IpcacheValue>,
+    /// Tunnel routing: the tunnel device and its ifindex in the node's
+    /// namespace (`Config::tunnel_ifindex`; the programs' ingress on it).
+    pub tunnel: Option<(String, u32)>,
     /// Network-namespace inodes whose kernel drops are reported.
     pub netns: BTreeSet<u32>,
     /// Host-side interfaces (in the node's namespace) that carry the tc programs.
@@ -174,15 +177,29 @@ pub fn plan(
         if plan.endpoints.insert(ep.ip.octets(), info).is_some() {
             return Err(invalid(format!("pod {pod}: address {} is used twice", ep.ip)));
         }
-        plan.ipcache.insert((32, ep.ip.octets()), ep.identity);
+        plan.ipcache.insert((32, ep.ip.octets()), IpcacheValue { identity: ep.identity, tunnel_endpoint: [0; 4] });
         plan.netns.insert(ino as u32);
         plan.interfaces.insert(ep.host_ifname.clone());
     }
     for entry in &desired.ipcache {
         let (addr, len) = parse_cidr(&entry.cidr).map_err(invalid)?;
-        plan.ipcache.entry((len, addr.octets())).or_insert(entry.identity);
+        let tunnel_endpoint = match entry.tunnel_endpoint {
+            Some(_) if desired.tunnel.is_none() => {
+                return Err(invalid(format!("ipcache {}: a tunnel endpoint without a tunnel device", entry.cidr)));
+            }
+            Some(ep) if ep.is_unspecified() || ep.is_broadcast() || ep.is_multicast() || ep.is_loopback() => {
+                return Err(invalid(format!("ipcache {}: tunnel endpoint {ep} is not a node address", entry.cidr)));
+            }
+            Some(ep) => ep.octets(),
+            None => [0; 4],
+        };
+        plan.ipcache.entry((len, addr.octets())).or_insert(IpcacheValue { identity: entry.identity, tunnel_endpoint });
     }
-    plan.ipcache.insert((32, desired.node_ip.octets()), abi::IDENTITY_HOST);
+    plan.ipcache.insert((32, desired.node_ip.octets()), IpcacheValue { identity: abi::IDENTITY_HOST, tunnel_endpoint: [0; 4] });
+    if let Some(dev) = &desired.tunnel {
+        let index = ifindex(dev).map_err(|source| DatapathError::Interface { ifname: dev.clone(), pod: "(tunnel)".into(), source })?;
+        plan.tunnel = Some((dev.clone(), index));
+    }
 
     // NetworkPolicy, compiled for the endpoints of this node.
     let local: BTreeMap<(&str, &str), u16> =
@@ -258,11 +275,11 @@ pub fn apply(probes: &mut Probes, node_netns: &Path, prev: &Plan, next: &Plan) -
                 .map_err(|source| DatapathError::Map { map: abi::maps::POLICY_CIDR, source })?;
         }
     }
-    for ((len, addr), id) in &next.ipcache {
-        if prev.ipcache.get(&(*len, *addr)) != Some(id) {
+    for ((len, addr), value) in &next.ipcache {
+        if prev.ipcache.get(&(*len, *addr)) != Some(value) {
             probes
                 .ipcache
-                .insert(&LpmKey::new(*len, IpcacheKey { addr: *addr }), IpcacheValue { identity: *id, flags: 0 }, 0)
+                .insert(&LpmKey::new(*len, IpcacheKey { addr: *addr }), *value, 0)
                 .map_err(|source| DatapathError::Map { map: abi::maps::IPCACHE, source })?;
         }
     }
@@ -282,6 +299,21 @@ pub fn apply(probes: &mut Probes, node_netns: &Path, prev: &Plan, next: &Plan) -
     }
     for ifname in &next.interfaces {
         probes.attach(node_netns, ifname)?;
+    }
+    // The tunnel: receive first, then send (the ipcache's endpoints are
+    // written above, the device's index last).
+    if next.tunnel != prev.tunnel {
+        if let Some((dev, index)) = &next.tunnel {
+            probes.attach_ingress(node_netns, dev)?;
+            probes.set_tunnel_ifindex(*index)?;
+        } else {
+            probes.set_tunnel_ifindex(0)?;
+        }
+        if let Some((old, _)) = &prev.tunnel
+            && next.tunnel.as_ref().is_none_or(|(dev, _)| dev != old)
+        {
+            probes.detach(old);
+        }
     }
     // Backends before the counts that make them reachable.
     for pass_counts in [false, true] {
@@ -341,11 +373,9 @@ pub fn current(probes: &Probes, node_netns: u32) -> Plan {
         plan.endpoints.insert(key.addr, info);
     }
     for (key, value) in probes.ipcache.iter().filter_map(Result::ok) {
-        // A flag this collector never writes makes the entry differ, so the
-        // next apply rewrites it.
-        let identity = if value.flags == 0 { value.identity } else { u32::MAX };
-        plan.ipcache.insert((key.prefix_len(), key.data().addr), identity);
+        plan.ipcache.insert((key.prefix_len(), key.data().addr), value);
     }
+    plan.tunnel = probes.tunnel();
     for ino in probes.lab_netns.keys().filter_map(Result::ok) {
         if ino != node_netns {
             plan.netns.insert(ino);
@@ -407,6 +437,10 @@ pub fn metadata(desired: &NodeState, plan: &Plan, base: &Metadata) -> Metadata {
             meta.interfaces.insert(info.ifindex, ep.host_ifname.clone());
         }
     }
+    // Drops and traces on the tunnel device name it.
+    if let Some((dev, index)) = &plan.tunnel {
+        meta.interfaces.insert(*index, dev.clone());
+    }
     meta.pods = pods;
     meta.policy_sets = plan.policy.policy_sets.clone();
     for (id, p) in &plan.policy.endpoints {
@@ -439,12 +473,13 @@ mod tests {
                 labels: BTreeMap::new(),
             }],
             identities: vec![],
-            ipcache: vec![IpcacheEntry { cidr: "10.244.2.0/24".into(), identity: abi::IDENTITY_REMOTE_NODE }],
+            ipcache: vec![IpcacheEntry { cidr: "10.244.2.0/24".into(), identity: abi::IDENTITY_REMOTE_NODE, tunnel_endpoint: None }],
             namespaces: BTreeMap::new(),
             pods: vec![],
             policies: vec![],
             services: vec![],
             policy_audit: false,
+            tunnel: None,
         }
     }
 
@@ -454,9 +489,9 @@ mod tests {
         let ep = p.endpoints[&[10, 244, 1, 2]];
         assert_eq!(ep.ifindex, 7);
         assert_eq!(ep.mac, [2, 0, 10, 244, 1, 2]);
-        assert_eq!(p.ipcache[&(32, [10, 244, 1, 2])], 256);
-        assert_eq!(p.ipcache[&(32, [10, 244, 1, 1])], abi::IDENTITY_HOST);
-        assert_eq!(p.ipcache[&(24, [10, 244, 2, 0])], abi::IDENTITY_REMOTE_NODE);
+        assert_eq!(p.ipcache[&(32, [10, 244, 1, 2])].identity, 256);
+        assert_eq!(p.ipcache[&(32, [10, 244, 1, 1])].identity, abi::IDENTITY_HOST);
+        assert_eq!(p.ipcache[&(24, [10, 244, 2, 0])].identity, abi::IDENTITY_REMOTE_NODE);
         assert!(p.netns.contains(&(4026531840u64 as u32)));
     }
 

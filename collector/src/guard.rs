@@ -171,6 +171,14 @@ pub fn check_state(state: &NodeState, scope: &Scope, interface_exists: impl Fn(&
         }
         check_netns(&ep.netns, scope).map_err(|reason| refuse(format!("endpoints[{i}].netns"), reason))?;
     }
+    if let Some(dev) = &state.tunnel {
+        if !crate::state::TUNNEL_DEVICES.contains(&dev.as_str()) {
+            return Err(refuse("tunnel".into(), format!("{dev:?} is not a tunnel device ({})", crate::state::TUNNEL_DEVICES.join(", "))));
+        }
+        if !interface_exists(dev) {
+            return Err(refuse("tunnel".into(), format!("{dev} does not exist in the node's namespace {}", scope.node_netns.display())));
+        }
+    }
     Ok(())
 }
 
@@ -263,6 +271,7 @@ mod tests {
             policies: vec![],
             services: vec![],
             policy_audit: false,
+            tunnel: None,
         }
     }
 

@@ -122,7 +122,7 @@ pub fn default_config(aggregation: u32) -> Config {
         ct_tcp_closing_timeout_ns: 10 * SEC,
         ct_other_timeout_ns: 60 * SEC,
         policy_revision: 1,
-        _pad: 0,
+        tunnel_ifindex: 0,
     }
 }
 
@@ -208,6 +208,7 @@ enum Programs {
 struct PinnedPrograms {
     from_container: SchedClassifier,
     to_container: SchedClassifier,
+    from_overlay: SchedClassifier,
     kfree_skb: Option<TracePoint>,
 }
 
@@ -222,6 +223,7 @@ impl Programs {
             Self::Pinned(p) => match name {
                 abi::programs::FROM_CONTAINER => Ok(&mut p.from_container),
                 abi::programs::TO_CONTAINER => Ok(&mut p.to_container),
+                abi::programs::FROM_OVERLAY => Ok(&mut p.from_overlay),
                 _ => Err(LoaderError::MissingProgram { name }),
             },
         }
@@ -325,7 +327,8 @@ const ALL_MAPS: [&str; 15] = [
     abi::maps::REV_NAT,
 ];
 
-const ALL_PROGRAMS: [&str; 3] = [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER, abi::programs::KFREE_SKB];
+const ALL_PROGRAMS: [&str; 4] =
+    [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER, abi::programs::FROM_OVERLAY, abi::programs::KFREE_SKB];
 
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
@@ -549,7 +552,7 @@ fn load_object(map_path: impl Fn(&'static str) -> PathBuf, tracepoint: bool) -> 
         loader.map_pin_path(name, map_path(name));
     }
     let mut ebpf = loader.load(PROBES).map_err(LoaderError::Load)?;
-    for name in [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER] {
+    for name in [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER, abi::programs::FROM_OVERLAY] {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(name)
             .ok_or(LoaderError::MissingProgram { name })?
@@ -759,13 +762,16 @@ impl Probes {
         };
         let from_container = open(abi::programs::FROM_CONTAINER)?;
         let to_container = open(abi::programs::TO_CONTAINER)?;
+        let from_overlay = open(abi::programs::FROM_OVERLAY)?;
         let kfree_skb = TracePoint::from_pin(layout.prog(abi::programs::KFREE_SKB)).ok();
-        let mut programs = Programs::Pinned(Box::new(PinnedPrograms { from_container, to_container, kfree_skb }));
+        let mut programs = Programs::Pinned(Box::new(PinnedPrograms { from_container, to_container, from_overlay, kfree_skb }));
 
         // Conntrack entries carry the policy revision they were allowed
         // under: keep counting from the pinned one.
         let pinned = maps.config.get(&0, 0).unwrap_or(opts.config);
-        let config = Config { policy_revision: pinned.policy_revision, ..opts.config };
+        // The tunnel device stays in force until the next desired state
+        // says otherwise: traffic to other nodes keeps its path meanwhile.
+        let config = Config { policy_revision: pinned.policy_revision, tunnel_ifindex: pinned.tunnel_ifindex, ..opts.config };
         if config != pinned {
             maps.config.set(0, config, 0).map_err(|source| LoaderError::MapWrite { name: abi::maps::CONFIG, source })?;
         }
@@ -831,6 +837,7 @@ impl Probes {
         let mut maps = Maps::take(MapSource::Object(&mut ebpf))?;
         let config = Config {
             policy_revision: pinned_config.map_or(opts.config.policy_revision, |c| c.policy_revision),
+            tunnel_ifindex: pinned_config.map_or(0, |c| c.tunnel_ifindex),
             ..opts.config
         };
         maps.config.set(0, config, 0).map_err(|source| LoaderError::MapWrite { name: abi::maps::CONFIG, source })?;
@@ -942,7 +949,7 @@ impl Probes {
         let held = std::mem::take(&mut self.attached);
         let mut first_error = None;
         for ((ifname, direction), held_link) in held {
-            match self.update_link(direction, held_link) {
+            match self.update_link(&ifname, direction, held_link) {
                 Ok(link) => {
                     self.attached.insert((ifname, direction), link);
                 }
@@ -1018,8 +1025,8 @@ impl Probes {
     /// Switches one pinned tcx link to this build's program. On failure
     /// the link is handed back (still attached to its old program).
     #[allow(clippy::result_large_err, reason = "the error hands the link back")]
-    fn update_link(&mut self, direction: TcDirection, held: HeldLink) -> Result<HeldLink, (LoaderError, Option<HeldLink>)> {
-        let name = direction.program();
+    fn update_link(&mut self, ifname: &str, direction: TcDirection, held: HeldLink) -> Result<HeldLink, (LoaderError, Option<HeldLink>)> {
+        let name = pins::program_for(ifname, direction);
         let prog = match self.programs.tc(name) {
             Ok(p) => p,
             Err(e) => return Err((e, Some(held))),
@@ -1062,6 +1069,28 @@ impl Probes {
         Ok(())
     }
 
+    /// Points the datapath at the tunnel device `ifindex` (0: none).
+    pub fn set_tunnel_ifindex(&mut self, ifindex: u32) -> Result<(), LoaderError> {
+        if self.current_config.tunnel_ifindex == ifindex {
+            return Ok(());
+        }
+        self.set_config(Config { tunnel_ifindex: ifindex, ..self.current_config })
+    }
+
+    /// The tunnel device in force: its name (from its pinned link) and index.
+    pub fn tunnel(&self) -> Option<(String, u32)> {
+        let index = self.current_config.tunnel_ifindex;
+        if index == 0 {
+            return None;
+        }
+        let name = self
+            .attached
+            .keys()
+            .find(|(i, d)| *d == TcDirection::Ingress && !self.attached.contains_key(&(i.clone(), TcDirection::Egress)))
+            .map(|(i, _)| i.clone())?;
+        Some((name, index))
+    }
+
     /// The current policy revision.
     pub fn policy_revision(&self) -> u32 {
         self.current_config.policy_revision
@@ -1094,11 +1123,21 @@ impl Probes {
     /// `ifname` inside the network namespace at `netns`, and pins the
     /// links. Idempotent: a hook that has its link keeps it.
     pub fn attach(&mut self, netns: &Path, ifname: &str) -> Result<(), LoaderError> {
-        for direction in TcDirection::BOTH {
+        self.attach_hooks(netns, ifname, &TcDirection::BOTH)
+    }
+
+    /// Attaches `from_overlay` to the ingress of `ifname` only: the tunnel
+    /// device (one of `state::TUNNEL_DEVICES`).
+    pub fn attach_ingress(&mut self, netns: &Path, ifname: &str) -> Result<(), LoaderError> {
+        self.attach_hooks(netns, ifname, &[TcDirection::Ingress])
+    }
+
+    fn attach_hooks(&mut self, netns: &Path, ifname: &str, directions: &[TcDirection]) -> Result<(), LoaderError> {
+        for &direction in directions {
             if self.attached.contains_key(&(ifname.to_owned(), direction)) {
                 continue;
             }
-            let name = direction.program();
+            let name = pins::program_for(ifname, direction);
             let path = self.layout.tc_link(ifname, direction);
             // A pin left by a link that is no more (checked at adoption).
             detach_pinned(&path)?;

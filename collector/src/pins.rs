@@ -67,6 +67,18 @@ impl TcDirection {
     }
 }
 
+/// The program on hook `direction` of `ifname`: the tunnel device's
+/// ingress takes the overlay's receive path, every other device (a pod's)
+/// `from_container` and `to_container`.
+#[must_use]
+pub fn program_for(ifname: &str, direction: TcDirection) -> &'static str {
+    if direction == TcDirection::Ingress && crate::state::TUNNEL_DEVICES.contains(&ifname) {
+        abi::programs::FROM_OVERLAY
+    } else {
+        direction.program()
+    }
+}
+
 /// What a file under `links/` is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkPin {
@@ -374,7 +386,7 @@ pub fn decide(found: &Found, wanted: &BTreeMap<String, MapLayout>, object_hash: 
     }
     // The tracepoint's program is pinned only where it runs (kernel offsets).
     let programs_pinned =
-        [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER].iter().all(|p| found.programs.contains(*p));
+        [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER, abi::programs::FROM_OVERLAY].iter().all(|p| found.programs.contains(*p));
     if meta.object_hash != object_hash {
         return Decision::Replace {
             recreate: BTreeSet::new(),
@@ -406,7 +418,7 @@ mod tests {
         Found {
             meta,
             maps: wanted(),
-            programs: [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER, abi::programs::KFREE_SKB]
+            programs: [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER, abi::programs::FROM_OVERLAY, abi::programs::KFREE_SKB]
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),

@@ -48,7 +48,17 @@ pub struct NodeState {
     /// Report what policy would deny without dropping it (verdict AUDIT).
     #[serde(default)]
     pub policy_audit: bool,
+    /// Tunnel routing: the node's collect-metadata tunnel device (one of
+    /// [`TUNNEL_DEVICES`]) through which pod traffic to other nodes is
+    /// encapsulated, to the `tunnel_endpoint` of its ipcache entry. `None`:
+    /// the node's stack routes it.
+    #[serde(default)]
+    pub tunnel: Option<String>,
 }
+
+/// The names a tunnel device may have: the VXLAN and Geneve devices the
+/// lab (or an installer) creates in the node's namespace.
+pub const TUNNEL_DEVICES: [&str; 2] = ["sl_vxlan", "sl_geneve"];
 
 /// A pod anywhere in the cluster, as policy sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,4 +154,7 @@ pub struct IpcacheEntry {
     /// `a.b.c.d/len`.
     pub cidr: String,
     pub identity: u32,
+    /// Tunnel routing: the node the prefix lives behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_endpoint: Option<Ipv4Addr>,
 }

@@ -108,6 +108,7 @@ fn state_with(endpoint: Endpoint) -> NodeState {
         policies: vec![],
         services: vec![],
         policy_audit: false,
+        tunnel: None,
     }
 }
 

@@ -1581,6 +1581,12 @@ fn network_policy_conformance_pod_subnet_three_nodes() {
 
 #[test]
 #[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
+fn network_policy_conformance_vxlan_tunnel_three_nodes() {
+    conformance("e2e-netpol-vx", 3, &["--network-model", "overlay", "--tunnel", "vxlan"]);
+}
+
+#[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn network_policy_conformance_node_subnet_three_nodes() {
     conformance("e2e-netpol-ns", 3, &["--network-model", "node-subnet"]);
 }

@@ -261,8 +261,13 @@ fn pod_ports(pod: &Pod) -> Vec<String> {
 pub fn node_state(state: &LabState, node: &Node) -> NodeState {
     let mut endpoints = Vec::new();
     let mut ipcache = Vec::new();
+    // With a tunnel, pods of other nodes are reached through it, to the
+    // node they live on.
+    let tunnel_to = |owner: &str| {
+        (state.network.tunnel.is_some() && owner != node.name).then(|| state.network.fabric_ip(node_index(owner)))
+    };
     for rt in state.pods.values() {
-        ipcache.push(IpcacheEntry { cidr: format!("{}/32", rt.ip), identity: rt.identity });
+        ipcache.push(IpcacheEntry { cidr: format!("{}/32", rt.ip), identity: rt.identity, tunnel_endpoint: tunnel_to(&rt.node) });
         if rt.node != node.name {
             continue;
         }
@@ -289,9 +294,22 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
     // address and their fabric address, as Cilium numbers them.
     for (i, other) in state.nodes.iter().enumerate() {
         let identity = if other.name == node.name { abi::IDENTITY_HOST } else { abi::IDENTITY_REMOTE_NODE };
-        ipcache.push(IpcacheEntry { cidr: format!("{}/32", other.node_ip), identity });
+        ipcache.push(IpcacheEntry { cidr: format!("{}/32", other.node_ip), identity, tunnel_endpoint: None });
         if state.nodes.len() > 1 {
-            ipcache.push(IpcacheEntry { cidr: format!("{}/32", state.network.fabric_ip(i as u32 + 1)), identity });
+            ipcache.push(IpcacheEntry {
+                cidr: format!("{}/32", state.network.fabric_ip(i as u32 + 1)),
+                identity,
+                tunnel_endpoint: None,
+            });
+        }
+    }
+    // Other nodes' pod blocks, for their pods this node does not know (yet):
+    // world, but through the tunnel to the right node.
+    if state.network.tunnel.is_some() {
+        for (block, owner) in pod_blocks(&state.network, &state.nodes) {
+            if owner != node.name {
+                ipcache.push(IpcacheEntry { cidr: block, identity: abi::IDENTITY_WORLD, tunnel_endpoint: tunnel_to(&owner) });
+            }
         }
     }
     let identities = state
@@ -359,6 +377,7 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
             })
             .collect(),
         policy_audit: state.policy_audit,
+        tunnel: state.network.tunnel.map(|t| topology::tunnel_device(t.as_str())),
     }
 }
 
@@ -686,6 +705,9 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     sightline_collector::flow::Store::new(opts.flow_capacity).map_err(|e| anyhow!("--flow-capacity: {e}"))?;
     sightline_collector::metrics::MetricsConfig::from_entries(&opts.metrics).map_err(|e| anyhow!("--metrics: {e}"))?;
     let mut network = Network::plan(&opts.network, opts.nodes)?;
+    if let Some(tunnel) = network.tunnel {
+        topology::check_tunnel_driver(tunnel.as_str())?;
+    }
     if opts.prometheus && !opts.datapath {
         bail!("--prometheus needs the datapath: without collectors there is nothing to scrape");
     }
@@ -755,6 +777,9 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
                 topology::connect_node(&opts.name, &name, i as u8, network.fabric_ip(i), network.node_subnet.prefix_len())?;
                 if network.model == Model::NodeSubnet {
                     topology::answer_arp_for_pods(&opts.name, &name)?;
+                }
+                if let Some(tunnel) = network.tunnel {
+                    topology::create_tunnel(&opts.name, &name, tunnel.as_str(), network.pod_mtu())?;
                 }
             }
             nodes.push(Node {
@@ -849,12 +874,21 @@ fn node_index(node: &str) -> u32 {
 
 /// The blocks the fabric routes, with the node each goes to: each node's
 /// /24 (overlay), each block handed out (pod-subnet), none (node-subnet:
-/// nodes answer ARP for their pods instead).
+/// nodes answer ARP for their pods instead; with a tunnel: the fabric
+/// sees node addresses only).
 fn routed_blocks(network: &Network, nodes: &[Node]) -> Vec<(String, String)> {
+    if network.tunnel.is_some() || network.model == Model::NodeSubnet {
+        return Vec::new();
+    }
+    pod_blocks(network, nodes)
+}
+
+/// Every node's pod blocks, with the node: each node's /24 (overlay), each
+/// block handed out (the other models).
+fn pod_blocks(network: &Network, nodes: &[Node]) -> Vec<(String, String)> {
     match network.model {
         Model::Overlay => nodes.iter().map(|n| (n.pod_cidr.clone(), n.name.clone())).collect(),
-        Model::PodSubnet => network.blocks.iter().map(|b| (b.cidr.to_string(), b.node.clone())).collect(),
-        Model::NodeSubnet => Vec::new(),
+        Model::PodSubnet | Model::NodeSubnet => network.blocks.iter().map(|b| (b.cidr.to_string(), b.node.clone())).collect(),
     }
 }
 
@@ -975,7 +1009,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
         }
     };
     // Blocks handed out now are routed by every other node (pod-subnet).
-    if state.nodes.len() > 1 && network.model == Model::PodSubnet {
+    if state.nodes.len() > 1 && network.model == Model::PodSubnet && network.tunnel.is_none() {
         for block in network.blocks.iter().filter(|b| !state.network.blocks.contains(b)) {
             let via = network.fabric_ip(node_index(&block.node));
             for other in state.nodes.iter().filter(|n| n.name != block.node) {
@@ -986,7 +1020,15 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
     for key in &created {
         let rt = next_pods.get_mut(key).expect("created pods are planned");
         let node = state.node(&rt.node).expect("checked above").clone();
+        let mtu = state.network.pod_mtu();
         let res = topology::add_pod(&state.name, &node.name, node.node_ip, &rt.namespace, &rt.name, rt.ip, rt.endpoint_id)
+            .and_then(|()| {
+                if mtu == super::network::FABRIC_MTU {
+                    Ok(())
+                } else {
+                    topology::set_pod_mtu(&state.name, &node.name, &rt.namespace, &rt.name, rt.endpoint_id, mtu)
+                }
+            })
             .map_err(anyhow::Error::from)
             .and_then(|()| start_responder(&state.name, rt));
         match res {

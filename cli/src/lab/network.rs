@@ -72,6 +72,34 @@ impl Model {
     }
 }
 
+/// Tunnel routing (Cilium's): pod traffic between nodes encapsulated, the
+/// source's identity in the tunnel header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tunnel {
+    /// VXLAN on UDP 8472, the identity in the VNI.
+    Vxlan,
+    /// Geneve on UDP 6081, the identity in the VNI.
+    Geneve,
+}
+
+impl Tunnel {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tunnel::Vxlan => "vxlan",
+            Tunnel::Geneve => "geneve",
+        }
+    }
+}
+
+/// The fabric's MTU (the nodes' `fab0`).
+pub const FABRIC_MTU: u32 = 1500;
+/// What the encapsulation takes from it: outer IPv4 (20), UDP (8), the
+/// VXLAN or Geneve header without options (8) and the inner Ethernet
+/// header (14).
+pub const TUNNEL_OVERHEAD: u32 = 50;
+
 /// What `lab up` was asked for; unset ranges take the defaults.
 #[derive(Clone, Debug, Default)]
 pub struct NetworkOptions {
@@ -79,6 +107,7 @@ pub struct NetworkOptions {
     pub pod_cidr: Option<Ipv4Net>,
     pub node_subnet: Option<Ipv4Net>,
     pub pod_subnet: Option<Ipv4Net>,
+    pub tunnel: Option<Tunnel>,
 }
 
 /// `lab up`'s network flags.
@@ -99,6 +128,11 @@ pub struct NetworkArgs {
     /// pod-subnet: the pods' subnet [default: 10.241.0.0/16].
     #[arg(long, value_name = "CIDR")]
     pub pod_subnet: Option<String>,
+    /// Encapsulate pod traffic between nodes (VXLAN or Geneve, the source's
+    /// identity in the tunnel header) instead of routing it: the fabric
+    /// sees only node addresses (overlay and pod-subnet).
+    #[arg(long, value_enum)]
+    pub tunnel: Option<Tunnel>,
 }
 
 impl NetworkArgs {
@@ -110,6 +144,7 @@ impl NetworkArgs {
             pod_cidr: parse("--pod-cidr", &self.pod_cidr)?,
             node_subnet: parse("--node-subnet", &self.node_subnet)?,
             pod_subnet: parse("--pod-subnet", &self.pod_subnet)?,
+            tunnel: self.tunnel,
         })
     }
 }
@@ -134,6 +169,9 @@ pub struct Network {
     /// (`pod-subnet`, `node-subnet`; empty in `overlay`).
     #[serde(default)]
     pub blocks: Vec<Block>,
+    /// Tunnel routing between nodes, if any.
+    #[serde(default)]
+    pub tunnel: Option<Tunnel>,
 }
 
 impl Default for Network {
@@ -145,6 +183,7 @@ impl Default for Network {
             node_subnet: "10.243.0.0/24".parse().expect("a valid CIDR"),
             pod_range: DEFAULT_POD_CIDR.parse().expect("a valid CIDR"),
             blocks: Vec::new(),
+            tunnel: None,
         }
     }
 }
@@ -217,7 +256,10 @@ impl Network {
         if u64::from(nodes) + 2 > 1u64 << (32 - u32::from(node_subnet.prefix_len())) {
             bail!("--node-subnet {node_subnet} has no room for {nodes} nodes");
         }
-        let network = Network { model, node_subnet, pod_range, blocks: Vec::new() };
+        if model == Model::NodeSubnet && opts.tunnel.is_some() {
+            bail!("--tunnel does not apply to --network-model node-subnet: pods share the nodes' segment, there is nothing to encapsulate");
+        }
+        let network = Network { model, node_subnet, pod_range, blocks: Vec::new(), tunnel: opts.tunnel };
         match model {
             Model::Overlay => {
                 if pod_range.prefix_len() > NODE_BLOCK_PREFIX || network.node_block(nodes).is_none() {
@@ -234,6 +276,12 @@ impl Network {
             }
         }
         Ok(network)
+    }
+
+    /// The pods' MTU: the fabric's, less the encapsulation with a tunnel.
+    #[must_use]
+    pub fn pod_mtu(&self) -> u32 {
+        if self.tunnel.is_some() { FABRIC_MTU - TUNNEL_OVERHEAD } else { FABRIC_MTU }
     }
 
     /// Node `index`'s (1-based) address on the fabric.
@@ -369,6 +417,9 @@ mod tests {
         assert!(
             err(NetworkOptions { model: Model::PodSubnet, pod_subnet: Some(net("10.241.0.0/27")), ..o() }, 1)
                 .contains("too small")
+        );
+        assert!(
+            err(NetworkOptions { model: Model::NodeSubnet, tunnel: Some(Tunnel::Vxlan), ..o() }, 2).contains("--tunnel does not apply")
         );
         assert!(parse_cidr("--pod-cidr", "10.244.1.0/16").unwrap_err().to_string().contains("host bits"));
         assert!(parse_cidr("--pod-cidr", "banana").unwrap_err().to_string().contains("--pod-cidr \"banana\""));

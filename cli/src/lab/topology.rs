@@ -275,6 +275,67 @@ pub fn answer_arp_for_pods(lab: &str, node: &str) -> Result<(), TopologyError> {
     )
 }
 
+/// The tunnel device a node gets for `kind` (`vxlan`, `geneve`), as the
+/// collector knows it (`sightline_collector::state::TUNNEL_DEVICES`).
+#[must_use]
+pub fn tunnel_device(kind: &str) -> String {
+    format!("sl_{kind}")
+}
+
+/// Checks that the kernel has the `kind` (vxlan, geneve) driver, loading
+/// its module if need be, so that `lab up --tunnel` fails before it makes
+/// anything.
+pub fn check_tunnel_driver(kind: &str) -> Result<(), TopologyError> {
+    let loaded = || Path::new("/sys/module").join(kind).exists();
+    if !loaded() {
+        let _ = std::process::Command::new("modprobe").arg("-q").arg(kind).status();
+    }
+    if loaded() {
+        Ok(())
+    } else {
+        Err(TopologyError::Invalid {
+            what: "tunnel",
+            value: kind.to_owned(),
+            reason: "this kernel has no driver for it (module not found and not built in)",
+        })
+    }
+}
+
+/// Creates node `node`'s collect-metadata tunnel device (`kind` vxlan on
+/// UDP 8472 or geneve on UDP 6081, Cilium's ports), with `mtu`, up. The
+/// datapath sets each packet's remote end and identity.
+pub fn create_tunnel(lab: &str, node: &str, kind: &str, mtu: u32) -> Result<(), TopologyError> {
+    let node_ns = node_netns(lab, node);
+    let dev = tunnel_device(kind);
+    let mtu = mtu.to_string();
+    let mut args = vec!["-n", node_ns.as_str(), "link", "add", dev.as_str(), "mtu", mtu.as_str(), "type", kind, "external"];
+    match kind {
+        "vxlan" => args.extend(["dstport", "8472"]),
+        "geneve" => args.extend(["dstport", "6081"]),
+        _ => {
+            return Err(TopologyError::Invalid { what: "tunnel", value: kind.to_owned(), reason: "use vxlan or geneve" });
+        }
+    }
+    run_ip(&format!("creating the {kind} tunnel device {dev} of node {node}"), &args)?;
+    write_sysctls(&node_ns, &[(&format!("net.ipv6.conf.{dev}.disable_ipv6"), "1")])?;
+    run_ip(&format!("bringing up {dev} of node {node}"), &["-n", &node_ns, "link", "set", &dev, "up"]).map(|_| ())
+}
+
+/// Sets the MTU of pod `ns/pod`'s veth, both ends (tunnel routing leaves
+/// room for the encapsulation this way: no full-size segment is fragmented).
+pub fn set_pod_mtu(lab: &str, node: &str, ns: &str, pod: &str, endpoint_id: u16, mtu: u32) -> Result<(), TopologyError> {
+    let mtu = mtu.to_string();
+    run_ip(
+        &format!("setting the MTU of {POD_IFNAME} of pod {ns}/{pod}"),
+        &["-n", &pod_netns(lab, ns, pod), "link", "set", POD_IFNAME, "mtu", &mtu],
+    )?;
+    run_ip(
+        &format!("setting the MTU of {} of pod {ns}/{pod}", host_ifname(endpoint_id)),
+        &["-n", &node_netns(lab, node), "link", "set", &host_ifname(endpoint_id), "mtu", &mtu],
+    )
+    .map(|_| ())
+}
+
 /// Routes `cidr` (pods of another node) from node `node` through that
 /// node's fabric address, replacing a route the lab made for it before.
 pub fn route_via_fabric(lab: &str, node: &str, cidr: &str, via: Ipv4Addr) -> Result<(), TopologyError> {

@@ -13,7 +13,7 @@
 #![no_std]
 
 /// Version of every layout in this crate. Carried in each event.
-pub const ABI_VERSION: u8 = 1;
+pub const ABI_VERSION: u8 = 2;
 
 // ---------------------------------------------------------------------------
 // Event kinds and their sub-types (Hubble numbering where Hubble has one).
@@ -39,6 +39,7 @@ pub const TRACE_FROM_LXC: u8 = 5;
 pub const TRACE_FROM_PROXY: u8 = 6;
 pub const TRACE_FROM_HOST: u8 = 7;
 pub const TRACE_FROM_STACK: u8 = 8;
+pub const TRACE_FROM_OVERLAY: u8 = 9;
 /// Not a trace: the sub-type of events that carry no observation point.
 pub const TRACE_NONE: u8 = 0xff;
 
@@ -209,9 +210,20 @@ pub struct Config {
     /// whose `CtEntry::policy_revision` differs is re-evaluated at its next
     /// packet (and cut if the policy now denies it).
     pub policy_revision: u32,
-    pub _pad: u32,
+    /// Tunnel routing: the node's collect-metadata tunnel device (VXLAN or
+    /// Geneve), where pod traffic to other nodes is encapsulated and from
+    /// where it arrives; 0 = pod traffic is routed by the node's stack.
+    pub tunnel_ifindex: u32,
 }
 const _: () = assert!(core::mem::size_of::<Config>() == 56);
+
+/// Set in `skb->mark` by the overlay receive path: the low 24 bits carry
+/// the source's security identity from the tunnel header to
+/// `to_container`, which then uses it instead of an ipcache lookup.
+pub const MARK_TUNNEL_IDENTITY: u32 = 0x5a00_0000;
+pub const MARK_TUNNEL_MASK: u32 = 0xff00_0000;
+/// The tunnel header carries identities up to 24 bits (the VNI).
+pub const TUNNEL_IDENTITY_MASK: u32 = 0x00ff_ffff;
 
 /// Offsets into kernel structures, read from BTF by the collector, used by
 /// the `skb:kfree_skb` program to find the device and the packet headers.
@@ -282,7 +294,9 @@ const _: () = assert!(core::mem::size_of::<IpcacheKey>() == 4);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IpcacheValue {
     pub identity: u32,
-    pub flags: u32,
+    /// Tunnel routing: the address of the node behind which the prefix
+    /// lives (the outer destination); zeros = not through the tunnel.
+    pub tunnel_endpoint: [u8; 4],
 }
 const _: () = assert!(core::mem::size_of::<IpcacheValue>() == 8);
 
@@ -520,12 +534,17 @@ pub mod maps {
     pub const SERVICES: &str = "SERVICES";
     pub const SVC_CT: &str = "SVC_CT";
     pub const REV_NAT: &str = "REV_NAT";
+    /// Per-CPU scratch space for a tunnel key (too large for the stack of
+    /// `from_container`); holds nothing between runs and is not pinned.
+    pub const TUNNEL_KEY: &str = "TUNNEL_KEY";
 }
 
 /// Program names, shared by the probes and the loader.
 pub mod programs {
     pub const FROM_CONTAINER: &str = "from_container";
     pub const TO_CONTAINER: &str = "to_container";
+    /// On the ingress of the node's tunnel device.
+    pub const FROM_OVERLAY: &str = "from_overlay";
     pub const KFREE_SKB: &str = "kfree_skb";
 }
 

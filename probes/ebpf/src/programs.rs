@@ -1,10 +1,14 @@
 //! The programs themselves (compiled for the BPF target only).
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
-        BPF_RB_NO_WAKEUP, TC_ACT_OK, TC_ACT_SHOT,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_ZERO_CSUM_TX, BPF_RB_AVAIL_DATA,
+        BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_OK, TC_ACT_SHOT, __sk_buff, bpf_tunnel_key,
     },
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_redirect_peer},
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_redirect, bpf_redirect_peer,
+        bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key,
+    },
     macros::{classifier, map, tracepoint},
     maps::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
@@ -71,6 +75,9 @@ static POLICY: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(abi::
 #[map(name = "POLICY_CIDR")]
 static POLICY_CIDR: LpmTrie<PolicyCidrKey, PolicyCidrValue> =
     LpmTrie::with_max_entries(abi::POLICY_CIDR_MAP_SIZE, 0);
+
+#[map(name = "TUNNEL_KEY")]
+static TUNNEL_KEY: PerCpuArray<bpf_tunnel_key> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "LAB_NETNS")]
 static LAB_NETNS: HashMap<u32, u32> = HashMap::with_max_entries(abi::LAB_NETNS_MAP_SIZE, 0);
@@ -177,6 +184,23 @@ fn identity_of(addr: [u8; 4]) -> u32 {
         Some(v) => v.identity,
         None => abi::IDENTITY_WORLD,
     }
+}
+
+/// Tunnel routing: the node to encapsulate traffic for `addr` to.
+#[inline(always)]
+fn tunnel_endpoint_of(addr: [u8; 4]) -> Option<[u8; 4]> {
+    match IPCACHE.get(LpmKey::new(32, IpcacheKey { addr })) {
+        Some(v) if v.tunnel_endpoint != [0; 4] => Some(v.tunnel_endpoint),
+        _ => None,
+    }
+}
+
+/// The source identity the overlay receive path left in the mark, if any.
+#[inline(always)]
+fn tunnel_identity(ctx: &TcContext) -> Option<u32> {
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let mark = unsafe { (*(ctx.as_ptr() as *mut __sk_buff)).mark };
+    if mark & abi::MARK_TUNNEL_MASK == abi::MARK_TUNNEL_IDENTITY { Some(mark & abi::TUNNEL_IDENTITY_MASK) } else { None }
 }
 
 #[inline(always)]
@@ -860,6 +884,25 @@ pub fn from_container(ctx: TcContext) -> i32 {
     }
 
     let Some(dst_ep) = dst_ep else {
+        // To a pod of another node, in tunnel routing: encapsulated, the
+        // source's identity in the tunnel header.
+        if cfg.tunnel_ifindex != 0 {
+            if let Some(remote) = tunnel_endpoint_of(pkt.dst) {
+                count(abi::COUNTER_PACKETS_FORWARDED);
+                account(abi::REASON_FORWARDED, abi::DIR_EGRESS, pkt.len);
+                trace(&cfg, &pkt, &ct, abi::TRACE_TO_OVERLAY, cfg.tunnel_ifindex, ids, src_ep.endpoint_id, now);
+                if let Some(r) = reverse {
+                    if rewrite(&ctx, &mut pkt, false, r.addr, r.port).is_err() {
+                        return TC_ACT_SHOT as i32;
+                    }
+                }
+                if set_tunnel_key(&ctx, remote, src_ep.identity) != 0 {
+                    return drop_packet(&cfg, &pkt, &ct, abi::DROP_INVALID_PACKET, cfg.tunnel_ifindex, ids, src_ep.endpoint_id, abi::DIR_EGRESS);
+                }
+                // SAFETY: plain helper call.
+                return unsafe { bpf_redirect(cfg.tunnel_ifindex, 0) } as i32;
+            }
+        }
         // To the node itself or beyond it: the node's stack routes it.
         count(abi::COUNTER_PACKETS_FORWARDED);
         account(abi::REASON_FORWARDED, abi::DIR_EGRESS, pkt.len);
@@ -889,6 +932,75 @@ pub fn from_container(ctx: TcContext) -> i32 {
     if rc as i32 == TC_ACT_REDIRECT { TC_ACT_REDIRECT } else { TC_ACT_SHOT as i32 }
 }
 
+/// Sets the packet's tunnel metadata: outer destination `remote`, the
+/// source identity as the VNI. The key lives in a per-CPU scratch map.
+#[inline(always)]
+fn set_tunnel_key(ctx: &TcContext, remote: [u8; 4], identity: u32) -> i64 {
+    let Some(key) = TUNNEL_KEY.get_ptr_mut(0) else { return -1 };
+    // SAFETY: a valid per-CPU map value, ours for this run; all-zero bytes
+    // are a valid key.
+    unsafe {
+        core::ptr::write_bytes(key, 0, 1);
+        (*key).tunnel_id = identity & abi::TUNNEL_IDENTITY_MASK;
+        (*key).__bindgen_anon_1.remote_ipv4 = u32::from_be_bytes(remote);
+        (*key).tunnel_ttl = 64;
+        bpf_skb_set_tunnel_key(
+            ctx.as_ptr() as *mut __sk_buff,
+            key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            u64::from(BPF_F_ZERO_CSUM_TX),
+        )
+    }
+}
+
+/// The source identity the sending node put in the tunnel header.
+#[inline(always)]
+fn get_tunnel_identity(ctx: &TcContext) -> Option<u32> {
+    let key = TUNNEL_KEY.get_ptr_mut(0)?;
+    // SAFETY: as above.
+    let rc = unsafe {
+        bpf_skb_get_tunnel_key(ctx.as_ptr() as *mut __sk_buff, key, core::mem::size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    // SAFETY: as above; filled by the helper.
+    if rc == 0 { Some(unsafe { (*key).tunnel_id } & abi::TUNNEL_IDENTITY_MASK) } else { None }
+}
+
+/// A packet that arrived through the tunnel (on the tunnel device's
+/// ingress): for a pod of this node, with the source identity the
+/// sending node put in the tunnel header. The identity travels to
+/// `to_container` in the mark, and the packet goes to the pod's device.
+#[classifier]
+pub fn from_overlay(ctx: TcContext) -> i32 {
+    let ctx = &ctx;
+    let cfg = config();
+    let pkt = match parse(ctx) {
+        Ok(Some(p)) => p,
+        Ok(None) => return TC_ACT_OK as i32,
+        Err(reason) => return drop_unparsed(&cfg, ctx, reason, abi::DIR_INGRESS),
+    };
+    let (cfg, pkt) = (&cfg, &pkt);
+    let now = now();
+    let ifx = ifindex(ctx);
+    let identity = get_tunnel_identity(ctx);
+    let src_identity = identity.unwrap_or(abi::IDENTITY_UNKNOWN);
+    let Some(dst_ep) = endpoint(pkt.dst) else {
+        let ids = (src_identity, identity_of(pkt.dst));
+        return drop_packet(cfg, pkt, &CtResult::NONE, abi::DROP_UNKNOWN_L3_TARGET, ifx, ids, 0, abi::DIR_INGRESS);
+    };
+    let ids = (src_identity, dst_ep.identity);
+    if identity.is_none() {
+        return drop_packet(cfg, pkt, &CtResult::NONE, abi::DROP_INVALID_PACKET, ifx, ids, dst_ep.endpoint_id, abi::DIR_INGRESS);
+    }
+    trace(cfg, pkt, &CtResult::NONE, abi::TRACE_FROM_OVERLAY, ifx, ids, dst_ep.endpoint_id, now);
+    // Addressed to the pod: its MAC, our side's MAC as source.
+    if ctx.store(0, &dst_ep.mac, 0).is_err() || ctx.store(6, &dst_ep.node_mac, 0).is_err() {
+        return drop_packet(cfg, pkt, &CtResult::NONE, abi::DROP_INVALID_PACKET, ifx, ids, dst_ep.endpoint_id, abi::DIR_INGRESS);
+    }
+    ctx.set_mark(abi::MARK_TUNNEL_IDENTITY | src_identity);
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(dst_ep.ifindex, 0) as i32 }
+}
+
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
     let cfg = config();
@@ -904,7 +1016,12 @@ pub fn to_container(ctx: TcContext) -> i32 {
         let ids = (identity_of(pkt.src), identity_of(pkt.dst));
         return drop_packet(&cfg, &pkt, &CtResult::NONE, abi::DROP_UNKNOWN_L3_TARGET, ifx, ids, 0, abi::DIR_INGRESS);
     };
-    let ids = (identity_of(pkt.src), dst_ep.identity);
+    // From the tunnel: the identity its header carried, not the ipcache's.
+    let src_identity = match tunnel_identity(&ctx) {
+        Some(id) => id,
+        None => identity_of(pkt.src),
+    };
+    let ids = (src_identity, dst_ep.identity);
     let ct = match conntrack(&cfg, &pkt, ids.0, ids.1, now) {
         Ok(ct) => ct,
         Err(reason) => return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, ids, dst_ep.endpoint_id, abi::DIR_INGRESS),
