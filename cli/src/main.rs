@@ -4,6 +4,7 @@
 //! lives in `lab::*`, the node agent in the `sightline-collector` crate.
 
 mod bench;
+mod bench_kvstore;
 mod bench_restart;
 mod demo;
 mod flood;
@@ -531,6 +532,9 @@ enum BenchCommand {
     /// (internal) paced UDP sender and sink used by `restart`.
     #[command(hide = true)]
     Udp(bench_restart::UdpArgs),
+    /// Endpoint propagation through a real etcd: endpoint slices against
+    /// one key per endpoint (simulated nodes, in-process), same run.
+    Endpointslices(bench_kvstore::EndpointSlicesArgs),
 }
 
 /// The longest `--timeout-ms` of a probe: an hour.
@@ -681,6 +685,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::FloodSend(args) => flood::send(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Restart(args) => bench_restart::restart(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Udp(args) => bench_restart::udp(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Endpointslices(args) => bench_kvstore::endpointslices(&args).map(|()| ExitCode::SUCCESS),
         },
         Command::Observe(args) => observe::observe(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => observe::status(args).map(|()| ExitCode::SUCCESS),

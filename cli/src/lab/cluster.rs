@@ -654,7 +654,7 @@ fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
     wait_ready(child, &log, &format!("the responder of pod {}/{}", rt.namespace, rt.name), Duration::from_secs(20))
 }
 
-pub(super) fn kill(pid: u32) {
+pub(crate) fn kill(pid: u32) {
     if pid == 0 {
         return;
     }
@@ -1475,7 +1475,7 @@ fn start_prometheus(state: &LabState) -> anyhow::Result<Prometheus> {
 }
 
 /// Whether `GET path` on a loopback address answers 200.
-fn http_ok(address: &str, path: &str) -> bool {
+pub(crate) fn http_ok(address: &str, path: &str) -> bool {
     use std::io::Write as _;
     let Ok(mut s) = std::net::TcpStream::connect(address) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -1489,7 +1489,7 @@ fn http_ok(address: &str, path: &str) -> bool {
 /// A loopback address with a port that is free now (the collector binds it
 /// right after; the default 4244 is kept for a real node agent, and labs side
 /// by side need their own).
-fn free_loopback_port() -> anyhow::Result<String> {
+pub(crate) fn free_loopback_port() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
     Ok(listener.local_addr()?.to_string())
 }

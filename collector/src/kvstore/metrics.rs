@@ -19,6 +19,7 @@ pub struct KvstoreMetrics {
     pub slices_published: Count,
     pub slices_deleted: Count,
     pub endpoints_published: Count,
+    pub bytes_published: Count,
     pub slices_received: Count,
     pub endpoints_received: Count,
     pub sync_latency: Histogram,
@@ -34,6 +35,7 @@ impl Default for KvstoreMetrics {
             slices_published: Count::default(),
             slices_deleted: Count::default(),
             endpoints_published: Count::default(),
+            bytes_published: Count::default(),
             slices_received: Count::default(),
             endpoints_received: Count::default(),
             // 1 ms … 65 s.
@@ -57,6 +59,12 @@ impl KvstoreMetrics {
         r.register("slices_published", "Endpoint slices this node wrote to the kvstore (created or updated)", m.slices_published.clone());
         r.register("slices_deleted", "Endpoint slices of this node deleted from the kvstore", m.slices_deleted.clone());
         r.register("endpoints_published", "Endpoints in the slices this node wrote", m.endpoints_published.clone());
+        r.register_with_unit(
+            "published",
+            "Bytes of the slice values this node wrote",
+            prometheus_client::registry::Unit::Bytes,
+            m.bytes_published.clone(),
+        );
         r.register("slices_received", "Endpoint slices of other nodes received (listed or watched, created or updated)", m.slices_received.clone());
         r.register("endpoints_received", "Endpoints of other nodes received new or changed in slices", m.endpoints_received.clone());
         r.register_with_unit(

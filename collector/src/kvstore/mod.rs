@@ -415,12 +415,16 @@ fn parse_slice(key: &[u8], value: &[u8]) -> Option<EndpointSlice> {
 /// every slice attached to `lease`.
 async fn write(client: &mut Client, node: &Node, lease: i64, changes: &slices::Changes) -> Result<(), SessionError> {
     for chunk in changes.puts.chunks(TXN_OPS) {
+        let values: Vec<Vec<u8>> = chunk.iter().map(|s| serde_json::to_vec(s).expect("slices serialize")).collect();
+        let bytes: usize = values.iter().map(Vec::len).sum();
         let ops: Vec<TxnOp> = chunk
             .iter()
-            .map(|s| TxnOp::put(s.key(), serde_json::to_vec(s).expect("slices serialize"), Some(PutOptions::new().with_lease(lease))))
+            .zip(values)
+            .map(|(s, v)| TxnOp::put(s.key(), v, Some(PutOptions::new().with_lease(lease))))
             .collect();
         deadline("put", client.txn(Txn::new().and_then(ops))).await?;
         node.metrics.slices_published.inc_by(chunk.len() as u64);
+        node.metrics.bytes_published.inc_by(bytes as u64);
         node.metrics.endpoints_published.inc_by(chunk.iter().map(|s| s.endpoints.len() as u64).sum());
     }
     for chunk in changes.deletes.chunks(TXN_OPS) {
