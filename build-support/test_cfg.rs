@@ -9,6 +9,7 @@
 // - `sightline_shared`: `../shared/reference/hubble-api` (the upstream
 //   Hubble protos) is beside the repository;
 // - `sightline_prometheus`, `sightline_promtool`: Debian's prometheus;
+// - `sightline_etcd`: Debian's etcd-server (`/usr/bin/etcd`);
 // - `sightline_openssl`: the openssl command;
 // - `sightline_btf`: the kernel's BTF (`/sys/kernel/btf/vmlinux`).
 
@@ -26,6 +27,7 @@ fn emit_test_cfgs(manifest_dir: &std::path::Path) {
         ("sightline_prometheus", tool("prometheus")),
         ("sightline_promtool", tool("promtool")),
         ("sightline_openssl", tool("openssl")),
+        ("sightline_etcd", tool("etcd")),
         ("sightline_btf", std::path::Path::new("/sys/kernel/btf/vmlinux").exists()),
     ] {
         println!("cargo::rustc-check-cfg=cfg({name})");

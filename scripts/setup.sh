@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(llvm-22-dev libclang-22-dev libpolly-22-dev iproute2 iputils-ping iperf3 kmod protobuf-compiler iptables prometheus)
+packages=(llvm-22-dev libclang-22-dev libpolly-22-dev iproute2 iputils-ping iperf3 kmod protobuf-compiler iptables prometheus etcd-server)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

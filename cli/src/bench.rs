@@ -354,6 +354,8 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
         tls: true,
         supervise: false,
         network: Default::default(),
+        kvstore: false,
+        endpoint_propagation: cluster::Propagation::Both,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

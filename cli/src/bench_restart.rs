@@ -389,6 +389,8 @@ pub fn restart(args: &RestartArgs) -> anyhow::Result<()> {
         tls: true,
         supervise: false,
         network: Default::default(),
+        kvstore: false,
+        endpoint_propagation: cluster::Propagation::Both,
     });
     let _ = std::fs::remove_file(&file);
     let state = up?;

@@ -178,6 +178,8 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>, export: Ex
         tls: true,
         supervise: true,
         network: Default::default(),
+        kvstore: false,
+        endpoint_propagation: cluster::Propagation::Both,
     })?;
     for p in state.pods.values() {
         eprintln!("demo:   pod {}/{} at {} (identity {})", p.namespace, p.name, p.ip, p.identity);

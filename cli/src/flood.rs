@@ -386,6 +386,8 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
         tls: true,
         supervise: false,
         network: Default::default(),
+        kvstore: false,
+        endpoint_propagation: cluster::Propagation::Both,
     });
     let _ = std::fs::remove_dir_all(&dir);
     let state = up?;

@@ -4,6 +4,7 @@
 //! lives in `lab::*`, the node agent in the `sightline-collector` crate.
 
 mod bench;
+mod bench_kvstore;
 mod bench_restart;
 mod demo;
 mod flood;
@@ -77,6 +78,8 @@ enum Output {
 enum RestartTarget {
     Relay,
     Collector,
+    /// The lab's etcd (`lab up --kvstore`), same URLs and data.
+    Kvstore,
 }
 
 #[derive(Subcommand)]
@@ -138,6 +141,24 @@ enum LabCommand {
         no_supervisor: bool,
         #[command(flatten)]
         network: lab::network::NetworkArgs,
+        /// Also run an etcd (Debian's etcd-server, loopback only) in which
+        /// every collector publishes its endpoints as endpoint slices and
+        /// reads the other nodes' (docs/LAB.md, *The kvstore*).
+        #[arg(long)]
+        kvstore: bool,
+        /// How other nodes' pods reach each node: `both` (the lab sends them
+        /// to every collector, and the slices add to that) or `kvstore`
+        /// (through the slices alone; needs --kvstore).
+        #[arg(long, value_enum, default_value = "both")]
+        endpoint_propagation: cluster::Propagation,
+    },
+    /// Lists the endpoint slices in the lab's kvstore, like `kubectl get
+    /// ciliumendpointslices -A`.
+    Endpointslices {
+        #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+        output: Output,
+        #[command(flatten)]
+        name: NameArg,
     },
     /// Creates or updates objects; returns when the datapath enforces them.
     Apply {
@@ -467,6 +488,12 @@ struct CollectorArgs {
     /// Print `ready` on stdout once the control socket accepts requests.
     #[arg(long, hide = true)]
     notify_ready: bool,
+    /// etcd client URLs (`http://HOST:PORT`, comma-separated or repeated):
+    /// publish this node's endpoints as endpoint slices and learn the other
+    /// nodes' from theirs. The per-endpoint path (the control socket) goes
+    /// on regardless: connectivity never depends on etcd.
+    #[arg(long, value_name = "URL")]
+    kvstore_endpoints: Vec<String>,
     #[command(flatten)]
     tls: CollectorTlsArgs,
 }
@@ -505,6 +532,9 @@ enum BenchCommand {
     /// (internal) paced UDP sender and sink used by `restart`.
     #[command(hide = true)]
     Udp(bench_restart::UdpArgs),
+    /// Endpoint propagation through a real etcd: endpoint slices against
+    /// one key per endpoint (simulated nodes, in-process), same run.
+    Endpointslices(bench_kvstore::EndpointSlicesArgs),
 }
 
 /// The longest `--timeout-ms` of a probe: an hour.
@@ -612,6 +642,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(lab) => lab.clone(),
                 None => collector_lab(&node_netns, &node_name)?,
             };
+            let kvstore = if args.kvstore_endpoints.is_empty() {
+                None
+            } else {
+                Some(sightline_collector::kvstore::parse_endpoints(&args.kvstore_endpoints).map_err(|e| anyhow!(e))?)
+            };
             let opts = AgentOptions {
                 node_name,
                 node_netns,
@@ -630,6 +665,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 metrics_config: sightline_collector::metrics::MetricsConfig::from_entries(&args.metrics)?,
                 export,
                 reload: args.reload,
+                kvstore,
             };
             let notify = args.notify_ready;
             runtime()?.block_on(agent::run(opts, notify))?;
@@ -649,6 +685,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             BenchCommand::FloodSend(args) => flood::send(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Restart(args) => bench_restart::restart(&args).map(|()| ExitCode::SUCCESS),
             BenchCommand::Udp(args) => bench_restart::udp(&args).map(|()| ExitCode::SUCCESS),
+            BenchCommand::Endpointslices(args) => bench_kvstore::endpointslices(&args).map(|()| ExitCode::SUCCESS),
         },
         Command::Observe(args) => observe::observe(args).map(|()| ExitCode::SUCCESS),
         Command::Status(args) => observe::status(args).map(|()| ExitCode::SUCCESS),
@@ -710,6 +747,8 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             no_tls,
             no_supervisor,
             network,
+            kvstore,
+            endpoint_propagation,
         } => {
             let state = cluster::up(&cluster::UpOptions {
                 name: name.name,
@@ -729,6 +768,8 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 tls: !no_tls,
                 supervise: !no_supervisor,
                 network: network.options()?,
+                kvstore,
+                endpoint_propagation,
             })?;
             say(format_args!(
                 "lab {} is up: {} node(s), {} pod(s); `sightline lab status --name {}` shows it\n",
@@ -803,6 +844,27 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Restart { what: RestartTarget::Relay, node: None, name, .. } => {
             let relay = cluster::restart_relay(&name.name)?;
             say(format_args!("relay of lab {} restarted: pid {}, gRPC {}\n", name.name, relay.pid, relay.grpc))?;
+        }
+        LabCommand::Restart { what: RestartTarget::Kvstore, node: None, name, .. } => {
+            let k = cluster::restart_kvstore(&name.name)?;
+            say(format_args!("kvstore of lab {} restarted: pid {}, {}\n", name.name, k.pid, k.client_url))?;
+        }
+        LabCommand::Restart { what: RestartTarget::Kvstore, node: Some(node), .. } => {
+            bail!("`lab restart kvstore` takes no node (got {node:?})");
+        }
+        LabCommand::Endpointslices { output, name } => {
+            let state = LabState::load(&name.name)?;
+            let Some(k) = &state.kvstore else {
+                bail!("lab {} has no kvstore (start it with `lab up --kvstore`)", name.name);
+            };
+            let mut slices = runtime()?
+                .block_on(sightline_collector::kvstore::list(std::slice::from_ref(&k.client_url)))
+                .map_err(|e| anyhow!("the kvstore of lab {}: {e}", name.name))?;
+            slices.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            match output {
+                Output::Json => say(format_args!("{}\n", serde_json::to_string_pretty(&serde_json::json!({"items": slices}))?))?,
+                Output::Table => say(format_args!("{}", lab::status::endpointslices_table(&slices)))?,
+            }
         }
         LabCommand::Restart { what: RestartTarget::Relay, node: Some(node), .. } => {
             bail!("`lab restart relay` takes no node (got {node:?})");

@@ -111,6 +111,9 @@ pub struct AgentOptions {
     pub export: Option<ExportOptions>,
     /// Replace a pinned datapath that could be adopted (`--reload`).
     pub reload: crate::pins::Reload,
+    /// etcd client URLs: publish this node's endpoints in slices and read
+    /// the other nodes' (`--kvstore-endpoints`); `None`: no kvstore.
+    pub kvstore: Option<Vec<String>>,
 }
 
 /// `--export-config` of a collector.
@@ -231,6 +234,15 @@ struct Shared {
     last_drain_ns: AtomicU64,
     /// The desired state last applied (for agent events).
     applied: Mutex<Option<NodeState>>,
+    /// Applies one at a time: from the control socket and from slices.
+    apply_lock: Mutex<()>,
+    /// What the state source sent last (the per-endpoint path); applied
+    /// again, merged with the slices, when they change.
+    source: Mutex<Option<NodeState>>,
+    /// Other nodes' endpoints from the kvstore's slices.
+    remote: Mutex<Arc<crate::kvstore::RemoteEndpoints>>,
+    kvstore: Option<crate::kvstore::Handle>,
+    kvstore_metrics: crate::kvstore::KvstoreMetrics,
     inner: Mutex<Inner>,
     meta: RwLock<Arc<Metadata>>,
     events: broadcast::Sender<Arc<Record>>,
@@ -338,6 +350,11 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     let (cap, _) = metrics.series_limit(crate::agent_metrics::POLICY_METRICS[0]);
     own_metrics.limit_policy_series(cap, |metric| metrics.series_limit(metric).1);
     metrics.on_pod_deletion(own_metrics.pod_deletion_hook());
+    let kvstore_metrics = crate::kvstore::KvstoreMetrics::register(metrics.registry_mut());
+    let kvstore = opts.kvstore.as_ref().map(|endpoints| {
+        log::info!("kvstore {}: publishing this node's endpoint slices, watching every node's", endpoints.join(","));
+        crate::kvstore::start(crate::kvstore::KvstoreOptions::new(endpoints.clone(), &opts.node_name), kvstore_metrics.clone())
+    });
     let metrics = Arc::new(metrics);
     let metrics_listener = match opts.metrics {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -350,6 +367,11 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         last_drain_ns: AtomicU64::new(monotonic_ns()),
         observer: Arc::clone(&observer),
         applied: Mutex::new(None),
+        apply_lock: Mutex::new(()),
+        source: Mutex::new(None),
+        remote: Mutex::new(Arc::new(crate::kvstore::RemoteEndpoints::new())),
+        kvstore,
+        kvstore_metrics,
         kernel_drops: !meta.kernel_reasons.is_empty(),
         opts: opts.clone(),
         inner: Mutex::new(Inner { probes, plan }),
@@ -431,6 +453,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     let consumer = tokio::spawn(consume(Arc::clone(&shared), ring));
     let gc = tokio::spawn(gc(Arc::clone(&shared)));
     let losses = tokio::spawn(loss_monitor(Arc::clone(&shared), lost_baseline.iter().sum()));
+    let slices = shared.kvstore.as_ref().map(|k| tokio::spawn(follow_slices(Arc::clone(&shared), k.remote.clone())));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::RingBuf)?;
     loop {
@@ -445,6 +468,12 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     }
     consumer.abort();
     gc.abort();
+    if let Some(s) = slices {
+        s.abort();
+    }
+    if let Some(k) = &shared.kvstore {
+        k.stop();
+    }
     losses.abort();
     let _ = stop_export.send(true);
     for t in export_tasks {
@@ -691,7 +720,38 @@ async fn gc(shared: Arc<Shared>) {
     }
 }
 
+/// Applies the other nodes' endpoints as the slices say, whenever they
+/// change, merged with the state source's last desired state.
+async fn follow_slices(shared: Arc<Shared>, mut remote: tokio::sync::watch::Receiver<Arc<crate::kvstore::RemoteEndpoints>>) {
+    while remote.changed().await.is_ok() {
+        let view = Arc::clone(&remote.borrow_and_update());
+        *shared.remote.lock().expect("remote endpoints") = view;
+        let s = Arc::clone(&shared);
+        match tokio::task::spawn_blocking(move || reapply(&s)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => log::warn!("applying the endpoint slices: {err}"),
+            Err(err) => log::warn!("applying the endpoint slices: {err}"),
+        }
+    }
+}
+
+/// The source's last desired state again, with the current slices.
+fn reapply(shared: &Shared) -> Result<(), String> {
+    let _one = shared.apply_lock.lock().expect("apply lock");
+    let Some(source) = shared.source.lock().expect("source state").clone() else { return Ok(()) };
+    apply_locked(shared, &source)
+}
+
+/// Applies a desired state from the state source (the control socket).
 fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
+    let _one = shared.apply_lock.lock().expect("apply lock");
+    apply_locked(shared, state)
+}
+
+/// Applies `state` merged with the slices' remote endpoints
+/// (`kvstore::slices::effective_state`, the one place they meet); the
+/// datapath writes only what differs from what the maps hold.
+fn apply_locked(shared: &Shared, state: &NodeState) -> Result<(), String> {
     let netns = shared.opts.node_netns.clone();
     if state.node_name != shared.opts.node_name {
         return Err(format!("state for node {} sent to the collector of {}", state.node_name, shared.opts.node_name));
@@ -704,8 +764,10 @@ fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
         netns_dir: PathBuf::from(crate::guard::NETNS_DIR),
     };
     crate::guard::check_state(state, &scope, |ifname| loader::ifindex_in(&netns, ifname).is_ok()).map_err(|e| e.to_string())?;
+    let remote = Arc::clone(&shared.remote.lock().expect("remote endpoints"));
+    let effective = crate::kvstore::slices::effective_state(state, &remote);
     let next = datapath::plan(
-        state,
+        &effective,
         |ifname| loader::ifindex_in(&netns, ifname),
         netns_inode,
     )
@@ -725,8 +787,13 @@ fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
             if let Some(reason) = committed {
                 log::info!("datapath replaced in place ({reason}): every link runs this build's programs");
             }
-            *shared.meta.write().expect("metadata lock") = Arc::new(datapath::metadata(state, &next, &base));
+            *shared.meta.write().expect("metadata lock") = Arc::new(datapath::metadata(&effective, &next, &base));
             drop(inner);
+            shared.kvstore_metrics.remote_endpoints.set(crate::kvstore::slices::from_slices(state, &effective) as i64);
+            *shared.source.lock().expect("source state") = Some(state.clone());
+            if let Some(k) = &shared.kvstore {
+                k.publish(crate::kvstore::slices::local_endpoints(state));
+            }
             record_changes(shared, state);
             shared.programmed.send_replace(true);
             Ok(())
@@ -959,6 +1026,7 @@ mod tests {
             metrics_config: crate::metrics::MetricsConfig::default(),
             export: None,
             reload: crate::pins::Reload::None,
+            kvstore: None,
         }
     }
 }

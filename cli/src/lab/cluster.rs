@@ -83,6 +83,44 @@ pub struct Relay {
     pub restarts: u32,
 }
 
+/// The lab's etcd (`lab up --kvstore`): the collectors' endpoint slices.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kvstore {
+    pub pid: u32,
+    /// `http://127.0.0.1:PORT`: what collectors connect to.
+    pub client_url: String,
+    /// `http://127.0.0.1:PORT`: etcd's peer URL (a cluster of one).
+    pub peer_url: String,
+    pub data_dir: PathBuf,
+    /// How many times `lab restart kvstore` started it again.
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+/// How other nodes' pods reach a node's ipcache (`lab up
+/// --endpoint-propagation`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Propagation {
+    /// The lab sends every node every pod (the per-endpoint path), and the
+    /// slices of the kvstore (if any) add to it.
+    #[default]
+    Both,
+    /// Other nodes' pods only through the kvstore's slices (tests prove the
+    /// slices carry them); needs `--kvstore`.
+    Kvstore,
+}
+
+impl Propagation {
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Both => "both",
+            Self::Kvstore => "kvstore",
+        }
+    }
+}
+
 /// The lab's supervisor (`lab supervise`): restarts collectors and the
 /// relay when they exit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +156,12 @@ pub struct LabState {
     /// The lab's Prometheus, when started with `--prometheus`.
     #[serde(default)]
     pub prometheus: Option<Prometheus>,
+    /// The lab's etcd, when started with `--kvstore`.
+    #[serde(default)]
+    pub kvstore: Option<Kvstore>,
+    /// How other nodes' pods reach each node.
+    #[serde(default)]
+    pub endpoint_propagation: Propagation,
     /// The relay (with the datapath).
     #[serde(default)]
     pub relay: Option<Relay>,
@@ -267,7 +311,11 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
         (state.network.tunnel.is_some() && owner != node.name).then(|| state.network.fabric_ip(node_index(owner)))
     };
     for rt in state.pods.values() {
-        ipcache.push(IpcacheEntry { cidr: format!("{}/32", rt.ip), identity: rt.identity, tunnel_endpoint: tunnel_to(&rt.node) });
+        // Other nodes' pods: the per-endpoint path, unless the lab leaves
+        // them to the kvstore's slices.
+        if rt.node == node.name || state.endpoint_propagation == Propagation::Both {
+            ipcache.push(IpcacheEntry { cidr: format!("{}/32", rt.ip), identity: rt.identity, tunnel_endpoint: tunnel_to(&rt.node) });
+        }
         if rt.node != node.name {
             continue;
         }
@@ -483,7 +531,13 @@ pub(super) fn self_exe() -> anyhow::Result<PathBuf> {
 }
 
 /// Starts a node's collector; returns its pid and its arguments.
-fn start_collector(lab: &str, node: &Node, opts: &UpOptions, tls: Option<&LabTls>) -> anyhow::Result<(u32, Vec<String>)> {
+fn start_collector(
+    lab: &str,
+    node: &Node,
+    opts: &UpOptions,
+    tls: Option<&LabTls>,
+    kvstore: Option<&Kvstore>,
+) -> anyhow::Result<(u32, Vec<String>)> {
     let mut cmd = Command::new(self_exe()?);
     cmd.arg("collector")
         .arg("--lab")
@@ -528,6 +582,9 @@ fn start_collector(lab: &str, node: &Node, opts: &UpOptions, tls: Option<&LabTls
     }
     if opts.debug_events {
         cmd.arg("--debug-events");
+    }
+    if let Some(k) = kvstore {
+        cmd.arg("--kvstore-endpoints").arg(&k.client_url);
     }
     let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
     Ok((spawn_collector(lab, &node.name, &args)?, args))
@@ -616,7 +673,7 @@ fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
     wait_ready(child, &log, &format!("the responder of pod {}/{}", rt.namespace, rt.name), Duration::from_secs(20))
 }
 
-pub(super) fn kill(pid: u32) {
+pub(crate) fn kill(pid: u32) {
     if pid == 0 {
         return;
     }
@@ -681,6 +738,10 @@ pub struct UpOptions {
     pub supervise: bool,
     /// The network model (`--network-model`) and its ranges.
     pub network: NetworkOptions,
+    /// Run an etcd for the collectors' endpoint slices.
+    pub kvstore: bool,
+    /// How other nodes' pods reach each node.
+    pub endpoint_propagation: Propagation,
 }
 
 /// Nodes a lab may have.
@@ -710,6 +771,15 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
     }
     if opts.prometheus && !opts.datapath {
         bail!("--prometheus needs the datapath: without collectors there is nothing to scrape");
+    }
+    if opts.kvstore && !opts.datapath {
+        bail!("--kvstore needs the datapath: without collectors nothing publishes or reads endpoint slices");
+    }
+    if opts.endpoint_propagation == Propagation::Kvstore && !opts.kvstore {
+        bail!("--endpoint-propagation kvstore needs --kvstore: without it other nodes' pods would reach no node");
+    }
+    if opts.kvstore && !Path::new(ETCD_BIN).exists() {
+        bail!("--kvstore needs Debian's etcd at {ETCD_BIN} (package etcd-server; scripts/setup.sh installs it)");
     }
     if opts.prometheus && !Path::new(PROMETHEUS_BIN).exists() {
         bail!("--prometheus needs Debian's prometheus at {PROMETHEUS_BIN} (scripts/setup.sh installs it)");
@@ -807,11 +877,15 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
                 }
             }
         }
+        // etcd first: collectors connect to it as they start.
+        // (A failure before the state is saved finds it by its data
+        // directory: `stray_collectors`.)
+        let kvstore = if opts.kvstore { Some(start_etcd(&opts.name)?) } else { None };
         if opts.datapath {
             for node in &mut nodes {
                 node.grpc = Some(free_loopback_port()?);
                 node.metrics = Some(free_loopback_port()?);
-                (node.collector_pid, node.collector_args) = start_collector(&opts.name, node, opts, tls.as_ref())?;
+                (node.collector_pid, node.collector_args) = start_collector(&opts.name, node, opts, tls.as_ref(), kvstore.as_ref())?;
             }
         }
         let mut state = LabState {
@@ -820,6 +894,8 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
             datapath: opts.datapath,
             policy_audit: opts.policy_audit,
             prometheus: None,
+            kvstore,
+            endpoint_propagation: opts.endpoint_propagation,
             relay: None,
             tls,
             supervisor: None,
@@ -1231,6 +1307,9 @@ pub fn teardown(name: &str) -> anyhow::Result<()> {
         if let Some(p) = &state.prometheus {
             kill(p.pid);
         }
+        if let Some(k) = &state.kvstore {
+            kill(k.pid);
+        }
         if let Some(r) = &state.relay {
             kill(r.pid);
         }
@@ -1282,6 +1361,7 @@ fn stray_collectors(name: &str) -> Vec<u32> {
     let marker = Path::new(PIN_ROOT).join(name);
     let marker = marker.to_string_lossy().into_owned();
     let prometheus_config = format!("--config.file={}", lab_dir(name).join("prometheus.yml").display());
+    let etcd_data = format!("--data-dir={}", etcd_dir(name).display());
     let mut pids = Vec::new();
     let Ok(entries) = fs::read_dir("/proc") else { return pids };
     for e in entries.flatten() {
@@ -1289,7 +1369,7 @@ fn stray_collectors(name: &str) -> Vec<u32> {
         let Ok(cmdline) = fs::read(e.path().join("cmdline")) else { continue };
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         let collector = args.iter().any(|a| a == "collector") && args.iter().any(|a| a.starts_with(&format!("{marker}/")));
-        let prometheus = args.iter().any(|a| *a == prometheus_config);
+        let prometheus = args.iter().any(|a| *a == prometheus_config || *a == etcd_data);
         let relay = args.get(1).is_some_and(|a| a == "relay") && args.windows(2).any(|w| w[0] == "--lab" && w[1] == name);
         if collector || prometheus || relay || supervisor_args(&args, name) {
             pids.push(pid);
@@ -1310,6 +1390,87 @@ fn is_supervisor_of(pid: u32, name: &str) -> bool {
         let args: Vec<String> = c.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
         supervisor_args(&args, name)
     })
+}
+
+/// Where Debian's etcd-server package puts the server.
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// The lab's etcd data directory.
+pub fn etcd_dir(name: &str) -> PathBuf {
+    lab_dir(name).join("etcd")
+}
+
+/// Starts etcd on two free loopback ports (client, peer) with its data in
+/// the lab's directory, and waits until it is healthy.
+fn start_etcd(lab: &str) -> anyhow::Result<Kvstore> {
+    let client_url = format!("http://{}", free_loopback_port()?);
+    let peer_url = format!("http://{}", free_loopback_port()?);
+    spawn_etcd(lab, client_url, peer_url)
+}
+
+/// Starts etcd with the given URLs and the lab's data directory (kept
+/// across restarts); polls `/health` until it answers, for up to 30 s.
+fn spawn_etcd(lab: &str, client_url: String, peer_url: String) -> anyhow::Result<Kvstore> {
+    let data_dir = etcd_dir(lab);
+    fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let log = lab_dir(lab).join("etcd.log");
+    let member = format!("sightline-{lab}");
+    let mut cmd = Command::new(ETCD_BIN);
+    cmd.arg(format!("--name={member}"))
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster={member}={peer_url}"))
+        .arg(format!("--initial-cluster-token={member}"))
+        .env_remove("ETCD_LISTEN_CLIENT_URLS")
+        .env_remove("ETCD_LISTEN_PEER_URLS");
+    let child = spawn_detached(&mut cmd, &log, false)?;
+    let pid = child.id();
+    std::mem::forget(child);
+    let address = client_url.trim_start_matches("http://").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http_ok(&address, "/health") {
+            return Ok(Kvstore { pid, client_url, peer_url, data_dir, restarts: 0 });
+        }
+        if !kvstore_running(&Kvstore { pid, client_url: String::new(), peer_url: String::new(), data_dir: PathBuf::new(), restarts: 0 }) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill(pid);
+    let tail = fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = tail.lines().rev().take(10).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    bail!("etcd did not become healthy on {client_url} (log {}):\n{}", log.display(), tail.join("\n"))
+}
+
+/// Whether the lab's etcd process runs.
+#[must_use]
+pub fn kvstore_running(k: &Kvstore) -> bool {
+    // SAFETY: signal 0 only checks existence.
+    k.pid != 0 && !is_zombie(k.pid) && unsafe { libc::kill(k.pid as i32, 0) } == 0
+}
+
+/// `lab restart kvstore`: stops the lab's etcd if it runs and starts it
+/// again on the same URLs with the same data; collectors reconnect and
+/// re-sync their slices.
+pub fn restart_kvstore(name: &str) -> anyhow::Result<Kvstore> {
+    let _lock = lock(name)?;
+    let mut state = LabState::load(name)?;
+    let Some(old) = state.kvstore.clone() else {
+        bail!("lab {name} has no kvstore (start it with `lab up --kvstore`)");
+    };
+    if kvstore_running(&old) {
+        kill(old.pid);
+    }
+    let mut k = spawn_etcd(name, old.client_url.clone(), old.peer_url.clone())?;
+    k.restarts = old.restarts.saturating_add(1);
+    state.kvstore = Some(k.clone());
+    state.save()?;
+    Ok(k)
 }
 
 /// Where Debian's prometheus package puts the server.
@@ -1356,7 +1517,7 @@ fn start_prometheus(state: &LabState) -> anyhow::Result<Prometheus> {
 }
 
 /// Whether `GET path` on a loopback address answers 200.
-fn http_ok(address: &str, path: &str) -> bool {
+pub(crate) fn http_ok(address: &str, path: &str) -> bool {
     use std::io::Write as _;
     let Ok(mut s) = std::net::TcpStream::connect(address) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -1370,7 +1531,7 @@ fn http_ok(address: &str, path: &str) -> bool {
 /// A loopback address with a port that is free now (the collector binds it
 /// right after; the default 4244 is kept for a real node agent, and labs side
 /// by side need their own).
-fn free_loopback_port() -> anyhow::Result<String> {
+pub(crate) fn free_loopback_port() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
     Ok(listener.local_addr()?.to_string())
 }

@@ -66,6 +66,11 @@ pub fn json(state: &LabState) -> Value {
                                                      "export_config": r.export_config.as_ref().map(|p| p.display().to_string())})),
         "supervisor": state.supervisor.as_ref().map(|s| json!({"pid": s.pid, "running": running(s.pid)})),
         "prometheus": state.prometheus.as_ref().map(|p| p.address.clone()),
+        // The lab's etcd (`lab up --kvstore`); null without one.
+        "kvstore": state.kvstore.as_ref().map(|k| json!({"endpoints": [k.client_url], "pid": k.pid, "restarts": k.restarts,
+                                                          "running": super::cluster::kvstore_running(k),
+                                                          "data_dir": k.data_dir.display().to_string()})),
+        "endpoint_propagation": state.endpoint_propagation.as_str(),
         // What a client of the relay (or of a collector, with the node's
         // tls_server_name) needs; null with --no-tls.
         "tls": state.tls.as_ref().map(|t| json!({"ca": t.ca.display().to_string(),
@@ -219,6 +224,28 @@ pub fn table(state: &LabState) -> String {
         for p in state.objects.policies.values() {
             let _ = writeln!(out, "{}/{}", p.namespace, p.name);
         }
+    }
+    out
+}
+
+/// `lab endpointslices`: one row per slice, as `kubectl get
+/// ciliumendpointslices -A` prints them, with the owner and the endpoints.
+#[must_use]
+pub fn endpointslices_table(slices: &[sightline_collector::kvstore::EndpointSlice]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<16} {:<40} {:>9} {:<10} {:>9}  ENDPOINTS", "NAMESPACE", "NAME", "IDENTITY", "NODE", "COUNT");
+    for s in slices {
+        let names: Vec<String> = s.endpoints.iter().map(|e| format!("{}={}", e.name, e.ip)).collect();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<40} {:>9} {:<10} {:>9}  {}",
+            s.namespace,
+            s.name,
+            s.identity,
+            s.node,
+            s.endpoints.len(),
+            names.join(",")
+        );
     }
     out
 }
