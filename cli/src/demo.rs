@@ -79,18 +79,32 @@ metadata: {name: dns, namespace: infra}
 spec:
   selector: {app: dns}
   ports: [{port: 53, protocol: UDP}]
+---
+# Only the payments API may reach the database.
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-only-from-api, namespace: payments}
+spec:
+  podSelector: {matchLabels: {app: postgres}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: payments-api}}}]
+    ports: [{port: 5432}]
 ";
 
 /// The demo's traffic: (from, to, port, protocol); `svc/…` goes through a
-/// service, load-balanced by the datapath. The last one has no
-/// listener: the kernel drops it, and the datapath reports why.
+/// service, load-balanced by the datapath. The cart going straight to the
+/// database is denied by `payments/db-only-from-api` (a `POLICY_DENIED`
+/// drop naming it). The last one has no listener: the kernel drops it, and
+/// the datapath reports why.
 const TRAFFIC: &[(&str, &str, u16, Protocol)] = &[
     ("shop/frontend", "shop/cart", 8080, Protocol::Tcp),
     ("shop/cart", "payments/api", 8443, Protocol::Tcp),
     ("payments/api", "payments/db", 5432, Protocol::Tcp),
+    ("shop/cart", "payments/db", 5432, Protocol::Tcp),
     ("shop/frontend", "infra/dns", 53, Protocol::Udp),
     ("shop/cart", "svc/infra/dns", 53, Protocol::Udp),
-    ("shop/frontend", "payments/db", 9999, Protocol::Tcp),
+    ("shop/frontend", "shop/cart", 9999, Protocol::Tcp),
 ];
 
 struct Cleanup(String);
