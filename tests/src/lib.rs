@@ -384,3 +384,30 @@ pub async fn tls_channel(
         .await
         .map_err(|e| format!("{e:?}"))
 }
+
+/// x/y/z over three nodes plus a client on node-1 and a service whose two backends run on
+/// node-2 and node-3 (`s/web`, port 80 to the named port `http`; every pod serves TCP 80).
+#[must_use]
+pub fn xyz_and_web_service_on_three_nodes() -> String {
+    format!(
+        "{}---\n\
+         apiVersion: v1\nkind: Namespace\nmetadata: {{name: s}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: s, labels: {{app: client}}}}\nspec: {{nodeName: node-1, containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-2, namespace: s, labels: {{app: web}}}}\nspec: {{nodeName: node-2, containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 8080, name: http}}]}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-3, namespace: s, labels: {{app: web}}}}\nspec: {{nodeName: node-3, containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 8080, name: http}}]}}]}}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: s}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: http}}]}}\n",
+        xyz_manifests_on(3)
+    )
+}
+
+/// Every ordered pair of pods connects on TCP/80 (the matrix is all `connected`, 144 pairs).
+pub fn all_pairs_connect(lab: &Lab) {
+    let out = sightline(&["lab", "matrix", "--name", &lab.name, "--port", "80", "-o", "json", "--timeout-ms", "1000"]);
+    assert!(out.status.success(), "lab matrix: {}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("matrix JSON");
+    let results = doc["results"].as_array().expect("results");
+    let blocked: Vec<String> =
+        results.iter().filter(|r| r["connected"] != true).map(|r| format!("{} -> {}", r["from"], r["to"])).collect();
+    assert_eq!(results.len(), 12 * 12, "{doc}");
+    assert!(blocked.is_empty(), "{} pairs blocked across nodes: {blocked:?}", blocked.len());
+}

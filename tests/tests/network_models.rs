@@ -12,21 +12,7 @@ use std::net::Ipv4Addr;
 use std::process::Command;
 
 use serde_json::Value;
-use sightline_e2e::{Lab, require_root, sightline, write_temp, xyz_manifests_on};
-
-/// x/y/z over three nodes plus a client on node-1 and a service whose two backends run on
-/// node-2 and node-3.
-fn manifests() -> String {
-    format!(
-        "{}---\n\
-         apiVersion: v1\nkind: Namespace\nmetadata: {{name: s}}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: s, labels: {{app: client}}}}\nspec: {{nodeName: node-1, containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-2, namespace: s, labels: {{app: web}}}}\nspec: {{nodeName: node-2, containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 8080, name: http}}]}}]}}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-3, namespace: s, labels: {{app: web}}}}\nspec: {{nodeName: node-3, containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 8080, name: http}}]}}]}}\n---\n\
-         apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: s}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: http}}]}}\n",
-        xyz_manifests_on(3)
-    )
-}
+use sightline_e2e::{Lab, all_pairs_connect, require_root, sightline, write_temp, xyz_and_web_service_on_three_nodes};
 
 fn cidr(s: &str) -> (u32, u32) {
     let (addr, len) = s.split_once('/').unwrap_or_else(|| panic!("not a CIDR: {s}"));
@@ -66,18 +52,6 @@ fn pods(status: &Value) -> BTreeMap<String, (String, String)> {
 
 fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
     status["nodes"].as_array().expect("nodes").iter().find(|n| n["name"] == name).unwrap_or_else(|| panic!("no {name}"))
-}
-
-/// Every ordered pair of pods connects on TCP/80 (the matrix is all `connected`, 144 pairs).
-fn all_pairs_connect(lab: &Lab) {
-    let out = sightline(&["lab", "matrix", "--name", &lab.name, "--port", "80", "-o", "json", "--timeout-ms", "1000"]);
-    assert!(out.status.success(), "lab matrix: {}", String::from_utf8_lossy(&out.stderr));
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("matrix JSON");
-    let results = doc["results"].as_array().expect("results");
-    let blocked: Vec<String> =
-        results.iter().filter(|r| r["connected"] != true).map(|r| format!("{} -> {}", r["from"], r["to"])).collect();
-    assert_eq!(results.len(), 12 * 12, "{doc}");
-    assert!(blocked.is_empty(), "{} pairs blocked across nodes: {blocked:?}", blocked.len());
 }
 
 /// Ingress of ns y denied except from ns z: across nodes, x → y is blocked, z → y
@@ -128,7 +102,7 @@ fn service_balances_across_nodes(lab: &Lab) {
 fn up(name: &str, extra: &[&str]) -> Lab {
     let mut args = vec!["--nodes", "3", "--no-tls"];
     args.extend_from_slice(extra);
-    Lab::up(name, &manifests(), &args)
+    Lab::up(name, &xyz_and_web_service_on_three_nodes(), &args)
 }
 
 #[test]

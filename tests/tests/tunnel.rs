@@ -17,20 +17,7 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Map, MapData};
 use serde_json::Value;
 use sightline_abi::{IpcacheKey, IpcacheValue};
-use sightline_e2e::{Lab, require_root, sightline, write_temp, xyz_manifests_on};
-
-/// x/y/z over three nodes, a client on node-1 and a service with backends on node-2 and node-3.
-fn manifests() -> String {
-    format!(
-        "{}---\n\
-         apiVersion: v1\nkind: Namespace\nmetadata: {{name: s}}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {{name: client, namespace: s, labels: {{app: client}}}}\nspec: {{nodeName: node-1, containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-2, namespace: s, labels: {{app: web}}}}\nspec: {{nodeName: node-2, containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 8080, name: http}}]}}]}}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {{name: web-3, namespace: s, labels: {{app: web}}}}\nspec: {{nodeName: node-3, containers: [{{name: c, ports: [{{containerPort: 80}}, {{containerPort: 8080, name: http}}]}}]}}\n---\n\
-         apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: s}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80, targetPort: http}}]}}\n",
-        xyz_manifests_on(3)
-    )
-}
+use sightline_e2e::{Lab, all_pairs_connect, require_root, sightline, write_temp, xyz_and_web_service_on_three_nodes, xyz_manifests_on};
 
 fn in_net(net: &str, ip: Ipv4Addr) -> bool {
     let (base, len) = net.split_once('/').expect("CIDR");
@@ -131,18 +118,6 @@ fn apply(lab: &Lab, file: &str, text: &str) {
     assert!(out.status.success(), "lab apply: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Every ordered pair of the lab's pods connects on TCP/80.
-fn all_pairs_connect(lab: &Lab) {
-    let out = sightline(&["lab", "matrix", "--name", &lab.name, "--port", "80", "-o", "json", "--timeout-ms", "1000"]);
-    assert!(out.status.success(), "lab matrix: {}", String::from_utf8_lossy(&out.stderr));
-    let doc: Value = serde_json::from_slice(&out.stdout).expect("matrix JSON");
-    let results = doc["results"].as_array().expect("results");
-    assert_eq!(results.len(), 144, "{doc}");
-    let blocked: Vec<String> =
-        results.iter().filter(|r| r["connected"] != true).map(|r| format!("{} -> {}", r["from"], r["to"])).collect();
-    assert!(blocked.is_empty(), "{} pairs blocked through the tunnel: {blocked:?}", blocked.len());
-}
-
 /// The pinned ipcache of `node` loses `addr`'s /32 entry (as if the node had never heard of it).
 fn forget_in_ipcache(lab: &str, node: &str, addr: Ipv4Addr) {
     let path = format!("/sys/fs/bpf/sightline/{lab}/{node}/maps/IPCACHE");
@@ -163,7 +138,7 @@ const ONLY_A: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmet
 
 fn tunnel_carries_everything(kind: &str, port: u16) {
     let name = format!("e2e-tun-{kind}");
-    let lab = Lab::up(&name, &manifests(), &["--nodes", "3", "--no-tls", "--tunnel", kind]);
+    let lab = Lab::up(&name, &xyz_and_web_service_on_three_nodes(), &["--nodes", "3", "--no-tls", "--tunnel", kind]);
     let status = lab.status();
     assert_eq!(status["network"]["tunnel"], kind);
     assert_eq!(status["network"]["pod_mtu"], 1450);
