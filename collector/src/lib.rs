@@ -29,6 +29,7 @@ pub mod decoder;
 pub mod export;
 pub mod flow;
 pub mod guard;
+pub mod kubernetes;
 pub mod kvstore;
 pub mod loader;
 pub mod metrics;
