@@ -11,7 +11,10 @@
 // - `sightline_prometheus`, `sightline_promtool`: Debian's prometheus;
 // - `sightline_etcd`: Debian's etcd-server (`/usr/bin/etcd`);
 // - `sightline_openssl`: the openssl command;
-// - `sightline_btf`: the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+// - `sightline_btf`: the kernel's BTF (`/sys/kernel/btf/vmlinux`);
+// - `sightline_kubectl`: kubectl (renders the kustomize base);
+// - `sightline_kubernetes_validate`: kubernetes-validate (scripts/setup.sh);
+// - `sightline_buildah`: Debian's buildah (builds the container image).
 
 #[allow(dead_code, reason = "not every build script uses every need")]
 fn emit_test_cfgs(manifest_dir: &std::path::Path) {
@@ -29,6 +32,9 @@ fn emit_test_cfgs(manifest_dir: &std::path::Path) {
         ("sightline_openssl", tool("openssl")),
         ("sightline_etcd", tool("etcd")),
         ("sightline_btf", std::path::Path::new("/sys/kernel/btf/vmlinux").exists()),
+        ("sightline_kubectl", tool("kubectl")),
+        ("sightline_kubernetes_validate", tool("kubernetes-validate")),
+        ("sightline_buildah", tool("buildah")),
     ] {
         println!("cargo::rustc-check-cfg=cfg({name})");
         if present {

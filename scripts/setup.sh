@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-packages=(llvm-22-dev libclang-22-dev libpolly-22-dev iproute2 iputils-ping iperf3 kmod protobuf-compiler iptables prometheus etcd-server)
+packages=(llvm-22-dev libclang-22-dev libpolly-22-dev iproute2 iputils-ping iperf3 kmod protobuf-compiler iptables prometheus etcd-server buildah busybox-static)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -49,6 +49,24 @@ if [ "$(bpf-linker --version 2>/dev/null)" != "bpf-linker $BPF_LINKER_VERSION" ]
 else
     log "bpf-linker $BPF_LINKER_VERSION present"
 fi
+
+# kubernetes-validate checks the deploy manifests against Kubernetes' own
+# schemas (bundled in the package: no network at run time). Its own venv,
+# so no other Python project's packages are touched; linked into
+# /usr/local/bin, where the tests look for it.
+KUBERNETES_VALIDATE_VERSION=1.32.0
+validate_venv=/usr/local/lib/sightline-validate
+if [ "$("$validate_venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$KUBERNETES_VALIDATE_VERSION" ]; then
+    log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION"
+    python3 -m venv "$validate_venv"
+    "$validate_venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+else
+    log "kubernetes-validate $KUBERNETES_VALIDATE_VERSION present"
+fi
+ln -sf "$validate_venv/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
+# kubectl (its built-in kustomize renders deploy/kubernetes) comes with the
+# machine image; no package source for it is reachable here.
+command -v kubectl >/dev/null || log "note: kubectl is missing; the deploy tests fail under CI=true"
 
 # Kernel filesystems the collector uses.
 if ! grep -qs ' /sys/fs/bpf bpf ' /proc/mounts; then
