@@ -19,5 +19,8 @@ if [ "${CI:-}" = "true" ]; then
 fi
 
 cargo build --workspace --all-targets
+# The container image's static binaries (about 11 CPU minutes, a profile of
+# its own); tests/tests/image.rs builds the image from them with buildah.
+bash scripts/image.sh binaries
 cargo test --workspace --exclude sightline-e2e --no-fail-fast -- "${include_ignored[@]}"
 cargo test -p sightline-e2e --no-fail-fast -- --test-threads=1 "${include_ignored[@]}"
