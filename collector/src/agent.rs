@@ -239,6 +239,9 @@ struct Shared {
     /// What the state source sent last (the per-endpoint path); applied
     /// again, merged with the slices, when they change.
     source: Mutex<Option<NodeState>>,
+    /// Endpoints the CNI plugin registered (merged into what the source
+    /// sends: `registry::merge`).
+    registry: Mutex<crate::registry::Registry>,
     /// Other nodes' endpoints from the kvstore's slices.
     remote: Mutex<Arc<crate::kvstore::RemoteEndpoints>>,
     kvstore: Option<crate::kvstore::Handle>,
@@ -369,6 +372,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         applied: Mutex::new(None),
         apply_lock: Mutex::new(()),
         source: Mutex::new(None),
+        registry: Mutex::new(crate::registry::Registry::default()),
         remote: Mutex::new(Arc::new(crate::kvstore::RemoteEndpoints::new())),
         kvstore,
         kvstore_metrics,
@@ -742,6 +746,49 @@ fn reapply(shared: &Shared) -> Result<(), String> {
     apply_locked(shared, &source)
 }
 
+/// Registers an endpoint of the CNI plugin (checked like an `apply`'s) and
+/// applies the source's state again, so that its pod gets the endpoint.
+fn endpoint_add(shared: &Shared, reg: crate::registry::Registration) -> Result<(), String> {
+    let netns = shared.opts.node_netns.clone();
+    let scope = crate::guard::Scope {
+        lab: shared.opts.lab.clone(),
+        node: shared.opts.node_name.clone(),
+        node_netns: netns.clone(),
+        netns_dir: PathBuf::from(crate::guard::NETNS_DIR),
+    };
+    crate::guard::check_registration(&reg, &scope, |ifname| loader::ifindex_in(&netns, ifname).is_ok()).map_err(|e| e.to_string())?;
+    let shown = format!("{}/{} ({} {})", reg.namespace, reg.name, reg.container_id, reg.ifname);
+    let (container_id, ifname) = (reg.container_id.clone(), reg.ifname.clone());
+    let previous = shared.registry.lock().expect("registry").iter().find(|r| r.registration.container_id == container_id && r.registration.ifname == ifname).map(|r| r.registration.clone());
+    let id = shared.registry.lock().expect("registry").add(reg).ok_or_else(|| "refused: endpoint_add: every endpoint id is taken".to_owned())?;
+    if let Err(e) = reapply(shared) {
+        // Nothing half-applied: the registration goes (or the previous one
+        // comes back) and the state is applied as it was.
+        {
+            let mut registry = shared.registry.lock().expect("registry");
+            registry.remove(&container_id, &ifname);
+            if let Some(p) = previous {
+                registry.add(p);
+            }
+        }
+        let _ = reapply(shared);
+        return Err(e);
+    }
+    log::info!("endpoint {id} registered for {shown}");
+    Ok(())
+}
+
+/// Forgets an endpoint of the CNI plugin (an unknown one is fine) and
+/// applies the source's state again.
+fn endpoint_del(shared: &Shared, container_id: &str, ifname: &str) -> Result<(), String> {
+    if shared.registry.lock().expect("registry").remove(container_id, ifname) {
+        log::info!("endpoint of container {container_id} ({ifname}) unregistered");
+        reapply(shared)
+    } else {
+        Ok(())
+    }
+}
+
 /// Applies a desired state from the state source (the control socket).
 fn apply(shared: &Shared, state: &NodeState) -> Result<(), String> {
     let _one = shared.apply_lock.lock().expect("apply lock");
@@ -763,6 +810,10 @@ fn apply_locked(shared: &Shared, state: &NodeState) -> Result<(), String> {
         node_netns: netns.clone(),
         netns_dir: PathBuf::from(crate::guard::NETNS_DIR),
     };
+    // Registered endpoints for the source's pods that have none.
+    let source_state = state;
+    let merged = crate::registry::merge(state, &shared.registry.lock().expect("registry"));
+    let state = &merged;
     crate::guard::check_state(state, &scope, |ifname| loader::ifindex_in(&netns, ifname).is_ok()).map_err(|e| e.to_string())?;
     let remote = Arc::clone(&shared.remote.lock().expect("remote endpoints"));
     let effective = crate::kvstore::slices::effective_state(state, &remote);
@@ -790,7 +841,7 @@ fn apply_locked(shared: &Shared, state: &NodeState) -> Result<(), String> {
             *shared.meta.write().expect("metadata lock") = Arc::new(datapath::metadata(&effective, &next, &base));
             drop(inner);
             shared.kvstore_metrics.remote_endpoints.set(crate::kvstore::slices::from_slices(state, &effective) as i64);
-            *shared.source.lock().expect("source state") = Some(state.clone());
+            *shared.source.lock().expect("source state") = Some(source_state.clone());
             if let Some(k) = &shared.kvstore {
                 k.publish(crate::kvstore::slices::local_endpoints(state));
             }
@@ -877,6 +928,7 @@ fn status(shared: &Shared) -> Status {
         pin_dir: p.pin_dir().display().to_string(),
         datapath: p.start().to_string(),
         programmed: *shared.programmed.borrow(),
+        registrations: shared.registry.lock().expect("registry").iter().cloned().collect(),
     }
 }
 
@@ -929,6 +981,22 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                     Ok(Ok(())) => Response { ok: true, ..Response::default() },
                     Ok(Err(e)) => Response { ok: false, error: Some(e), status: None },
                     Err(e) => Response { ok: false, error: Some(format!("apply failed: {e}")), status: None },
+                }
+            }
+            Request::EndpointAdd(reg) => {
+                let shared = Arc::clone(&shared);
+                match tokio::task::spawn_blocking(move || endpoint_add(&shared, *reg)).await {
+                    Ok(Ok(())) => Response { ok: true, ..Response::default() },
+                    Ok(Err(e)) => Response::refused(e),
+                    Err(e) => Response::refused(format!("endpoint_add failed: {e}")),
+                }
+            }
+            Request::EndpointDel { container_id, ifname } => {
+                let shared = Arc::clone(&shared);
+                match tokio::task::spawn_blocking(move || endpoint_del(&shared, &container_id, &ifname)).await {
+                    Ok(Ok(())) => Response { ok: true, ..Response::default() },
+                    Ok(Err(e)) => Response::refused(e),
+                    Err(e) => Response::refused(format!("endpoint_del failed: {e}")),
                 }
             }
             Request::Status => {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::decoder::Record;
+use crate::registry::{Registered, Registration};
 use crate::state::NodeState;
 
 /// A request on the control socket.
@@ -29,6 +30,10 @@ pub enum Request {
     Status,
     /// Stream every decoded event from now on.
     Subscribe,
+    /// The CNI plugin plugged a pod: remember how (see [`crate::registry`]).
+    EndpointAdd(Box<Registration>),
+    /// The CNI plugin unplugged a pod (unknown ones are fine).
+    EndpointDel { container_id: String, ifname: String },
 }
 
 /// Why a request line is refused before anything is done.
@@ -91,6 +96,9 @@ pub struct Status {
     /// Whether a desired state has been applied since it started.
     #[serde(default)]
     pub programmed: bool,
+    /// Endpoints the CNI plugin registered, with the ids they were given.
+    #[serde(default)]
+    pub registrations: Vec<Registered>,
 }
 
 /// One line of a subscription stream.
@@ -223,6 +231,12 @@ mod tests {
     fn requests_parse_and_anything_else_is_refused() {
         assert!(matches!(parse_request(br#"{"op":"status"}"#), Ok(Request::Status)));
         assert!(matches!(parse_request(br#"{"op":"subscribe"}"#), Ok(Request::Subscribe)));
+        let add = br#"{"op":"endpoint_add","container_id":"c1","ifname":"eth0","namespace":"x","name":"a","ip":"10.244.1.5","mac":"02:00:0a:f4:01:05","host_ifname":"lxc0123456789ab","host_mac":"06:00:0a:f4:01:05","netns":"/run/netns/lab.x.a"}"#;
+        assert!(matches!(parse_request(add), Ok(Request::EndpointAdd(r)) if r.ip == std::net::Ipv4Addr::new(10, 244, 1, 5)));
+        assert!(matches!(parse_request(br#"{"op":"endpoint_del","container_id":"c1","ifname":"eth0"}"#), Ok(Request::EndpointDel { .. })));
+        for bad in [&br#"{"op":"endpoint_add","container_id":"c1"}"#[..], br#"{"op":"endpoint_del","container_id":"c1"}"#, br#"{"op":"endpoint_add","container_id":"c1","ifname":"eth0","namespace":"x","name":"a","ip":"banana","mac":"","host_ifname":"","host_mac":"","netns":""}"#] {
+            assert!(parse_request(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
         for bad in [&b""[..], b"{", b"null", b"[]", br#"{"op":"reboot"}"#, b"\xff\xfe", br#"{"op":"apply"}"#] {
             let err = parse_request(bad).expect_err(&String::from_utf8_lossy(bad));
             assert!(err.to_string().starts_with("bad request"), "{err}");

@@ -110,10 +110,47 @@ pub struct Scope {
     pub netns_dir: PathBuf,
 }
 
-/// Whether `name` is an interface the lab makes: `lxc` and five digits.
+/// Whether `name` is an interface the lab makes: `lxc` and five digits,
+/// or `lxc` and twelve lowercase hex digits (the CNI plugin's host side).
 #[must_use]
 pub fn is_lab_ifname(name: &str) -> bool {
-    name.len() == 8 && name.starts_with("lxc") && name.bytes().skip(3).all(|b| b.is_ascii_digit())
+    let rest = name.strip_prefix("lxc").unwrap_or("");
+    (rest.len() == 5 && rest.bytes().all(|b| b.is_ascii_digit()))
+        || (rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+}
+
+/// Checks an `endpoint_add` like the endpoints of an `apply`: its namespace
+/// path, its host interface (a lab interface existing in the node), its
+/// pod-side interface name, its address and MACs.
+///
+/// # Errors
+///
+/// The first field that is wrong, as `endpoint_add.<field>`, with why.
+pub fn check_registration(r: &crate::registry::Registration, scope: &Scope, interface_exists: impl Fn(&str) -> bool) -> Result<(), Refused> {
+    let refuse = |field: &str, reason: String| Refused { field: format!("endpoint_add.{field}"), reason };
+    if r.container_id.is_empty() || r.container_id.len() > 256 || !r.container_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+        return Err(refuse("container_id", format!("{:?} is not a container id (letters, digits, '-', '_', '.')", r.container_id)));
+    }
+    if r.ifname.is_empty() || r.ifname.len() > 15 || r.ifname.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(refuse("ifname", format!("{:?} is not an interface name", r.ifname)));
+    }
+    if !is_lab_ifname(&r.host_ifname) {
+        return Err(refuse("host_ifname", format!("{:?} is not a lab interface (lxc and five digits or twelve hex digits)", r.host_ifname)));
+    }
+    if !interface_exists(&r.host_ifname) {
+        return Err(refuse("host_ifname", format!("{} does not exist in the node's namespace {}", r.host_ifname, scope.node_netns.display())));
+    }
+    check_netns(&r.netns, scope).map_err(|reason| refuse("netns", reason))?;
+    if r.ip.is_unspecified() || r.ip.is_loopback() || r.ip.is_multicast() || r.ip.is_broadcast() {
+        return Err(refuse("ip", format!("{} is not a unicast pod address", r.ip)));
+    }
+    for (field, mac) in [("mac", &r.mac), ("host_mac", &r.host_mac)] {
+        let ok = mac.len() == 17 && mac.split(':').count() == 6 && mac.split(':').all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !ok {
+            return Err(refuse(field, format!("{mac:?} is not a MAC address (aa:bb:cc:dd:ee:ff)")));
+        }
+    }
+    Ok(())
 }
 
 /// Checks one pod namespace path: directly in the namespace folder, named
@@ -160,7 +197,7 @@ pub fn check_state(state: &NodeState, scope: &Scope, interface_exists: impl Fn(&
         if !is_lab_ifname(&ep.host_ifname) {
             return Err(refuse(
                 format!("endpoints[{i}].host_ifname"),
-                format!("{:?} is not a lab interface (lxc and five digits)", ep.host_ifname),
+                format!("{:?} is not a lab interface (lxc and five digits or twelve hex digits)", ep.host_ifname),
             ));
         }
         if !interface_exists(&ep.host_ifname) {
@@ -305,11 +342,45 @@ mod tests {
     }
 
     #[test]
+    fn registrations_are_checked_like_endpoints() {
+        let (_dir, scope) = scope();
+        let good = crate::registry::Registration {
+            container_id: "c0ffee".into(),
+            ifname: "eth0".into(),
+            namespace: "x".into(),
+            name: "a".into(),
+            ip: std::net::Ipv4Addr::new(10, 244, 1, 5),
+            mac: "02:00:0a:f4:01:05".into(),
+            host_ifname: "lxc0123456789ab".into(),
+            host_mac: "06:00:0a:f4:01:05".into(),
+            netns: scope.netns_dir.join("t.x.a"),
+        };
+        let exists = |i: &str| i == "lxc0123456789ab";
+        assert_eq!(check_registration(&good, &scope, exists), Ok(()));
+        let cases: Vec<(crate::registry::Registration, &str, &str)> = vec![
+            (crate::registry::Registration { netns: scope.netns_dir.join("t.node-1"), ..good.clone() }, "endpoint_add.netns", "of the lab itself"),
+            (crate::registry::Registration { netns: "/etc/passwd".into(), ..good.clone() }, "endpoint_add.netns", "not a network namespace of lab"),
+            (crate::registry::Registration { host_ifname: "eth0".into(), ..good.clone() }, "endpoint_add.host_ifname", "not a lab interface"),
+            (crate::registry::Registration { host_ifname: "lxc0123456789ac".into(), ..good.clone() }, "endpoint_add.host_ifname", "does not exist"),
+            (crate::registry::Registration { container_id: "../x".into(), ..good.clone() }, "endpoint_add.container_id", "not a container id"),
+            (crate::registry::Registration { ifname: "a/b".into(), ..good.clone() }, "endpoint_add.ifname", "not an interface name"),
+            (crate::registry::Registration { ip: std::net::Ipv4Addr::LOCALHOST, ..good.clone() }, "endpoint_add.ip", "not a unicast"),
+            (crate::registry::Registration { mac: "02:00".into(), ..good.clone() }, "endpoint_add.mac", "not a MAC"),
+        ];
+        for (r, field, reason) in cases {
+            let e = check_registration(&r, &scope, exists).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.reason.contains(reason), "{e}");
+        }
+    }
+
+    #[test]
     fn lab_interfaces_are_lxc_and_five_digits() {
         for ok in ["lxc00001", "lxc65535"] {
             assert!(is_lab_ifname(ok), "{ok}");
         }
-        for bad in ["", "lxc", "lxc0001", "lxc000001", "eth0", "lo", "fab0", "lxcabcde", "lxc0000١", "LXC00001", "lxc 0001"] {
+        assert!(is_lab_ifname("lxc0123456789ab"));
+        for bad in ["", "lxc", "lxc0001", "lxc000001", "eth0", "lo", "fab0", "lxcabcde", "lxc0000١", "LXC00001", "lxc 0001", "lxc0123456789AB", "lxc0123456789a", "lxc0123456789abc", "lxc0123456789ag"] {
             assert!(!is_lab_ifname(bad), "{bad:?}");
         }
     }

@@ -37,4 +37,5 @@ pub mod netns;
 pub mod observer;
 pub mod pins;
 pub mod policy;
+pub mod registry;
 pub mod state;
