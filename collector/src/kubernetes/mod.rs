@@ -2,7 +2,10 @@
 //! [`crate::state::NodeState`] the lab builds.
 //!
 //! [`WATCHED`] is the one list of what the source reads; the deploy
-//! manifests' RBAC rules are checked against it.
+//! manifests' RBAC rules are checked against it. `source` runs a
+//! kube-runtime watcher per kind and a debounced builder; `translate` is
+//! the one translation of Kubernetes objects into the collector's model,
+//! which the lab shares (docs/KUBERNETES-SOURCE.md).
 
 /// One resource the Kubernetes source watches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,3 +30,10 @@ pub const WATCHED: &[Watched] = &[
     Watched { group: "discovery.k8s.io", version: "v1", resource: "endpointslices", kind: "EndpointSlice" },
     Watched { group: "networking.k8s.io", version: "v1", resource: "networkpolicies", kind: "NetworkPolicy" },
 ];
+
+mod source;
+pub mod translate;
+
+pub use source::{
+    Connection, KindStatus, Source, SourceConfig, SourceError, SourceStatus, StatusHandle, client, start,
+};
