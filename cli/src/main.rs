@@ -421,8 +421,8 @@ fn server_tls(
 
 #[derive(Args)]
 struct CollectorArgs {
-    /// The node's name.
-    #[arg(long, required_unless_present = "uninstall")]
+    /// The node's name (with --kubernetes: its Node object's name).
+    #[arg(long, alias = "node-name", required_unless_present = "uninstall")]
     node: Option<String>,
     /// The node's network namespace (a path such as /run/netns/NAME). With
     /// --uninstall: checked afterwards for programs of ours still attached.
@@ -494,6 +494,16 @@ struct CollectorArgs {
     /// on regardless: connectivity never depends on etcd.
     #[arg(long, value_name = "URL")]
     kvstore_endpoints: Vec<String>,
+    /// Take the desired state from the Kubernetes API (watching pods,
+    /// namespaces, services, endpoint slices, network policies and nodes)
+    /// and apply it in process; the control socket still takes endpoint
+    /// registrations. In-cluster configuration unless --kubeconfig.
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: the kubeconfig file to use (its current context)
+    /// instead of the in-cluster configuration.
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
     #[command(flatten)]
     tls: CollectorTlsArgs,
 }
@@ -647,6 +657,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 Some(sightline_collector::kvstore::parse_endpoints(&args.kvstore_endpoints).map_err(|e| anyhow!(e))?)
             };
+            let kubernetes = args.kubernetes.then(|| {
+                let connection = match &args.kubeconfig {
+                    Some(path) => sightline_collector::kubernetes::Connection::Kubeconfig(path.clone()),
+                    None => sightline_collector::kubernetes::Connection::InCluster,
+                };
+                sightline_collector::kubernetes::SourceConfig::new(&node_name, connection)
+            });
             let opts = AgentOptions {
                 node_name,
                 node_netns,
@@ -666,6 +683,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 export,
                 reload: args.reload,
                 kvstore,
+                kubernetes,
             };
             let notify = args.notify_ready;
             runtime()?.block_on(agent::run(opts, notify))?;

@@ -114,6 +114,9 @@ pub struct AgentOptions {
     /// etcd client URLs: publish this node's endpoints in slices and read
     /// the other nodes' (`--kvstore-endpoints`); `None`: no kvstore.
     pub kvstore: Option<Vec<String>>,
+    /// The Kubernetes API as the state source (`--kubernetes`); `None`:
+    /// the control socket's `apply` only.
+    pub kubernetes: Option<crate::kubernetes::SourceConfig>,
 }
 
 /// `--export-config` of a collector.
@@ -217,6 +220,8 @@ pub enum AgentError {
     Grpc { address: std::net::SocketAddr, #[source] source: std::io::Error },
     #[error("metrics: {0}")]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("the Kubernetes state source: {0}")]
+    Kubernetes(#[from] crate::kubernetes::SourceError),
 }
 
 struct Inner {
@@ -256,6 +261,8 @@ struct Shared {
     /// it, for a while, so that a backlog left in the pinned ring buffer
     /// is enriched with pod names).
     programmed: tokio::sync::watch::Sender<bool>,
+    /// The Kubernetes state source's sync state, once it runs.
+    kubernetes: std::sync::OnceLock<crate::kubernetes::StatusHandle>,
 }
 
 fn datapath_config(opts: &AgentOptions) -> sightline_abi::Config {
@@ -380,6 +387,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         opts: opts.clone(),
         inner: Mutex::new(Inner { probes, plan }),
         programmed: tokio::sync::watch::channel(false).0,
+        kubernetes: std::sync::OnceLock::new(),
         meta: RwLock::new(Arc::new(meta)),
         events,
         decoded: AtomicU64::new(0),
@@ -458,6 +466,16 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     let gc = tokio::spawn(gc(Arc::clone(&shared)));
     let losses = tokio::spawn(loss_monitor(Arc::clone(&shared), lost_baseline.iter().sum()));
     let slices = shared.kvstore.as_ref().map(|k| tokio::spawn(follow_slices(Arc::clone(&shared), k.remote.clone())));
+    // The Kubernetes source applies in process, as the control socket does.
+    let kubernetes = match opts.kubernetes.clone() {
+        Some(config) => {
+            let applier = Arc::clone(&shared);
+            let (status, task) = crate::kubernetes::run_applying(config, move |state| apply(&applier, state)).await?;
+            let _ = shared.kubernetes.set(status);
+            Some(task)
+        }
+        None => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(AgentError::RingBuf)?;
     loop {
@@ -472,6 +490,9 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     }
     consumer.abort();
     gc.abort();
+    if let Some(k) = kubernetes {
+        k.abort();
+    }
     if let Some(s) = slices {
         s.abort();
     }
@@ -929,6 +950,7 @@ fn status(shared: &Shared) -> Status {
         datapath: p.start().to_string(),
         programmed: *shared.programmed.borrow(),
         registrations: shared.registry.lock().expect("registry").iter().cloned().collect(),
+        kubernetes: shared.kubernetes.get().map(crate::kubernetes::StatusHandle::get),
     }
 }
 
@@ -1095,6 +1117,7 @@ mod tests {
             export: None,
             reload: crate::pins::Reload::None,
             kvstore: None,
+            kubernetes: None,
         }
     }
 }

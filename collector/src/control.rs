@@ -99,6 +99,9 @@ pub struct Status {
     /// Endpoints the CNI plugin registered, with the ids they were given.
     #[serde(default)]
     pub registrations: Vec<Registered>,
+    /// The Kubernetes state source's sync state, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kubernetes::SourceStatus>,
 }
 
 /// One line of a subscription stream.

@@ -270,21 +270,17 @@ impl LabState {
     }
 }
 
-/// The Cilium-style identity labels of a pod.
+/// The Cilium-style identity labels of a pod: decided by the collector's
+/// translation, which the Kubernetes source uses too.
 pub fn identity_labels(store: &ObjectStore, pod: &Pod) -> Vec<String> {
-    let mut labels: Vec<String> = pod.labels.iter().map(|(k, v)| format!("k8s:{k}={v}")).collect();
-    labels.push(format!("k8s:io.kubernetes.pod.namespace={}", pod.namespace));
-    if let Some(ns) = store.namespaces.get(&pod.namespace) {
-        for (k, v) in &ns.labels {
-            labels.push(format!("k8s:io.cilium.k8s.namespace.labels.{k}={v}"));
-        }
-    }
-    labels.sort();
-    labels.dedup();
-    labels
+    sightline_collector::kubernetes::translate::identity_labels(
+        &pod.namespace,
+        &pod.labels,
+        store.namespaces.get(&pod.namespace).map(|ns| &ns.labels),
+    )
 }
 
-fn allocate_identity(state: &mut LabState, labels: &[String]) -> u32 {
+pub(crate) fn allocate_identity(state: &mut LabState, labels: &[String]) -> u32 {
     let key = labels.join(",");
     if let Some(id) = state.identities.get(&key) {
         return *id;
@@ -971,7 +967,7 @@ fn pod_blocks(network: &Network, nodes: &[Node]) -> Vec<(String, String)> {
 /// A free address for a new pod on `node`: from its /24 (overlay), or from
 /// its blocks, handing it a new block when they are full (the other
 /// models).
-fn allocate_ip(network: &mut Network, node: &Node, nodes: u32, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+pub(crate) fn allocate_ip(network: &mut Network, node: &Node, nodes: u32, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     let free = |ip: &Ipv4Addr| *ip != node.node_ip && !used.contains(ip);
     if !network.model.dynamic() {
         let block: ipnet::Ipv4Net = node.pod_cidr.parse().ok()?;

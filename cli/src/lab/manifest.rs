@@ -91,6 +91,8 @@ pub use sightline_collector::policy::model::{
     Requirement, Rule,
 };
 use sightline_collector::policy::model::{cidr_contains, parse_cidr};
+use sightline_collector::kubernetes::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString as K8sIntOrString;
+use sightline_collector::kubernetes::translate;
 
 /// The label Kubernetes (and the lab) puts on every namespace, holding the namespace's name.
 pub use sightline_collector::policy::model::NAMESPACE_NAME_LABEL;
@@ -1369,16 +1371,24 @@ fn convert_service(
                 format!("may not be used when type is ClusterIP: {CLUSTER_IP_ONLY}"),
             ));
         }
-        let target_port = match raw_port.target_port {
-            None | Some(IntOrString::Int(0)) => TargetPort::Number(port),
-            Some(IntOrString::Str(s)) if s.is_empty() => TargetPort::Number(port),
-            Some(IntOrString::Int(n)) => TargetPort::Number(
-                port_number(n).map_err(|m| ck.fail(format!("{path}.targetPort"), m))?,
-            ),
+        // The defaulting (absent, 0 or "": the service port) is the Kubernetes source's.
+        let target = match raw_port.target_port {
+            None => None,
+            Some(IntOrString::Int(n)) => Some(K8sIntOrString::Int(
+                i32::try_from(n).map_err(|_| ck.fail(format!("{path}.targetPort"), port_number(n).unwrap_err()))?,
+            )),
             Some(IntOrString::Str(s)) => {
-                check_port_name(&s).map_err(|m| ck.fail(format!("{path}.targetPort"), m))?;
-                TargetPort::Name(s)
+                if !s.is_empty() {
+                    check_port_name(&s).map_err(|m| ck.fail(format!("{path}.targetPort"), m))?;
+                }
+                Some(K8sIntOrString::String(s))
             }
+        };
+        let target_port = match translate::target_port(port, target.as_ref())
+            .map_err(|m| ck.fail(format!("{path}.targetPort"), m))?
+        {
+            sightline_collector::state::TargetPort::Number(n) => TargetPort::Number(n),
+            sightline_collector::state::TargetPort::Name(n) => TargetPort::Name(n),
         };
         ports.push(ServicePort {
             name,
@@ -1431,7 +1441,7 @@ fn convert_policy(
     }
     let mut policy_types = Vec::new();
     for (i, text) in given.iter().enumerate() {
-        let policy_type = match text.as_str() {
+        policy_types.push(match text.as_str() {
             "Ingress" => PolicyType::Ingress,
             "Egress" => PolicyType::Egress,
             other => {
@@ -1440,18 +1450,11 @@ fn convert_policy(
                     format!("Unsupported value {other:?}: supported values are Ingress and Egress"),
                 ));
             }
-        };
-        if !policy_types.contains(&policy_type) {
-            policy_types.push(policy_type);
-        }
+        });
     }
-    if policy_types.is_empty() {
-        // The API server's defaulting: Ingress always, Egress when there are egress rules.
-        policy_types.push(PolicyType::Ingress);
-        if !egress.is_empty() {
-            policy_types.push(PolicyType::Egress);
-        }
-    }
+    // The API server's defaulting (Ingress always, Egress when there are egress rules), as the
+    // Kubernetes source decides it.
+    let policy_types = translate::default_policy_types(&policy_types, !egress.is_empty());
 
     Ok(NetworkPolicy {
         namespace: meta.namespace,

@@ -10,6 +10,8 @@
 //! collectors and the relay that exit.
 
 pub mod cluster;
+#[cfg(test)]
+mod differential;
 pub mod events;
 pub mod manifest;
 pub mod network;

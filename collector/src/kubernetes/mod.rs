@@ -34,6 +34,10 @@ pub const WATCHED: &[Watched] = &[
 mod source;
 pub mod translate;
 
+/// The Kubernetes API types (1.32) the source and the lab's translation
+/// share.
+pub use k8s_openapi;
+
 pub use source::{
-    Connection, KindStatus, Source, SourceConfig, SourceError, SourceStatus, StatusHandle, client, start,
+    Connection, KindStatus, Source, SourceConfig, SourceError, SourceStatus, StatusHandle, client, run_applying, start,
 };

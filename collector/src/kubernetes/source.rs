@@ -27,7 +27,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
@@ -110,7 +110,7 @@ pub async fn client(connection: &Connection) -> Result<Client, SourceError> {
 }
 
 /// The sync state of one watched kind.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KindStatus {
     /// Objects in the reflector's store.
     pub objects: usize,
@@ -130,7 +130,7 @@ pub struct KindStatus {
 }
 
 /// The source's sync state, for the collector's status.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceStatus {
     /// By watcher: `Pod`, `Pod (this node)`, `Namespace`, …
     pub kinds: BTreeMap<String, KindStatus>,
@@ -140,6 +140,12 @@ pub struct SourceStatus {
     pub last_state_unix_ms: Option<u64>,
     /// Why the last build failed (the previous state stays in force).
     pub last_build_error: Option<String>,
+    /// States handed to the datapath (`run_applying`).
+    #[serde(default)]
+    pub applies: u64,
+    /// Why the last of them failed, if it did.
+    #[serde(default)]
+    pub last_apply_error: Option<String>,
 }
 
 fn unix_ms() -> u64 {
@@ -353,4 +359,43 @@ async fn build(shared: Arc<Shared>, stores: Stores, config: SourceConfig, tx: wa
             }
         }
     }
+}
+
+/// Connects as `config` says, starts the source and applies every state it
+/// publishes with `apply` (on a blocking thread, one at a time, in order).
+/// A failed apply is logged and counted in the status; the next state (at
+/// the latest the resync) tries again. The returned task owns the source:
+/// aborting it stops the watchers.
+///
+/// # Errors
+///
+/// The client cannot be made (kubeconfig, in-cluster configuration).
+pub async fn run_applying<F>(config: SourceConfig, apply: F) -> Result<(StatusHandle, tokio::task::JoinHandle<()>), SourceError>
+where
+    F: Fn(&NodeState) -> Result<(), String> + Send + Sync + 'static,
+{
+    let client = client(&config.connection).await?;
+    let node = config.node_name.clone();
+    let mut source = start(&client, config);
+    let status = source.status_handle();
+    let apply = Arc::new(apply);
+    let task = tokio::spawn(async move {
+        while source.states.changed().await.is_ok() {
+            let Some(state) = source.states.borrow_and_update().clone() else { continue };
+            let apply = Arc::clone(&apply);
+            let applied = tokio::task::spawn_blocking(move || apply(&state)).await;
+            let failure = match applied {
+                Ok(Ok(())) => None,
+                Ok(Err(err)) => Some(err),
+                Err(err) => Some(err.to_string()),
+            };
+            if let Some(err) = &failure {
+                log::warn!("kubernetes: applying the desired state of {node}: {err}");
+            }
+            let mut status = source.shared.status.lock().unwrap_or_else(PoisonError::into_inner);
+            status.applies += 1;
+            status.last_apply_error = failure;
+        }
+    });
+    Ok((status, task))
 }

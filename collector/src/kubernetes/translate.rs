@@ -134,7 +134,7 @@ pub fn target_port(port: u16, target: Option<&IntOrString>) -> Result<state::Tar
 }
 
 fn port_number(n: i64) -> Result<u16, String> {
-    u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| format!("{n} is not a port number (1-65535)"))
+    u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| format!("{n} is not a valid port number: must be between 1 and 65535"))
 }
 
 fn protocol(text: Option<&str>) -> Result<Protocol, String> {
