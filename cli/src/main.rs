@@ -421,8 +421,9 @@ fn server_tls(
 
 #[derive(Args)]
 struct CollectorArgs {
-    /// The node's name (with --kubernetes: its Node object's name).
-    #[arg(long, alias = "node-name", required_unless_present = "uninstall")]
+    /// The node's name (with --kubernetes: its Node object's name); `--node`
+    /// is the same flag.
+    #[arg(long = "node-name", value_name = "NAME", visible_alias = "node", required_unless_present = "uninstall")]
     node: Option<String>,
     /// The node's network namespace (a path such as /run/netns/NAME). With
     /// --uninstall: checked afterwards for programs of ours still attached.
@@ -624,7 +625,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (Some(node_name), Some(control_socket), Some(node_netns)) =
                 (args.node.clone(), args.control_socket.clone(), args.netns.clone())
             else {
-                bail!("--node, --netns and --control-socket are required unless --uninstall");
+                bail!("--node-name, --netns and --control-socket are required unless --uninstall");
             };
             let export = match &args.export_config {
                 Some(path) => {
