@@ -39,3 +39,4 @@ pub mod pins;
 pub mod policy;
 pub mod registry;
 pub mod state;
+pub mod testrun;
