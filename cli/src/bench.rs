@@ -153,6 +153,18 @@ pub struct PolicyArgs {
     /// /32 and port).
     #[arg(long, value_delimiter = ',', default_value = "0,1000,10000")]
     entries: Vec<usize>,
+    /// `BPF_PROG_TEST_RUN` runs per packet kind and policy size (one packet
+    /// per run, the ring buffer drained after each).
+    #[arg(long, default_value_t = 200_000)]
+    packet_runs: u64,
+    /// Distinct sources per packet kind (each its own pod, address and
+    /// port; denied ones each their own identity), at most 2047.
+    #[arg(long, default_value_t = 2000)]
+    keys: usize,
+    /// Only the per-packet cost (no lab, no iperf3, no iptables); writes
+    /// only the `policy-packet` section.
+    #[arg(long)]
+    packets_only: bool,
     /// Record the figures in this Markdown file (between bench markers).
     #[arg(long)]
     write: Option<PathBuf>,
@@ -481,37 +493,58 @@ fn iptables_rules(fillers: usize, client: std::net::Ipv4Addr, server: std::net::
 /// `bench policy`: cost of NetworkPolicy as it grows, against iptables.
 pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
     crate::check_root()?;
-    if args.repeat == 0 || args.seconds == 0 || args.entries.is_empty() {
-        bail!("--repeat, --seconds and --entries must not be zero or empty");
+    if args.repeat == 0 || args.seconds == 0 || args.entries.is_empty() || args.packet_runs == 0 || args.keys == 0 {
+        bail!("--repeat, --seconds, --packet-runs, --keys and --entries must not be zero or empty");
     }
+    if args.keys > sightline_collector::bench::MAX_KEYS {
+        bail!("--keys: at most {}", sightline_collector::bench::MAX_KEYS);
+    }
+    let entries = args.entries.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let started = machine();
+    let mut costs = Vec::new();
+    for &n in &args.entries {
+        eprintln!("bench: {n} extra rules: per-packet cost (BPF_PROG_TEST_RUN, {} runs per case) …", args.packet_runs);
+        costs.push((n, sightline_collector::bench::packet_cost(n, args.keys, args.packet_runs)?));
+    }
+    let packet_report = packet_table(&costs, args.keys, args.packet_runs);
+    print!("{packet_report}");
+    if let Some(path) = &args.write {
+        let section = format!(
+            "<!-- bench:policy-packet:start -->\nMeasured by `sightline bench policy{} --entries {entries} --packet-runs {} --keys {}` (same run; {}).\n\n{packet_report}<!-- bench:policy-packet:end -->",
+            if args.packets_only { " --packets-only" } else { "" },
+            args.packet_runs,
+            args.keys,
+            started,
+        );
+        write_section(path, "policy-packet", &section)?;
+    }
+    if args.packets_only {
+        return Ok(());
+    }
+
     // Pod addresses are allocated in name order: client .2, server .3.
     let (client, server) = (std::net::Ipv4Addr::new(10, 244, 1, 2), std::net::Ipv4Addr::new(10, 244, 1, 3));
     remove_lab_on_interrupt()?;
     eprintln!("bench: baseline (same topology, no programs, no rules) …");
     let base = run_case(&Setup::Baseline, args.seconds, args.repeat)?;
     let mut rows = Vec::new();
-    for &n in &args.entries {
-        eprintln!("bench: {n} extra rules: per-packet cost (BPF_PROG_TEST_RUN) …");
-        let cost = sightline_collector::bench::packet_cost(n, 1_000_000)?;
+    for (n, cost) in &costs {
         eprintln!("bench: {n} extra rules: Sightline …");
-        let sl = run_case(&Setup::Sightline(Some(policy_manifest(n))), args.seconds, args.repeat)?;
+        let sl = run_case(&Setup::Sightline(Some(policy_manifest(*n))), args.seconds, args.repeat)?;
         eprintln!("bench: {n} extra rules: iptables …");
-        let ipt = run_case(&Setup::Iptables(iptables_rules(n, client, server)), args.seconds, args.repeat)?;
-        rows.push((n, cost, sl, ipt));
+        let ipt = run_case(&Setup::Iptables(iptables_rules(*n, client, server)), args.seconds, args.repeat)?;
+        rows.push((*n, cost.policy_entries, sl, ipt));
     }
     let pct = |v: f64, b: f64| (v / b - 1.0) * 100.0;
     let mut report = format!(
         "Baseline (no programs, no rules): {:.2} Gbit/s, {:.0} connections/s.\n\n\
-         | extra rules | map entries | ns/packet: denied SYN | ns/packet: established (no policy: {:.0}) | Sightline Gbit/s | iptables Gbit/s | Sightline conn/s | iptables conn/s |\n\
-         |---|---|---|---|---|---|---|---|\n",
-        base.gbps, base.crr, rows.first().map_or(0.0, |r| r.1.no_policy_ns)
+         | extra rules | map entries | Sightline Gbit/s | iptables Gbit/s | Sightline conn/s | iptables conn/s |\n\
+         |---|---|---|---|---|---|\n",
+        base.gbps, base.crr
     );
-    for (n, cost, sl, ipt) in &rows {
+    for (n, entries, sl, ipt) in &rows {
         report.push_str(&format!(
-            "| {n} | {} | {:.0} | {:.0} | {:.2} ({:+.1}%) | {:.2} ({:+.1}%) | {:.0} ({:+.1}%) | {:.0} ({:+.1}%) |\n",
-            cost.policy_entries,
-            cost.denied_syn_ns,
-            cost.established_ns,
+            "| {n} | {entries} | {:.2} ({:+.1}%) | {:.2} ({:+.1}%) | {:.0} ({:+.1}%) | {:.0} ({:+.1}%) |\n",
             sl.gbps,
             pct(sl.gbps, base.gbps),
             ipt.gbps,
@@ -525,12 +558,51 @@ pub fn policy(args: &PolicyArgs) -> anyhow::Result<()> {
     print!("{report}");
     if let Some(path) = &args.write {
         let section = format!(
-            "<!-- bench:policy:start -->\nMeasured by `sightline bench policy --seconds {} --repeat {} --entries {}` (medians; same machine, same run).\n\n{report}<!-- bench:policy:end -->",
+            "<!-- bench:policy:start -->\nMeasured by `sightline bench policy --seconds {} --repeat {} --entries {entries}` (medians; same machine, same run; {}).\n\n{report}<!-- bench:policy:end -->",
             args.seconds,
             args.repeat,
-            args.entries.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            started,
         );
         write_section(path, "policy", &section)?;
     }
     Ok(())
+}
+
+/// The per-packet table: each case against the same run's baseline.
+fn packet_table(costs: &[(usize, sightline_collector::bench::PacketCost)], keys: usize, runs: u64) -> String {
+    use std::fmt::Write as _;
+    let mut t = format!(
+        "{runs} runs per case, one packet per run from {keys} sources in turn, the ring buffer drained after every run. \
+         Baseline: an established packet before any policy was written (same sources, same run). \
+         *One key*: the old way, for comparison: one packet run 50 times per call (warm caches; its events stay under the wake-up threshold), ring buffer drained between calls.\n\n\
+         | extra rules | map entries | baseline ns/packet | denied SYN ns/packet | vs baseline | runs with an event | events lost | established ns/packet | vs baseline | runs with an event | one key: denied SYN / established ns |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for (n, c) in costs {
+        let _ = writeln!(
+            t,
+            "| {n} | {} | {:.0} | {:.0} | {:.2}× | {:.1}% | {} | {:.0} | {:.2}× | {:.2}% | {:.0} / {:.0} |",
+            c.policy_entries,
+            c.no_policy.mean_ns,
+            c.denied_syn.mean_ns,
+            c.denied_syn.mean_ns / c.no_policy.mean_ns,
+            c.denied_syn.event_fraction() * 100.0,
+            c.denied_syn.lost + c.established.lost + c.no_policy.lost,
+            c.established.mean_ns,
+            c.established.mean_ns / c.no_policy.mean_ns,
+            c.established.event_fraction() * 100.0,
+            c.denied_syn_one_key_ns,
+            c.established_one_key_ns,
+        );
+    }
+    t
+}
+
+/// The machine, for the record: CPUs, kernel, load average.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!("{cpus} CPUs, Linux {}, load average {} when it started", kernel.trim(), load.join(" "))
 }

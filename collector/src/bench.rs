@@ -1,52 +1,99 @@
+//! Benchmarks the CLI runs (`sightline bench …`).
+//!
 //! Per-packet cost of the datapath programs, measured in the kernel with
-//! `BPF_PROG_TEST_RUN`: the loaded `from_container` program runs a crafted
-//! packet many times and the kernel reports the mean time per run.
+//! `BPF_PROG_TEST_RUN` (through [`crate::testrun`], the harness the probe
+//! tests use): the loaded `from_container` program runs crafted packets and
+//! the kernel reports the time of each run. Every run gets a packet of its
+//! own from a set of many sources, identities and ports (so lookups are not
+//! served from a warm cache line), the ring buffer is drained after every
+//! run (so every event the datapath writes is written, as with a running
+//! collector), and the baseline is measured in the same run with the same
+//! keys.
 //!
 //! The probes are loaded privately (their own pin directory), their maps
 //! filled directly, and nothing is attached anywhere: no traffic moves.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-use std::os::fd::{AsFd as _, AsRawFd as _};
-use std::path::PathBuf;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-use aya::maps::lpm_trie::Key as LpmKey;
-use aya::programs::SchedClassifier;
 use sightline_abi as abi;
-use sightline_abi::{EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue};
+use sightline_abi::EndpointInfo;
 
-use crate::loader::{self, ProbeOptions, Probes};
-use crate::policy::compiler::{NamedPort, PodInfo, PolicyInput, compile};
+use crate::policy::compiler::{NamedPort, PodInfo};
 use crate::policy::model::{IpBlock, LabelSelector, NetworkPolicy, Peer, PolicyPort, PolicyType, PortRef, Protocol, Rule};
+use crate::testrun::{self, Harness, TestRunError};
 
-/// Mean cost of one run of `from_container`, in nanoseconds.
+/// What one kind of packet cost, over many runs with varied keys.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunCost {
+    /// Mean of the kernel's time per run, in nanoseconds (each run is one
+    /// `BPF_PROG_TEST_RUN` of one packet; the kernel's clock reads around
+    /// it are included, in the baseline as in every case).
+    pub mean_ns: f64,
+    /// Runs measured.
+    pub runs: u64,
+    /// Runs after which the ring buffer held at least one event.
+    pub runs_with_event: u64,
+    /// Events drained from the ring buffer.
+    pub events: u64,
+    /// Events the datapath could not write (ring buffer full): 0 when the
+    /// drain keeps up, which it must for the figure to be whole.
+    pub lost: u64,
+}
+
+impl RunCost {
+    /// The fraction of runs that wrote at least one event.
+    #[must_use]
+    pub fn event_fraction(&self) -> f64 {
+        if self.runs == 0 { 0.0 } else { self.runs_with_event as f64 / self.runs as f64 }
+    }
+}
+
+/// Per-packet cost of `from_container` with a policy of some size.
 #[derive(Clone, Copy, Debug)]
 pub struct PacketCost {
     /// Entries in `POLICY` and `POLICY_CIDR` for the server endpoint.
     pub policy_entries: usize,
-    /// A SYN that policy denies: conntrack miss, three policy lookups, a
-    /// drop and its events, every run.
-    pub denied_syn_ns: f64,
-    /// A packet of an allowed, established connection: conntrack hit, no
-    /// policy lookup.
-    pub established_ns: f64,
-    /// The same established packet with no policy at all.
-    pub no_policy_ns: f64,
+    /// Distinct sources (addresses, identities) per case; ports vary too.
+    pub keys: usize,
+    /// A SYN that policy denies, each from another pod (its own address
+    /// and identity, in the range of the policy's /32 rules, so the CIDR
+    /// lookup finds an entry) and port: conntrack miss, three policy
+    /// lookups, a drop and its two events, every run.
+    pub denied_syn: RunCost,
+    /// A packet of one of `keys` allowed, established connections (each
+    /// from its own pod and port): conntrack hit, no policy lookup.
+    pub established: RunCost,
+    /// The baseline, same run: the same established packets before any
+    /// policy was written.
+    pub no_policy: RunCost,
+    /// For comparison, the old way: one denied SYN and one established
+    /// packet, each run 50 times within one `BPF_PROG_TEST_RUN` (warm
+    /// caches; the SYNs' 100 events, 12,000 bytes, stay under the 16 KiB
+    /// that makes the probes wake the consumer, and are drained after each
+    /// call), mean ns per run.
+    pub denied_syn_one_key_ns: f64,
+    pub established_one_key_ns: f64,
 }
 
-/// Errors of the benchmark.
+/// Errors of the benchmarks.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Loader(#[from] loader::LoaderError),
-    #[error("writing {map}: {source}")]
-    Map { map: &'static str, #[source] source: aya::maps::MapError },
-    #[error("BPF_PROG_TEST_RUN: {0}")]
-    TestRun(#[source] std::io::Error),
+    TestRun(#[from] TestRunError),
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
 }
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+/// Identity of the pods labelled role=client (pods with the same labels
+/// share an identity).
+const CLIENT_IDENTITY: u32 = 300;
+const SERVER_IDENTITY: u32 = 301;
+/// Most sources of each kind: `ENDPOINTS` holds 4096 pods, and the bench
+/// has two kinds plus the server.
+pub const MAX_KEYS: usize = (abi::ENDPOINTS_MAP_SIZE as usize - 1) / 2;
 
 /// A policy on the server that allows the client on port 5201 plus
 /// `fillers` more rules, each a distinct /32 and port (each becomes its own
@@ -63,12 +110,11 @@ pub fn filler_policy(fillers: usize) -> NetworkPolicy {
         ports: vec![port(5201)],
     }];
     for i in 0..fillers {
-        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i as u32);
         ingress.push(Rule {
             peers: vec![Peer {
                 pod_selector: None,
                 namespace_selector: None,
-                ip_block: Some(IpBlock { cidr: format!("{addr}/32"), except: Vec::new() }),
+                ip_block: Some(IpBlock { cidr: format!("{}/32", filler_addr(i)), except: Vec::new() }),
             }],
             ports: vec![port(10_000 + (i % 50_000) as u16)],
         });
@@ -84,112 +130,76 @@ pub fn filler_policy(fillers: usize) -> NetworkPolicy {
     }
 }
 
-fn tcp_packet(src_port: u16, dst_port: u16, flags: u8) -> Vec<u8> {
-    let mut p = vec![0u8; 14 + 20 + 20];
-    p[12] = 0x08; // IPv4
-    let ip = &mut p[14..34];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = abi::IPPROTO_TCP;
-    ip[12..16].copy_from_slice(&CLIENT.octets());
-    ip[16..20].copy_from_slice(&SERVER.octets());
-    let tcp = &mut p[34..54];
-    tcp[0..2].copy_from_slice(&src_port.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = flags;
-    p
+/// Runs per `BPF_PROG_TEST_RUN` call of the one-key comparison: few enough
+/// that the pending events stay under `Config::wakeup_bytes` (past it,
+/// every submit forces a wake-up until the consumer drains, a different
+/// cost).
+const ONE_KEY_REPEAT: u64 = 50;
+
+fn filler_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i as u32)
 }
 
-/// `BPF_PROG_TEST_RUN` of a tc program: mean nanoseconds per run.
-fn test_run(probes: &mut Probes, packet: &[u8], repeat: u32) -> Result<f64, BenchError> {
-    let prog: &mut SchedClassifier = probes
-        .program_mut(abi::programs::FROM_CONTAINER)
-        .ok_or(loader::LoaderError::MissingProgram { name: abi::programs::FROM_CONTAINER })?;
-    let fd = prog.fd().map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?;
-    let raw = fd.as_fd().as_raw_fd();
-    let mut out = vec![0u8; packet.len() + 256];
-    // struct bpf_attr for BPF_PROG_TEST_RUN (include/uapi/linux/bpf.h).
-    #[repr(C)]
-    #[derive(Default)]
-    struct TestAttr {
-        prog_fd: u32,
-        retval: u32,
-        data_size_in: u32,
-        data_size_out: u32,
-        data_in: u64,
-        data_out: u64,
-        repeat: u32,
-        duration: u32,
-        ctx_size_in: u32,
-        ctx_size_out: u32,
-        ctx_in: u64,
-        ctx_out: u64,
-        flags: u32,
-        cpu: u32,
-        batch_size: u32,
-        _pad: u32,
+/// Runs `program` on the packets in turn, `runs` times in all, draining the
+/// ring buffer after every run.
+fn measure(h: &mut Harness, packets: &[Vec<u8>], runs: u64) -> Result<RunCost, BenchError> {
+    let lost_before = h.counter(abi::COUNTER_EVENTS_LOST);
+    let mut cost = RunCost { runs, ..RunCost::default() };
+    let mut total_ns = 0u64;
+    for r in 0..runs {
+        let packet = &packets[(r % packets.len() as u64) as usize];
+        total_ns += h.run(abi::programs::FROM_CONTAINER, packet)?.mean_ns;
+        let drained = h.drain_with(|bytes| {
+            std::hint::black_box(bytes);
+        }) as u64;
+        cost.events += drained;
+        cost.runs_with_event += u64::from(drained > 0);
     }
-    let mut attr = TestAttr {
-        prog_fd: raw as u32,
-        data_size_in: packet.len() as u32,
-        data_size_out: out.len() as u32,
-        data_in: packet.as_ptr() as u64,
-        data_out: out.as_mut_ptr() as u64,
-        repeat,
-        ..TestAttr::default()
-    };
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix for this
-    // command, and the buffers it points to outlive the call.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, size_of::<TestAttr>() as u32)
-    };
-    if rc < 0 {
-        return Err(BenchError::TestRun(std::io::Error::last_os_error()));
+    cost.mean_ns = total_ns as f64 / runs.max(1) as f64;
+    cost.lost = h.counter(abi::COUNTER_EVENTS_LOST) - lost_before;
+    Ok(cost)
+}
+
+/// Runs every packet once, unmeasured, and drains what they wrote.
+fn warm(h: &mut Harness, packets: &[Vec<u8>]) -> Result<(), BenchError> {
+    for p in packets {
+        h.run(abi::programs::FROM_CONTAINER, p)?;
+        h.drain_with(|_| {});
     }
-    Ok(f64::from(attr.duration))
+    Ok(())
 }
 
 /// Measures `from_container` with a policy of `fillers` extra rules on the
-/// server endpoint. Needs root; touches no interface.
-pub fn packet_cost(fillers: usize, repeat: u32) -> Result<PacketCost, BenchError> {
-    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sightline/bench-{}", std::process::id()));
-    let mut probes = Probes::load(&ProbeOptions {
-        pin_dir: pin_dir.clone(),
-        config: loader::default_config(abi::AGGREGATION_MEDIUM),
-        kernel_offsets: None,
-        node_netns: None,
-        reload: crate::pins::Reload::None,
-    })?;
-    let result = measure_packet_cost(&mut probes, fillers, repeat);
-    // Attached nowhere, pinned for nothing: remove it whatever happened.
-    if let Err(e) = probes.uninstall() {
-        log::warn!("removing the bench's probes: {e}");
-    }
-    if let Some(root) = pin_dir.parent() {
-        let _ = std::fs::remove_dir(root);
-    }
-    result
-}
-
-fn measure_packet_cost(probes: &mut Probes, fillers: usize, repeat: u32) -> Result<PacketCost, BenchError> {
+/// server endpoint: `runs` runs per case over `keys` sources of each kind
+/// (at most [`MAX_KEYS`]). Needs root; touches no interface.
+pub fn packet_cost(fillers: usize, keys: usize, runs: u64) -> Result<PacketCost, BenchError> {
+    let keys = keys.clamp(1, MAX_KEYS);
+    let mut h = Harness::load(testrun::config(abi::AGGREGATION_MEDIUM))?;
     // Test runs see the packet on the loopback device (ifindex 1).
-    let client = EndpointInfo { ifindex: 1, identity: 300, mac: [2; 6], node_mac: [6; 6], endpoint_id: 1, flags: 0 };
-    let server = EndpointInfo { ifindex: 1, identity: 301, mac: [2; 6], node_mac: [6; 6], endpoint_id: 2, flags: 0 };
-    let map_err = |map| move |source| BenchError::Map { map, source };
-    for (ip, ep) in [(CLIENT, client), (SERVER, server)] {
-        probes.endpoints.insert(EndpointKey { addr: ip.octets() }, ep, 0).map_err(map_err(abi::maps::ENDPOINTS))?;
-        probes
-            .ipcache
-            .insert(&LpmKey::new(32, IpcacheKey { addr: ip.octets() }), IpcacheValue { identity: ep.identity, tunnel_endpoint: [0; 4] }, 0)
-            .map_err(map_err(abi::maps::IPCACHE))?;
+    let ep = |identity, id| EndpointInfo { ifindex: 1, identity, mac: [2; 6], node_mac: [6; 6], endpoint_id: id, flags: 0 };
+    h.add_endpoint(SERVER, ep(SERVER_IDENTITY, 1))?;
+    // Allowed clients: role=client pods (one identity), one connection each.
+    let clients: Vec<SocketAddrV4> = (0..keys)
+        .map(|i| SocketAddrV4::new(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 201, 0, 0)) + i as u32), 20_000 + (i % 40_000) as u16))
+        .collect();
+    for (i, c) in clients.iter().enumerate() {
+        h.add_endpoint(*c.ip(), ep(CLIENT_IDENTITY, 2 + i as u16))?;
     }
-    let established = tcp_packet(40_000, 5201, abi::TCP_ACK);
-    // Without policy: establish, then time the established packet.
-    test_run(probes, &tcp_packet(40_000, 5201, abi::TCP_SYN), 1)?;
-    let no_policy_ns = test_run(probes, &established, repeat)?;
+    // Denied sources: pods of their own identity, spread over the range of
+    // the /32 rules.
+    let stride = fillers.max(keys) / keys;
+    let strangers: Vec<Ipv4Addr> = (0..keys).map(|i| filler_addr(i * stride)).collect();
+    for (i, s) in strangers.iter().enumerate() {
+        h.add_endpoint(*s, ep(1000 + i as u32, 2 + (keys + i) as u16))?;
+    }
+    let server = SocketAddrV4::new(SERVER, 5201);
+    let established: Vec<Vec<u8>> = clients.iter().map(|c| testrun::tcp(*c, server, abi::TCP_ACK, b"")).collect();
+    // Without policy: establish every connection, report its flags once,
+    // then time the established packets.
+    let syns: Vec<Vec<u8>> = clients.iter().map(|c| testrun::tcp(*c, server, abi::TCP_SYN, b"")).collect();
+    warm(&mut h, &syns)?;
+    warm(&mut h, &established)?;
+    let no_policy = measure(&mut h, &established, runs)?;
 
     let pods = [
         PodInfo {
@@ -197,42 +207,57 @@ fn measure_packet_cost(probes: &mut Probes, fillers: usize, repeat: u32) -> Resu
             name: "client".into(),
             ip: CLIENT,
             labels: BTreeMap::from([("role".into(), "client".into())]),
-            identity: client.identity,
+            identity: CLIENT_IDENTITY,
             ports: Vec::new(),
-            endpoint_id: Some(1),
+            endpoint_id: None,
         },
         PodInfo {
             namespace: "bench".into(),
             name: "server".into(),
             ip: SERVER,
             labels: BTreeMap::from([("role".into(), "server".into())]),
-            identity: server.identity,
+            identity: SERVER_IDENTITY,
             ports: vec![NamedPort { name: None, port: 5201, protocol: Protocol::Tcp }],
-            endpoint_id: Some(2),
+            endpoint_id: Some(1),
         },
     ];
-    let namespaces = BTreeMap::from([("bench".to_owned(), BTreeMap::new())]);
-    let policies = [filler_policy(fillers)];
-    let plan = compile(&PolicyInput { namespaces: &namespaces, pods: &pods, policies: &policies });
-    for ((len, key), value) in &plan.policy {
-        probes.policy.insert(&LpmKey::new(*len, *key), *value, 0).map_err(map_err(abi::maps::POLICY))?;
-    }
-    for ((len, key), value) in &plan.cidr {
-        probes.policy_cidr.insert(&LpmKey::new(*len, *key), *value, 0).map_err(map_err(abi::maps::POLICY_CIDR))?;
-    }
-    let server = EndpointInfo { flags: abi::EP_POLICY_INGRESS, ..server };
-    probes
-        .endpoints
-        .insert(EndpointKey { addr: SERVER.octets() }, server, 0)
-        .map_err(map_err(abi::maps::ENDPOINTS))?;
-    probes.bump_policy_revision()?;
+    let plan = h.apply_policy(&pods, &[filler_policy(fillers)])?;
 
-    // The established connection is decided once more (new revision), then
-    // runs on conntrack alone.
-    test_run(probes, &established, 1)?;
-    let established_ns = test_run(probes, &established, repeat)?;
-    let denied_syn_ns = test_run(probes, &tcp_packet(40_001, 9999, abi::TCP_SYN), repeat)?;
-    Ok(PacketCost { policy_entries: plan.policy.len() + plan.cidr.len(), denied_syn_ns, established_ns, no_policy_ns })
+    // Established connections are decided once more (new revision), then
+    // run on conntrack alone.
+    warm(&mut h, &established)?;
+    let established_packets = established;
+    let established = measure(&mut h, &established_packets, runs)?;
+    // Denied SYNs: a new source port on every pass over the sources.
+    let passes = runs.div_ceil(keys as u64) as usize;
+    let mut denied = Vec::with_capacity(keys * passes.min(8));
+    for pass in 0..passes.min(8) {
+        for s in &strangers {
+            let port = 30_000 + pass as u16;
+            denied.push(testrun::tcp(SocketAddrV4::new(*s, port), server, abi::TCP_SYN, b""));
+        }
+    }
+    let denied_syn = measure(&mut h, &denied, runs)?;
+    let one_key = |h: &mut Harness, packet: &[u8]| -> Result<f64, BenchError> {
+        let calls = (runs / ONE_KEY_REPEAT).max(1);
+        let mut total = 0u64;
+        for _ in 0..calls {
+            total += h.run_with(abi::programs::FROM_CONTAINER, packet, None, ONE_KEY_REPEAT as u32)?.mean_ns;
+            h.drain_with(|_| {});
+        }
+        Ok(total as f64 / calls as f64)
+    };
+    let denied_syn_one_key_ns = one_key(&mut h, &denied[0])?;
+    let established_one_key_ns = one_key(&mut h, &established_packets[0])?;
+    Ok(PacketCost {
+        policy_entries: plan.policy.len() + plan.cidr.len(),
+        keys,
+        denied_syn,
+        established,
+        no_policy,
+        denied_syn_one_key_ns,
+        established_one_key_ns,
+    })
 }
 
 /// Flows per second that `GetFlows` streams to one client over loopback,
@@ -273,7 +298,7 @@ pub async fn stream_rate(flows: usize, repeat: u32, transports: &[Transport]) ->
     use crate::flow::{FlowBuilder, Store};
     use crate::observer::{ObserverState, serve};
 
-    let io = |e: std::io::Error| BenchError::TestRun(e);
+    let io = BenchError::Io;
     let flows = flows.clamp(1, 65_535);
     let mut meta = Metadata { node_name: "node-1".into(), mono_to_unix_ns: 1_700_000_000_000_000_000, ..Metadata::default() };
     for i in 0..200u32 {
@@ -293,7 +318,7 @@ pub async fn stream_rate(flows: usize, repeat: u32, transports: &[Transport]) ->
             }),
         );
     }
-    let store = std::sync::Arc::new(Store::new(65_535).map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?);
+    let store = std::sync::Arc::new(Store::new(65_535).map_err(|e| BenchError::Io(std::io::Error::other(e)))?);
     let mut builder = FlowBuilder::new();
     let mut raw = Vec::with_capacity(flows);
     for i in 0..flows {
@@ -344,20 +369,20 @@ pub async fn stream_rate(flows: usize, repeat: u32, transports: &[Transport]) ->
         let channel = match &t.client {
             Some((tls, name)) => {
                 let connector = sightline_tls::Connector::new(std::sync::Arc::clone(tls), Some(name))
-                    .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?;
+                    .map_err(|e| BenchError::Io(std::io::Error::other(e)))?;
                 tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
+                    .map_err(|e| BenchError::Io(std::io::Error::other(e)))?
                     .connect_with_connector(connector)
                     .await
             }
             None => {
                 tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
+                    .map_err(|e| BenchError::Io(std::io::Error::other(e)))?
                     .connect()
                     .await
             }
         }
-        .map_err(|e| BenchError::TestRun(std::io::Error::other(format!("{} client: {e}", t.name))))?;
+        .map_err(|e| BenchError::Io(std::io::Error::other(format!("{} client: {e}", t.name))))?;
         clients.push(ObserverClient::new(channel).max_decoding_message_size(64 << 20));
     }
     let mask = prost_types::FieldMask {
@@ -378,11 +403,11 @@ pub async fn stream_rate(flows: usize, repeat: u32, transports: &[Transport]) ->
                 let mut stream = client
                     .get_flows(GetFlowsRequest { number: flows as u64, field_mask, ..GetFlowsRequest::default() })
                     .await
-                    .map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?
+                    .map_err(|e| BenchError::Io(std::io::Error::other(e)))?
                     .into_inner();
                 let mut n = 0usize;
                 while let Some(r) = stream.next().await {
-                    r.map_err(|e| BenchError::TestRun(std::io::Error::other(e)))?;
+                    r.map_err(|e| BenchError::Io(std::io::Error::other(e)))?;
                     n += 1;
                 }
                 rates[i].push(n as f64 / start.elapsed().as_secs_f64());
