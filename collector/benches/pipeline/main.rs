@@ -15,6 +15,18 @@
 //!   `pipeline/to_proto_masked` with the field mask `hubble observe` asks
 //!   for by default.
 //!
+//! - `ringbuf/*` (needs root; skipped with a message otherwise): the same
+//!   pipeline fed by the real ring buffer. The loaded `from_container`
+//!   program is the producer, run with `BPF_PROG_TEST_RUN` (aya's
+//!   `TestRun`, through `sightline_collector::testrun`) on packets between
+//!   the node's pods, at aggregation `none` (two trace events per run), so
+//!   the kernel writes real events into the real `EVENTS` ring buffer;
+//!   `ringbuf/produce` times that, `ringbuf/drain` (the baseline) times
+//!   taking them out with `RingBuf::next` and copying each record, and
+//!   `ringbuf/drain_decode_build_store` times the agent's drain: `next` →
+//!   `decode` → `FlowBuilder::build` → `Store::push`. The producer runs
+//!   outside the drains' timing.
+//!
 //! Events are generated deterministically (no randomness crate): mostly
 //! traces between pods, some policy verdicts, drops and traffic to the world.
 
@@ -200,7 +212,12 @@ fn built_flows(meta: &Metadata, bytes: &[u8]) -> Vec<Flow> {
         .collect()
 }
 
+/// When this run started (the first group), so that the summary reads
+/// only this run's estimates.
+static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+
 fn raw_drain(c: &mut Criterion) {
+    STARTED.get_or_init(std::time::SystemTime::now);
     let bytes = ring_bytes(BATCH);
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(BATCH as u64));
@@ -352,5 +369,209 @@ fn to_proto_bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, raw_drain, decode_build_store, decode_build_metrics_store, to_proto_bench);
+/// Runs of the producer per packet and distinct packets per iteration:
+/// 64 × 32 runs × 2 events = [`BATCH`] events.
+const RING_PAIRS: usize = 64;
+const RING_REPEAT: u32 = 32;
+
+/// The real ring buffer: see the crate comment. Skipped, saying so,
+/// without root.
+fn ringbuf(c: &mut Criterion) {
+    use std::net::SocketAddrV4;
+    let since = *STARTED.get_or_init(std::time::SystemTime::now);
+    use std::time::{Duration, Instant};
+
+    use sightline_collector::testrun::{self, Harness};
+
+    // SAFETY: geteuid(2) has no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("ringbuf/*: SKIPPED: needs root (loads the eBPF probes and runs them with BPF_PROG_TEST_RUN)");
+        return;
+    }
+    let mut config = testrun::config(abi::AGGREGATION_NONE);
+    // No consumer waits on the ring buffer here: submit without wake-ups
+    // (their cost is the datapath's, not the pipeline's).
+    config.wakeup_bytes = u32::MAX;
+    let mut h = match Harness::load(config) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("ringbuf/*: SKIPPED: loading the probes failed: {e}");
+            return;
+        }
+    };
+    for i in 0..LOCAL_PODS {
+        let info = abi::EndpointInfo {
+            ifindex: 1,
+            identity: 256 + i % 120,
+            mac: [2, 0, 0, 0, 0, i as u8],
+            node_mac: [6; 6],
+            endpoint_id: i as u16 + 1,
+            flags: 0,
+        };
+        h.add_endpoint(pod_ip(i), info).expect("endpoint");
+    }
+    for i in LOCAL_PODS..PODS {
+        h.add_ipcache(pod_ip(i), 32, 256 + i % 120).expect("ipcache");
+    }
+    // From a local pod to a local pod (TO_LXC) or one of another node
+    // (TO_STACK), each pair its own established connection.
+    let packets: Vec<Vec<u8>> = (0..RING_PAIRS as u32)
+        .map(|k| {
+            let src = SocketAddrV4::new(pod_ip(k % LOCAL_PODS), 30_000 + k as u16);
+            let dst = SocketAddrV4::new(pod_ip((k * 7 + 3) % PODS), [80, 443, 5432][k as usize % 3]);
+            testrun::tcp(src, dst, abi::TCP_ACK | abi::TCP_PSH, b"0123456789")
+        })
+        .collect();
+    let produce = |h: &mut Harness| {
+        for p in &packets {
+            h.run_with(abi::programs::FROM_CONTAINER, p, None, RING_REPEAT).expect("BPF_PROG_TEST_RUN");
+        }
+    };
+    // The first round opens the connections (and writes their policy
+    // verdicts); the second checks what the kernel writes decodes, and
+    // how many.
+    produce(&mut h);
+    h.drain_with(|_| {});
+    produce(&mut h);
+    let events = h.events();
+    assert_eq!(events.len(), BATCH, "two traces per run at aggregation none");
+    let meta = metadata();
+    let store = Store::default();
+    let mut builder = FlowBuilder::new();
+    for ev in &events {
+        store.push(builder.build(ev, &meta));
+    }
+    for _ in 0..(store.capacity() / BATCH + 1) {
+        produce(&mut h);
+        h.drain_with(|b| {
+            if let Ok(ev) = decode(b) {
+                store.push(builder.build(&ev, &meta));
+            }
+        });
+    }
+
+    let mut group = c.benchmark_group("ringbuf");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("produce", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                produce(&mut h);
+                total += start.elapsed();
+                assert_eq!(h.drain_with(|_| {}), BATCH);
+            }
+            total
+        });
+    });
+    group.bench_function("drain", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                produce(&mut h);
+                let start = Instant::now();
+                let n = h.drain_with(|bytes| {
+                    let mut record = [0u8; EVENT_SIZE];
+                    record.copy_from_slice(&bytes[..EVENT_SIZE]);
+                    black_box(&record);
+                });
+                total += start.elapsed();
+                assert_eq!(n, BATCH);
+            }
+            total
+        });
+    });
+    group.bench_function("drain_decode_build_store", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                produce(&mut h);
+                let start = Instant::now();
+                let n = h.drain_with(|bytes| {
+                    if let Ok(ev) = decode(bytes) {
+                        store.push(builder.build(&ev, &meta));
+                    }
+                });
+                total += start.elapsed();
+                assert_eq!(n, BATCH);
+            }
+            total
+        });
+    });
+    group.finish();
+    assert_eq!(h.counter(abi::COUNTER_EVENTS_LOST), 0, "the drains kept up: no event lost");
+    ringbuf_summary(since);
+}
+
+/// Where criterion writes its results: `$CRITERION_HOME`, or `criterion/`
+/// in the target folder.
+fn criterion_dir() -> Option<std::path::PathBuf> {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return Some(home.into());
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(std::path::PathBuf::from(target).join("criterion"));
+    }
+    // target/<profile>/deps/pipeline-<hash>
+    std::env::current_exe().ok()?.ancestors().nth(3).map(|t| t.join("criterion"))
+}
+
+/// Nanoseconds per iteration of a bench measured since `since`, from
+/// criterion's estimates (the regression slope, or the mean).
+fn estimate(group: &str, name: &str, since: std::time::SystemTime) -> Option<f64> {
+    let path = criterion_dir()?.join(group).join(name).join("new").join("estimates.json");
+    if std::fs::metadata(&path).ok()?.modified().ok()? < since {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    v["slope"]["point_estimate"].as_f64().or_else(|| v["mean"]["point_estimate"].as_f64())
+}
+
+/// The ring-buffer table from this run's estimates; with
+/// `SIGHTLINE_BENCH_WRITE=docs/PERFORMANCE.md` also written there.
+fn ringbuf_summary(since: std::time::SystemTime) {
+    use std::fmt::Write as _;
+    let Some(base) = estimate("ringbuf", "drain", since) else { return };
+    let rows = [
+        ("ringbuf", "drain", "real ring buffer: `RingBuf::next`, each 112-byte record copied (baseline)"),
+        ("ringbuf", "drain_decode_build_store", "real ring buffer: `next` → decode → build the flow → store"),
+        ("ringbuf", "produce", "the kernel writing them: `from_container` under `BPF_PROG_TEST_RUN`, 2 events per run"),
+        ("pipeline", "raw_drain", "synthetic: copying records out of a byte buffer (the old baseline)"),
+        ("pipeline", "decode_build_store", "synthetic: decode → build → store over 300 pods' mix"),
+    ];
+    let mut out = String::new();
+    let _ = writeln!(out, "| bench | what | per event | events/s | vs `ringbuf/drain` |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for (group, name, what) in rows {
+        let Some(ns) = estimate(group, name, since) else { continue };
+        let per = ns / BATCH as f64;
+        let _ = writeln!(out, "| `{group}/{name}` | {what} | {per:.1} ns | {:.2} M/s | {:.1}× |", 1e3 / per, ns / base);
+    }
+    println!("\n{out}");
+    if let Ok(file) = std::env::var("SIGHTLINE_BENCH_WRITE") {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&file);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let load: Vec<&str> = load.split_whitespace().take(3).collect();
+        let section = format!(
+            "<!-- bench:pipeline-ringbuf:start -->\nMeasured by `SIGHTLINE_BENCH_WRITE={file} cargo bench -p sightline-collector --bench pipeline` as root \
+             ({cpus} CPUs, Linux {}, load average {} at the end; wall time; {BATCH} events per iteration, same run).\n\n{out}<!-- bench:pipeline-ringbuf:end -->",
+            kernel.trim(),
+            load.join(" "),
+        );
+        let (start, end) = ("<!-- bench:pipeline-ringbuf:start -->", "<!-- bench:pipeline-ringbuf:end -->");
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let new = match (text.find(start), text.find(end)) {
+            (Some(a), Some(b)) if a < b => format!("{}{section}{}", &text[..a], &text[b + end.len()..]),
+            _ => format!("{}\n\n{section}\n", text.trim_end()),
+        };
+        match std::fs::write(&path, new) {
+            Ok(()) => println!("figures written to {}", path.display()),
+            Err(e) => eprintln!("writing {}: {e}", path.display()),
+        }
+    }
+}
+
+criterion_group!(benches, raw_drain, decode_build_store, decode_build_metrics_store, to_proto_bench, ringbuf);
 criterion_main!(benches);
