@@ -18,7 +18,15 @@ if [ "${CI:-}" = "true" ]; then
     include_ignored=(--include-ignored)
 fi
 
+# A clean clone builds once: incremental state would only take disk.
+if [ "${CI:-}" = "true" ]; then
+    export CARGO_INCREMENTAL=0
+fi
+disk() { echo "test: disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free, target $(du -sh target 2>/dev/null | cut -f1)" >&2; }
+disk
+trap disk EXIT
 cargo build --workspace --all-targets
+disk
 # The container image's static binaries (about 11 CPU minutes, a profile of
 # its own); tests/tests/image.rs builds the image from them with buildah.
 bash scripts/image.sh binaries
