@@ -838,7 +838,7 @@ fn apply_locked(shared: &Shared, state: &NodeState) -> Result<(), String> {
     crate::guard::check_state(state, &scope, |ifname| loader::ifindex_in(&netns, ifname).is_ok()).map_err(|e| e.to_string())?;
     let remote = Arc::clone(&shared.remote.lock().expect("remote endpoints"));
     let effective = crate::kvstore::slices::effective_state(state, &remote);
-    let next = datapath::plan(
+    let mut next = datapath::plan(
         &effective,
         |ifname| loader::ifindex_in(&netns, ifname),
         netns_inode,
@@ -846,6 +846,7 @@ fn apply_locked(shared: &Shared, state: &NodeState) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut inner = shared.inner.lock().expect("datapath lock");
     let prev = inner.plan.clone();
+    next.keep_service_numbers(&prev).map_err(|e| e.to_string())?;
     let base = Arc::clone(&shared.meta.read().expect("metadata lock"));
     let result = datapath::apply(&mut inner.probes, &netns, &prev, &next);
     // Whatever was written is what the maps hold now: keep the plan true

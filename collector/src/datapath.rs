@@ -14,7 +14,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use sightline_abi as abi;
 use sightline_abi::{EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, ServiceKey, ServiceValue};
 
-use crate::decoder::{Metadata, PodMeta};
+use crate::decoder::{Frontend, Metadata, PodMeta, ServiceMeta};
 use crate::loader::{LoaderError, Probes};
 use crate::policy::compiler::{NamedPort, PodInfo, PolicyInput, PolicyPlan, compile};
 use crate::policy::model::Protocol;
@@ -93,7 +93,7 @@ fn plan_services(desired: &NodeState) -> Result<BTreeMap<ServiceKey, ServiceValu
                             .find(|c| c.name.as_deref() == Some(wanted.as_str()) && c.protocol == port.protocol)?
                             .port,
                     };
-                    Some(ServiceValue { addr: pod.ip.octets(), port: target, count: 0 })
+                    Some(ServiceValue { addr: pod.ip.octets(), port: target, ..ServiceValue::default() })
                 })
                 .collect();
             let count = u16::try_from(backends.len()).map_err(|_| format!("{name}: more than 65535 backends"))?;
@@ -105,13 +105,63 @@ fn plan_services(desired: &NodeState) -> Result<BTreeMap<ServiceKey, ServiceValu
                 slot,
                 _pad2: [0; 2],
             };
-            entries.insert(key(0), ServiceValue { addr: [0; 4], port: 0, count });
+            entries.insert(key(0), ServiceValue { count, ..ServiceValue::default() });
             for (slot, backend) in (1..=count).zip(backends) {
                 entries.insert(key(slot), backend);
             }
         }
     }
+    number_services(&mut entries, &BTreeMap::new())?;
     Ok(entries)
+}
+
+/// Numbers the service ports (frontends) of `services` for events to name
+/// them (`ServiceValue::service_id`, written in every slot): a frontend
+/// that `prev` holds keeps its number, so that connections and events in
+/// flight keep naming it across applies and collector restarts (`current`
+/// reads the numbers back); a new one gets the first number after the
+/// highest `prev` or this plan uses, wrapping around, never one `prev`
+/// used, so a deleted service's number is not handed to another at once.
+fn number_services(
+    services: &mut BTreeMap<ServiceKey, ServiceValue>,
+    prev: &BTreeMap<ServiceKey, ServiceValue>,
+) -> Result<(), String> {
+    let frontend = |k: &ServiceKey| ServiceKey { slot: 0, ..*k };
+    let kept: BTreeMap<ServiceKey, u16> = services
+        .keys()
+        .filter(|k| k.slot == 0)
+        .filter_map(|k| prev.get(k).filter(|v| v.service_id != 0).map(|v| (*k, v.service_id)))
+        .collect();
+    let mut used: BTreeSet<u16> =
+        prev.iter().filter(|(k, v)| k.slot == 0 && v.service_id != 0).map(|(_, v)| v.service_id).collect();
+    used.extend(kept.values());
+    let mut last = used.last().copied().unwrap_or(0);
+    let mut numbers = kept;
+    for key in services.keys().filter(|k| k.slot == 0) {
+        if numbers.contains_key(key) {
+            continue;
+        }
+        let next = (1..=u16::MAX)
+            .map(|step| ((u32::from(last) + u32::from(step) - 1) % u32::from(u16::MAX) + 1) as u16)
+            .find(|n| !used.contains(n))
+            .ok_or_else(|| "more than 65535 service ports".to_owned())?;
+        used.insert(next);
+        numbers.insert(*key, next);
+        last = next;
+    }
+    for (key, value) in services.iter_mut() {
+        value.service_id = numbers.get(&frontend(key)).copied().unwrap_or(0);
+    }
+    Ok(())
+}
+
+impl Plan {
+    /// Renumbers this plan's service ports over `prev` (the plan in the
+    /// maps), keeping the numbers of the frontends both have; call it before
+    /// `apply` and `metadata`.
+    pub fn keep_service_numbers(&mut self, prev: &Plan) -> Result<(), DatapathError> {
+        number_services(&mut self.services, &prev.services).map_err(DatapathError::Invalid)
+    }
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -442,6 +492,29 @@ pub fn metadata(desired: &NodeState, plan: &Plan, base: &Metadata) -> Metadata {
         meta.interfaces.insert(*index, dev.clone());
     }
     meta.pods = pods;
+    // Service ports by their numbers, named after the desired services.
+    let mut names: BTreeMap<(Ipv4Addr, u16, u8), Arc<ServiceMeta>> = BTreeMap::new();
+    for svc in &desired.services {
+        let shared = Arc::new(ServiceMeta { namespace: svc.namespace.clone(), name: svc.name.clone() });
+        for port in &svc.ports {
+            let protocol = match port.protocol {
+                Protocol::Tcp => abi::IPPROTO_TCP,
+                Protocol::Udp => abi::IPPROTO_UDP,
+                Protocol::Sctp => abi::IPPROTO_SCTP,
+            };
+            names.insert((svc.cluster_ip, port.port, protocol), Arc::clone(&shared));
+        }
+    }
+    for (key, value) in plan.services.iter().filter(|(k, v)| k.slot == 0 && v.service_id != 0) {
+        let addr = Ipv4Addr::from(key.addr);
+        let Some(service) = names.get(&(addr, key.port, key.protocol)) else { continue };
+        let frontend = Frontend { service: Arc::clone(service), addr, port: key.port, protocol: key.protocol };
+        meta.services.insert(value.service_id, frontend);
+        let by_addr = meta.frontends.entry((addr, key.port)).or_insert(value.service_id);
+        if key.protocol == abi::IPPROTO_TCP {
+            *by_addr = value.service_id;
+        }
+    }
     meta.policy_sets = plan.policy.policy_sets.clone();
     for (id, p) in &plan.policy.endpoints {
         meta.selected_by.insert((*id, abi::DIR_INGRESS), p.ingress_selected_by.clone());
@@ -496,6 +569,60 @@ mod tests {
     }
 
     #[test]
+    fn service_numbers_are_kept_across_plans() {
+        let key = |last: u8, port: u16, slot: u16| ServiceKey {
+            addr: [10, 96, 0, last],
+            port,
+            protocol: abi::IPPROTO_TCP,
+            slot,
+            ..ServiceKey::default()
+        };
+        let frontend = |entries: &mut BTreeMap<ServiceKey, ServiceValue>, last: u8, port: u16| {
+            entries.insert(key(last, port, 0), ServiceValue { count: 1, ..ServiceValue::default() });
+            entries.insert(key(last, port, 1), ServiceValue { addr: [10, 244, 1, last], port, ..ServiceValue::default() });
+        };
+        let id = |entries: &BTreeMap<ServiceKey, ServiceValue>, last: u8, port: u16| {
+            let id = entries[&key(last, port, 0)].service_id;
+            assert_eq!(entries[&key(last, port, 1)].service_id, id, "every slot carries the number");
+            id
+        };
+        let mut first = BTreeMap::new();
+        frontend(&mut first, 1, 80);
+        frontend(&mut first, 2, 80);
+        frontend(&mut first, 3, 80);
+        number_services(&mut first, &BTreeMap::new()).unwrap();
+        assert_eq!([id(&first, 1, 80), id(&first, 2, 80), id(&first, 3, 80)], [1, 2, 3]);
+
+        // 10.96.0.1 goes, 10.96.0.0 comes (before the others in key order):
+        // the others keep theirs, the new one gets a number nobody had.
+        let mut second = BTreeMap::new();
+        frontend(&mut second, 0, 80);
+        frontend(&mut second, 2, 80);
+        frontend(&mut second, 3, 80);
+        number_services(&mut second, &first).unwrap();
+        assert_eq!([id(&second, 0, 80), id(&second, 2, 80), id(&second, 3, 80)], [4, 2, 3]);
+
+        // Through the plan: a plan renumbered over the plan in force keeps
+        // the numbers in force.
+        let mut next = Plan { services: second.clone(), ..Plan::default() };
+        number_services(&mut next.services, &BTreeMap::new()).unwrap();
+        assert_eq!(id(&next.services, 0, 80), 1);
+        next.keep_service_numbers(&Plan { services: second.clone(), ..Plan::default() }).unwrap();
+        assert_eq!(next.services, second);
+
+        // Wrapping around: after 65535 comes the lowest free number.
+        let mut prev = BTreeMap::new();
+        frontend(&mut prev, 9, 80);
+        prev.get_mut(&key(9, 80, 0)).unwrap().service_id = u16::MAX;
+        frontend(&mut prev, 8, 80);
+        prev.get_mut(&key(8, 80, 0)).unwrap().service_id = 1;
+        let mut next = prev.clone();
+        frontend(&mut next, 7, 80);
+        number_services(&mut next, &prev).unwrap();
+        assert_eq!([id(&next, 7, 80), id(&next, 8, 80), id(&next, 9, 80)], [2, 1, u16::MAX]);
+    }
+
+    #[test]
     fn plans_service_backends_from_selected_pods() {
         use crate::state::{ContainerPort, Pod, Service, ServicePort};
         let pod = |ns: &str, name: &str, ip: [u8; 4], app: &str, named: Option<u16>| Pod {
@@ -531,19 +658,31 @@ mod tests {
         }];
         let p = plan(&s, |_| Ok(7), |_| Ok(1)).unwrap();
         let key = |port: u16, protocol: u8, slot: u16| ServiceKey { addr: [10, 96, 0, 10], port, protocol, _pad: 0, slot, _pad2: [0; 2] };
-        let value = |addr: [u8; 4], port: u16| ServiceValue { addr, port, count: 0 };
+        // Frontends are numbered in key order: 53/UDP is 1, 80/TCP is 2.
+        let value = |addr: [u8; 4], port: u16, service_id: u16| ServiceValue { addr, port, service_id, ..ServiceValue::default() };
+        let count = |count: u16, service_id: u16| ServiceValue { count, service_id, ..ServiceValue::default() };
         let expected = BTreeMap::from([
             // The named port resolves per pod; web-3 has no such port.
-            (key(80, abi::IPPROTO_TCP, 0), ServiceValue { addr: [0; 4], port: 0, count: 2 }),
-            (key(80, abi::IPPROTO_TCP, 1), value([10, 244, 1, 11], 8081)),
-            (key(80, abi::IPPROTO_TCP, 2), value([10, 244, 1, 12], 8080)),
+            (key(80, abi::IPPROTO_TCP, 0), count(2, 2)),
+            (key(80, abi::IPPROTO_TCP, 1), value([10, 244, 1, 11], 8081, 2)),
+            (key(80, abi::IPPROTO_TCP, 2), value([10, 244, 1, 12], 8080, 2)),
             // A numbered port: every selected pod of the namespace.
-            (key(53, abi::IPPROTO_UDP, 0), ServiceValue { addr: [0; 4], port: 0, count: 3 }),
-            (key(53, abi::IPPROTO_UDP, 1), value([10, 244, 1, 11], 5353)),
-            (key(53, abi::IPPROTO_UDP, 2), value([10, 244, 1, 12], 5353)),
-            (key(53, abi::IPPROTO_UDP, 3), value([10, 244, 1, 13], 5353)),
+            (key(53, abi::IPPROTO_UDP, 0), count(3, 1)),
+            (key(53, abi::IPPROTO_UDP, 1), value([10, 244, 1, 11], 5353, 1)),
+            (key(53, abi::IPPROTO_UDP, 2), value([10, 244, 1, 12], 5353, 1)),
+            (key(53, abi::IPPROTO_UDP, 3), value([10, 244, 1, 13], 5353, 1)),
         ]);
         assert_eq!(p.services, expected);
+
+        // The metadata names each frontend by its number and by address.
+        let meta = metadata(&s, &p, &Metadata::default());
+        let web = &meta.services[&2];
+        assert_eq!((web.service.namespace.as_str(), web.service.name.as_str()), ("x", "web"));
+        assert_eq!((web.addr, web.port, web.protocol), (Ipv4Addr::new(10, 96, 0, 10), 80, abi::IPPROTO_TCP));
+        assert!(Arc::ptr_eq(&meta.services[&1].service, &web.service), "one service, shared by its ports");
+        assert_eq!(meta.frontends.get(&(Ipv4Addr::new(10, 96, 0, 10), 80)), Some(&2));
+        assert_eq!(meta.frontends.get(&(Ipv4Addr::new(10, 96, 0, 10), 53)), Some(&1));
+        assert_eq!(meta.frontends.len(), 2, "SCTP ports are not load-balanced: {:?}", meta.frontends);
 
         // An empty selector selects nothing: the service drops.
         s.services[0].selector.clear();

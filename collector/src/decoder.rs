@@ -56,9 +56,24 @@ pub struct Metadata {
     pub policy_sets: BTreeMap<u32, Vec<String>>,
     /// (endpoint id, direction) → the policies that select the endpoint.
     pub selected_by: BTreeMap<(u16, u8), Vec<String>>,
+    /// Service ports (frontends) by their number (`Event::service_id`).
+    pub services: BTreeMap<u16, Frontend>,
+    /// Frontend numbers by address and port, a TCP port before a UDP one
+    /// (Hubble's lookup of a flow's address).
+    pub frontends: BTreeMap<(Ipv4Addr, u16), u16>,
 }
 
-pub use sightline_flow::PodMeta;
+pub use sightline_flow::{PodMeta, ServiceMeta};
+
+/// One service port as the datapath load-balances it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    /// The service, shared by its ports and by the flows that name it.
+    pub service: Arc<ServiceMeta>,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub protocol: u8,
+}
 
 /// One side of a record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,6 +63,9 @@ fn flow(i: u64) -> Flow {
         allowed_by: None,
         denied_by: None,
         counters: [1, 60, 0, 0],
+        source_service: None,
+        destination_service: None,
+        source_xlated: None,
     }
 }
 

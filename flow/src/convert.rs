@@ -17,8 +17,7 @@
 //! job) nor filter flows: it only spells them in protobuf.
 //!
 //! Sub-paths into parts Sightline never fills (`ethernet`, `l7`, `tunnel`,
-//! `source_service`, …) are accepted and keep nothing, since those parts are
-//! always empty.
+//! …) are accepted and keep nothing, since those parts are always empty.
 
 use std::collections::BTreeMap;
 use std::collections::HashMap;
@@ -30,7 +29,7 @@ use sightline_proto::FlowCounters;
 use sightline_proto::flow as pb;
 
 use crate::numbers::{TRAFFIC_DIRECTION_EGRESS, TRAFFIC_DIRECTION_INGRESS};
-use crate::record::{Flow, Side};
+use crate::record::{Flow, ServiceMeta, Side};
 
 /// `Emitter.name` of Sightline's flows.
 pub const EMITTER_NAME: &str = "Sightline";
@@ -233,10 +232,12 @@ enum Top {
     Extensions,
     DropReason,
     Reply,
+    SourceService,
+    DestinationService,
 }
 
 /// Proto names of [`Top`]'s fields, in its order.
-const TOP_NAMES: [&str; 25] = [
+const TOP_NAMES: [&str; 27] = [
     "time",
     "uuid",
     "emitter",
@@ -262,6 +263,8 @@ const TOP_NAMES: [&str; 25] = [
     "extensions",
     "drop_reason",
     "reply",
+    "source_service",
+    "destination_service",
 ];
 
 /// What a mask keeps of `flow.Flow`'s top-level fields.
@@ -451,6 +454,16 @@ pub fn to_proto(flow: &Flow, node_name: &str, mask: Option<&FieldMask>) -> pb::F
     if k(Top::Destination).any() {
         out.destination = Some(endpoint(&flow.destination, k(Top::Destination)));
     }
+    if let Some(s) = &flow.source_service
+        && k(Top::SourceService).any()
+    {
+        out.source_service = Some(service(s, k(Top::SourceService)));
+    }
+    if let Some(s) = &flow.destination_service
+        && k(Top::DestinationService).any()
+    {
+        out.destination_service = Some(service(s, k(Top::DestinationService)));
+    }
     if k(Top::Type).any() {
         out.r#type = pb::FlowType::L3L4 as i32;
     }
@@ -572,7 +585,17 @@ fn ip(flow: &Flow, keep: Keep<'_>) -> pb::Ip {
         destination: if keep.has("destination") { flow.destination.ip.to_string() } else { String::new() },
         ip_version: if keep.has("ipVersion") { version as i32 } else { 0 },
         encrypted: false,
-        source_xlated: String::new(),
+        source_xlated: match flow.source_xlated {
+            Some(ip) if keep.has("source_xlated") => ip.to_string(),
+            _ => String::new(),
+        },
+    }
+}
+
+fn service(s: &ServiceMeta, keep: Keep<'_>) -> pb::Service {
+    pb::Service {
+        name: if keep.has("name") { s.name.clone() } else { String::new() },
+        namespace: if keep.has("namespace") { s.namespace.clone() } else { String::new() },
     }
 }
 
@@ -862,7 +885,48 @@ mod tests {
             allowed_by: Some(Arc::from(["x/allow-web".to_owned(), "cluster-wide".to_owned()])),
             denied_by: None,
             counters: [3, 180, 2, 120],
+            source_service: None,
+            destination_service: None,
+            source_xlated: None,
         }
+    }
+
+    fn web() -> Arc<ServiceMeta> {
+        Arc::new(ServiceMeta { namespace: "x".into(), name: "web".into() })
+    }
+
+    #[test]
+    fn services_and_the_translated_source() {
+        let plain = to_proto(&flow(), "node-1", None);
+        assert_eq!((plain.source_service, plain.destination_service), (None, None));
+        assert_eq!(plain.ip.expect("IP").source_xlated, "");
+
+        let to_service = Flow { destination_service: Some(web()), ..flow() };
+        let p = to_proto(&to_service, "node-1", None);
+        assert_eq!(p.destination_service, Some(pb::Service { name: "web".into(), namespace: "x".into() }));
+        assert_eq!(p.source_service, None);
+
+        let reply = Flow {
+            source_service: Some(web()),
+            source_xlated: Some(Ipv4Addr::new(10, 96, 0, 10)),
+            ..flow()
+        };
+        let p = to_proto(&reply, "node-1", None);
+        assert_eq!(p.source_service, Some(pb::Service { name: "web".into(), namespace: "x".into() }));
+        let ip = p.ip.expect("IP");
+        assert_eq!((ip.source.as_str(), ip.source_xlated.as_str()), ("10.244.1.2", "10.96.0.10"));
+
+        // Masks keep what they name.
+        let mask = FieldMask::new(["destination_service.name", "IP.source_xlated"]).unwrap();
+        let p = to_proto(&Flow { destination_service: Some(web()), ..reply.clone() }, "node-1", Some(&mask));
+        assert_eq!(p.destination_service, Some(pb::Service { name: "web".into(), namespace: String::new() }));
+        assert_eq!(p.source_service, None);
+        let ip = p.ip.as_ref().expect("IP");
+        assert_eq!((ip.source.as_str(), ip.source_xlated.as_str()), ("", "10.96.0.10"));
+        // The same as pruning the whole protobuf.
+        let mut whole = to_proto(&Flow { destination_service: Some(web()), ..reply }, "node-1", None);
+        mask.prune(&mut whole);
+        assert_eq!(whole, p);
     }
 
     #[test]
@@ -1056,7 +1120,8 @@ mod tests {
         for name in TOP_NAMES {
             validate(name).unwrap_or_else(|e| panic!("{e}"));
         }
-        assert_eq!(Top::Reply as usize, TOP_NAMES.len() - 1);
+        assert_eq!(Top::DestinationService as usize, TOP_NAMES.len() - 1);
+        assert_eq!(TOP_NAMES[Top::SourceService as usize], "source_service");
         assert_eq!(TOP_NAMES[Top::L4 as usize], "l4");
         assert_eq!(TOP_NAMES[Top::IngressDeniedBy as usize], "ingress_denied_by");
     }

@@ -28,8 +28,9 @@
 //! - `source_ip`, `destination_ip`: an address (equal) or a CIDR (contains;
 //!   host bits may be set, as Go's parser allows), IPv4 or IPv6; addresses
 //!   are compared parsed, not as strings. `source_ip_xlated` is checked the
-//!   same way but Sightline never translates addresses, so it matches
-//!   nothing.
+//!   same way against the flow's `IP.source_xlated` (a service's reply
+//!   translated back to the service address); a flow without one never
+//!   matches.
 //! - `source_pod`, `destination_pod`: `ns/prefix` (a pod of namespace `ns`
 //!   whose name starts with `prefix`), `ns/` (any pod of `ns`), `/prefix`
 //!   (any namespace, Cilium ≥ 1.15), `/` (any pod), and, as in Hubble (whose
@@ -50,8 +51,9 @@
 //!   an empty value). As in Cilium, the first label with the key gives the
 //!   value; `!=`, `notin` and `!k` match a side without the key. The empty
 //!   selector matches every flow, as in Kubernetes.
-//! - `source_service`, `destination_service`: checked like pod names, but
-//!   flows carry no service yet, so a set field matches nothing.
+//! - `source_service`, `destination_service`: checked like pod names,
+//!   against the flow's service on that side (namespace and name); a side
+//!   without a service never matches.
 //! - `source_workload`, `destination_workload`: lab pods have no controllers,
 //!   so a set field matches nothing.
 //! - `source_cluster_name`, `destination_cluster_name`: exact names (empty is
@@ -228,6 +230,10 @@ impl FlowFilters {
 trait FlowView {
     fn uuid(&self) -> std::borrow::Cow<'_, str>;
     fn ip(&self, end: End) -> Option<IpAddr>;
+    /// `IP.source_xlated`, when the flow has one.
+    fn ip_xlated(&self) -> Option<IpAddr>;
+    /// `(namespace, name)` of the side's service, when it has one.
+    fn service(&self, end: End) -> Option<(&str, &str)>;
     /// `(namespace, pod name)` when the side is a pod.
     fn pod(&self, end: End) -> Option<(&str, &str)>;
     /// The labels the side is matched on: its pod's, else its identity's.
@@ -273,6 +279,16 @@ impl FlowView for Compact<'_> {
     }
     fn ip(&self, end: End) -> Option<IpAddr> {
         Some(self.side(end).ip)
+    }
+    fn ip_xlated(&self) -> Option<IpAddr> {
+        self.flow.source_xlated.map(IpAddr::V4)
+    }
+    fn service(&self, end: End) -> Option<(&str, &str)> {
+        let service = match end {
+            End::Source => &self.flow.source_service,
+            End::Destination => &self.flow.destination_service,
+        };
+        service.as_deref().map(|s| (s.namespace.as_str(), s.name.as_str())).filter(|(ns, name)| !ns.is_empty() || !name.is_empty())
     }
     fn pod(&self, end: End) -> Option<(&str, &str)> {
         self.side(end).pod.as_deref().map(|p| (p.namespace.as_str(), p.name.as_str()))
@@ -346,6 +362,16 @@ impl FlowView for pb::Flow {
             End::Source => ip.source.parse().ok(),
             End::Destination => ip.destination.parse().ok(),
         }
+    }
+    fn ip_xlated(&self) -> Option<IpAddr> {
+        self.ip.as_ref()?.source_xlated.parse().ok()
+    }
+    fn service(&self, end: End) -> Option<(&str, &str)> {
+        let service = match end {
+            End::Source => self.source_service.as_ref(),
+            End::Destination => self.destination_service.as_ref(),
+        };
+        service.map(|s| (s.namespace.as_str(), s.name.as_str())).filter(|(ns, name)| !ns.is_empty() || !name.is_empty())
     }
     fn pod(&self, end: End) -> Option<(&str, &str)> {
         endpoint(self, end).filter(|e| !e.pod_name.is_empty()).map(|e| (e.namespace.as_str(), e.pod_name.as_str()))
@@ -453,7 +479,10 @@ enum Check {
     Never,
     Uuid(Vec<String>),
     Ip(End, Vec<IpNet>),
+    /// `source_ip_xlated`.
+    IpXlated(Vec<IpNet>),
     Pod(End, Vec<PodName>),
+    Service(End, Vec<PodName>),
     Label(End, Vec<Selector>),
     /// `cluster_name` listing `default`: the side has a pod.
     InCluster(End),
@@ -491,8 +520,7 @@ impl Filter {
             }
         }
         if !f.source_ip_xlated.is_empty() {
-            ips(&f.source_ip_xlated, at("source_ip_xlated"))?;
-            never = true;
+            checks.push(Check::IpXlated(ips(&f.source_ip_xlated, at("source_ip_xlated"))?));
         }
         for (end, values, field) in
             [(End::Source, &f.source_pod, "source_pod"), (End::Destination, &f.destination_pod, "destination_pod")]
@@ -501,11 +529,12 @@ impl Filter {
                 checks.push(Check::Pod(end, names(values, at(field))?));
             }
         }
-        for (values, field) in [(&f.source_service, "source_service"), (&f.destination_service, "destination_service")]
-        {
+        for (end, values, field) in [
+            (End::Source, &f.source_service, "source_service"),
+            (End::Destination, &f.destination_service, "destination_service"),
+        ] {
             if !values.is_empty() {
-                names(values, at(field))?;
-                never = true;
+                checks.push(Check::Service(end, names(values, at(field))?));
             }
         }
         for (end, values, field) in [
@@ -653,8 +682,12 @@ impl Check {
                 ids.iter().any(|i| *i == *id)
             }
             Check::Ip(end, nets) => flow.ip(*end).is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
+            Check::IpXlated(nets) => flow.ip_xlated().is_some_and(|ip| nets.iter().any(|n| n.contains(ip))),
             Check::Pod(end, names) => {
                 flow.pod(*end).is_some_and(|(namespace, name)| names.iter().any(|n| n.matches(namespace, name)))
+            }
+            Check::Service(end, names) => {
+                flow.service(*end).is_some_and(|(namespace, name)| names.iter().any(|n| n.matches(namespace, name)))
             }
             Check::Label(end, selectors) => {
                 let labels = flow.labels(*end);
@@ -1622,8 +1655,16 @@ mod tests {
     }
 
     #[test]
-    fn ip_xlated_is_checked_and_matches_nothing() {
-        assert!(!selects(&ff(|f| f.source_ip_xlated = strings(&["0.0.0.0/0"])), &flow()));
+    fn ip_xlated() {
+        let xlated = |v: &[&str]| ff(|f| f.source_ip_xlated = strings(v));
+        // A flow without a translated source never matches.
+        assert!(!selects(&xlated(&["0.0.0.0/0"]), &flow()));
+        let reply = Flow { source_xlated: Some("10.96.0.10".parse().unwrap()), ..flow() };
+        assert!(selects(&xlated(&["10.96.0.10"]), &reply));
+        assert!(selects(&xlated(&["10.96.0.0/16", "fd00::/8"]), &reply));
+        assert!(!selects(&xlated(&["10.96.0.11"]), &reply));
+        // The untranslated source is not the translated one.
+        assert!(!selects(&xlated(&["10.0.0.1"]), &reply));
         assert_eq!(
             error(&ff(|f| f.source_ip_xlated = strings(&["x"]))),
             r#"whitelist[0].source_ip_xlated: "x" is not an IP address or CIDR"#
@@ -1661,9 +1702,39 @@ mod tests {
     }
 
     #[test]
-    fn services_and_workloads_match_nothing() {
-        assert!(!selects(&ff(|f| f.source_service = strings(&["default/"])), &flow()));
-        assert!(!selects(&ff(|f| f.destination_service = strings(&["/"])), &flow()));
+    fn services() {
+        let service = |namespace: &str, name: &str| {
+            Some(Arc::new(crate::record::ServiceMeta { namespace: namespace.into(), name: name.into() }))
+        };
+        let src = |v: &[&str]| ff(|f| f.source_service = strings(v));
+        let dst = |v: &[&str]| ff(|f| f.destination_service = strings(v));
+        // A flow without services never matches.
+        assert!(!selects(&src(&["default/"]), &flow()));
+        assert!(!selects(&dst(&["/"]), &flow()));
+        let to_web = Flow { destination_service: service("web", "frontend"), ..flow() };
+        assert!(selects(&dst(&["web/frontend"]), &to_web));
+        assert!(selects(&dst(&["web/front"]), &to_web));
+        assert!(selects(&dst(&["web/"]), &to_web));
+        assert!(selects(&dst(&["/front"]), &to_web));
+        assert!(selects(&dst(&["/"]), &to_web));
+        assert!(selects(&dst(&["other/", "web/f"]), &to_web));
+        assert!(!selects(&dst(&["web/backend"]), &to_web));
+        assert!(!selects(&dst(&["default/frontend"]), &to_web));
+        // No namespace: `default`, as for pods.
+        assert!(!selects(&dst(&["frontend"]), &to_web));
+        let in_default = Flow { source_service: service("default", "kubernetes"), ..flow() };
+        assert!(selects(&src(&["kubernetes"]), &in_default));
+        // Each side is its own.
+        assert!(!selects(&src(&["web/"]), &to_web));
+        assert!(!selects(&dst(&["default/"]), &in_default));
+        // A blacklist removes flows to a service.
+        let filters = FlowFilters::new(&[], &[dst(&["web/frontend"])]).unwrap();
+        assert!(!decide(&filters, &to_web, NODE));
+        assert!(decide(&filters, &flow(), NODE));
+    }
+
+    #[test]
+    fn service_names_are_checked_and_workloads_match_nothing() {
         assert_eq!(
             error(&ff(|f| f.source_service = strings(&[""]))),
             "whitelist[0].source_service: empty name, expected [namespace/][name]"

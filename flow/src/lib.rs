@@ -33,7 +33,7 @@ pub mod testing;
 
 pub use convert::{FieldMask, PRINTED_FIELDS, lost_event, to_proto};
 pub use filter::{FilterError, FlowFilters};
-pub use record::{Flow, PodMeta, Side};
+pub use record::{Flow, PodMeta, ServiceMeta, Side};
 pub use store::{Entry, Reader, Start, Store, StoreError};
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! Numbering: every enum-like field holds the Hubble proto value (flow.proto)
 //! so that conversion and filtering need no translation.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 
@@ -25,6 +25,14 @@ pub struct PodMeta {
     pub labels: Arc<[String]>,
     /// The node the pod runs on.
     pub node: String,
+}
+
+/// A Kubernetes Service a flow went through, shared by every flow that
+/// names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceMeta {
+    pub namespace: String,
+    pub name: String,
 }
 
 /// One side of a flow.
@@ -94,4 +102,16 @@ pub struct Flow {
     /// Connection counters: forward packets, forward bytes, reply packets,
     /// reply bytes.
     pub counters: [u64; 4],
+    /// The Service on each side (`source_service`, `destination_service`):
+    /// the service a translated connection's client addressed (its
+    /// destination, or in replies its source), or the service whose
+    /// frontend the side's address and port are.
+    pub source_service: Option<Arc<ServiceMeta>>,
+    pub destination_service: Option<Arc<ServiceMeta>>,
+    /// `IP.source_xlated`: the address the datapath gives the packet as its
+    /// source right after the event (a service's reply translated back to
+    /// the service address); `source.ip` is the address before. IPv4 only,
+    /// as the datapath's translation is (and so that the record stays
+    /// compact).
+    pub source_xlated: Option<Ipv4Addr>,
 }

@@ -45,5 +45,8 @@ pub fn flow() -> Flow {
         allowed_by: None,
         denied_by: None,
         counters: [0; 4],
+        source_service: None,
+        destination_service: None,
+        source_xlated: None,
     }
 }

@@ -65,6 +65,56 @@ fn answers(lab: &Lab, ip: &str, tries: usize) -> BTreeMap<String, usize> {
     seen
 }
 
+/// Flows of x/a's connections to x/web, as users get them through the
+/// Observer API (`sightline observe -o jsonpb`): the original direction
+/// names the service as its destination (the addresses are the backend's),
+/// and the replies name it as their source, the one delivered to x/a with
+/// the service address as `IP.source_xlated`.
+fn flows_name_the_service(lab: &Lab, web: &str) {
+    let observe = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["observe", "--lab", lab.name.as_str(), "-o", "jsonpb"];
+        all.extend_from_slice(args);
+        let out = sightline(&all);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("jsonpb")["flow"].clone())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let to = observe(&["--all", "--to-service", "x/web", "--from-pod", "x/a"]);
+        let from = observe(&["--all", "--from-service", "x/web", "--to-pod", "x/a"]);
+        let xlated: Vec<&serde_json::Value> = from.iter().filter(|f| f["IP"]["source_xlated"] == web).collect();
+        if !to.is_empty() && !xlated.is_empty() {
+            for f in &to {
+                assert_eq!(f["destination_service"]["name"], "web", "{f}");
+                assert_eq!(f["destination_service"]["namespace"], "x", "{f}");
+                assert_ne!(f["IP"]["destination"], web, "the destination is the backend: {f}");
+                let backend = f["destination"]["pod_name"].as_str().unwrap_or_default();
+                assert!(["b", "c"].contains(&backend), "{f}");
+            }
+            for f in &from {
+                assert_eq!(f["source_service"]["name"], "web", "{f}");
+                assert_eq!(f["is_reply"], true, "{f}");
+            }
+            for f in xlated {
+                assert_eq!(f["trace_observation_point"], "TO_ENDPOINT", "{f}");
+                assert_ne!(f["IP"]["source"], web, "the source is the backend: {f}");
+            }
+            // Flows that did not go through a service name none.
+            for f in observe(&["--from-pod", "x/a", "--last", "50"]) {
+                let to_web = f["destination_service"]["name"] == "web";
+                let dst = f["destination"]["pod_name"].as_str().unwrap_or_default();
+                assert!(!to_web || ["b", "c"].contains(&dst), "{f}");
+            }
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no flows naming x/web: to {to:?}, from {from:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn metrics_text(lab: &Lab) -> String {
     let addr = lab.status()["nodes"][0]["collector"]["metrics"].as_str().expect("metrics address").to_owned();
     http_get(&addr, "/metrics", None).1
@@ -84,6 +134,7 @@ fn services_balance_connections_over_their_backends() {
     let seen = answers(&lab, &web, 24);
     assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), ["x/b", "x/c"], "{seen:?}");
     assert!(lab.probe("x/a", "svc/x/web", 80, "TCP"));
+    flows_name_the_service(&lab, &web);
     // A backend calling its own service is sent to another backend (its
     // own replies would not come back through the datapath).
     for _ in 0..6 {

@@ -29,6 +29,32 @@
 //!   connection). Traces without a conntrack state, or at another point,
 //!   are `TRAFFIC_DIRECTION_UNKNOWN`.
 //!
+//! Services, as Hubble's parser sets them and where Sightline's datapath
+//! says more:
+//!
+//! - Hubble's rule (`GetServiceByAddr`): a side whose address and port are
+//!   a service port's (a TCP one before a UDP one, whatever the flow's
+//!   protocol) names that service in `source_service`/`destination_service`.
+//!   The datapath translates a packet to a service before any trace, so in
+//!   Sightline this names services of packets it did not translate: drops
+//!   of a service without backends (`SERVICE_BACKEND_NOT_FOUND`), a port of
+//!   another protocol.
+//! - Translated connections: the events of a connection the datapath sent
+//!   to a service backend carry the service port's number
+//!   (`Event::service_id`). In the original direction it is the flow's
+//!   `destination_service` (the destination is the backend, as in Hubble,
+//!   whose events after the translation carry no service at all); in the
+//!   reply direction its `source_service`. These exist on the client's node
+//!   only (where the translation is made): a backend on another node sees
+//!   an ordinary connection.
+//! - `IP.source_xlated`: Hubble's parser sets it on traces whose source the
+//!   datapath translated (the trace's original address is then `IP.source`
+//!   and the translated one `source_xlated`): the client's side of a
+//!   service reply, given the service address as its source. In Sightline
+//!   that is a reply of a translated connection at a `to-*` point (the
+//!   translation follows the event): `source.ip` is the backend, and
+//!   `source_xlated` the service address. The ports stay the backend's.
+//!
 //! This module must not format, allocate per flow beyond the record itself,
 //! nor know about protobuf: that is `convert`'s job.
 
@@ -39,9 +65,10 @@ use std::sync::Arc;
 
 use sightline_abi as abi;
 use sightline_abi::Event;
+use sightline_flow::ServiceMeta;
 
 use super::{Flow, Side};
-use crate::decoder::Metadata;
+use crate::decoder::{Frontend, Metadata};
 
 pub use sightline_flow::numbers::{
     MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE, MESSAGE_TYPE_UNSPEC, OBSERVATION_POINT_TO_ENDPOINT,
@@ -181,6 +208,7 @@ impl FlowBuilder {
         };
         // A kernel drop's ifindex belongs to the device's own namespace, not
         // the node's, so the node's interface names do not apply to it.
+        let (source_service, destination_service, source_xlated) = services(ev, meta, &source, &destination);
         let interface = if kind == abi::EVENT_KERNEL_DROP || ev.ifindex == 0 {
             None
         } else {
@@ -222,6 +250,9 @@ impl FlowBuilder {
             allowed_by,
             denied_by,
             counters: [ev.fwd_packets, ev.fwd_bytes, ev.rev_packets, ev.rev_bytes],
+            source_service,
+            destination_service,
+            source_xlated,
         }
     }
 
@@ -242,6 +273,40 @@ impl FlowBuilder {
 
     fn reserved_labels(&self, identity: u32) -> Option<Arc<[String]>> {
         self.reserved.iter().find(|(id, _)| *id == identity).map(|(_, labels)| Arc::clone(labels))
+    }
+}
+
+/// `source_service`, `destination_service` and `IP.source_xlated` of an
+/// event (see the module documentation). Costs nothing for a node without
+/// services; otherwise a lookup per side that has a port.
+fn services(
+    ev: &Event,
+    meta: &Metadata,
+    source: &Side,
+    destination: &Side,
+) -> (Option<Arc<ServiceMeta>>, Option<Arc<ServiceMeta>>, Option<Ipv4Addr>) {
+    if meta.services.is_empty() {
+        return (None, None, None);
+    }
+    let by_addr = |side: &Side| -> Option<Arc<ServiceMeta>> {
+        let IpAddr::V4(addr) = side.ip else { return None };
+        if side.port == 0 {
+            return None;
+        }
+        let id = meta.frontends.get(&(addr, side.port))?;
+        meta.services.get(id).map(|f| Arc::clone(&f.service))
+    };
+    let translated: Option<&Frontend> = if ev.service_id == 0 { None } else { meta.services.get(&ev.service_id) };
+    let reply = ev.ct_state == abi::CT_REPLY;
+    match translated {
+        Some(front) if reply => {
+            let to_point = ev.kind == abi::EVENT_TRACE
+                && matches!(ev.sub_type, abi::TRACE_TO_LXC | abi::TRACE_TO_STACK | abi::TRACE_TO_OVERLAY);
+            let xlated = to_point.then_some(front.addr);
+            (Some(Arc::clone(&front.service)), by_addr(destination), xlated)
+        }
+        Some(front) => (by_addr(source), Some(Arc::clone(&front.service)), None),
+        None => (by_addr(source), by_addr(destination), None),
     }
 }
 
@@ -557,6 +622,118 @@ mod tests {
         ev.dst_identity = abi::IDENTITY_REMOTE_NODE;
         let f = b.build(&ev, &m);
         assert_eq!(f.destination.identity_labels.as_deref(), Some(&["reserved:remote-node".to_owned()][..]));
+    }
+
+    /// `meta()` with service x/web: 10.96.0.10:80/TCP (number 7) and
+    /// 10.96.0.10:53/UDP (number 8).
+    fn meta_with_services() -> Metadata {
+        use crate::decoder::{Frontend, ServiceMeta};
+        let mut m = meta();
+        let web = Arc::new(ServiceMeta { namespace: "x".into(), name: "web".into() });
+        for (id, port, protocol) in [(7, 80, abi::IPPROTO_TCP), (8, 53, abi::IPPROTO_UDP)] {
+            m.services.insert(id, Frontend { service: Arc::clone(&web), addr: SVC, port, protocol });
+            m.frontends.insert((SVC, port), id);
+        }
+        m
+    }
+
+    const SVC: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+    fn service_names(f: &Flow) -> (Option<String>, Option<String>) {
+        let name = |s: &Option<Arc<ServiceMeta>>| s.as_ref().map(|s| format!("{}/{}", s.namespace, s.name));
+        (name(&f.source_service), name(&f.destination_service))
+    }
+
+    #[test]
+    fn translated_connections_name_their_service() {
+        let m = meta_with_services();
+        let mut b = FlowBuilder::new();
+        let web = Some("x/web".to_owned());
+
+        // a → b, translated from the service: every event of the original
+        // direction names it as the destination; the addresses are the
+        // backend's.
+        for (kind, sub_type) in [
+            (abi::EVENT_TRACE, abi::TRACE_FROM_LXC),
+            (abi::EVENT_TRACE, abi::TRACE_TO_LXC),
+            (abi::EVENT_POLICY_VERDICT, abi::TRACE_NONE),
+            (abi::EVENT_DROP, abi::DROP_POLICY_DENIED),
+        ] {
+            let mut ev = event(kind, sub_type, A, B);
+            ev.service_id = 7;
+            let f = b.build(&ev, &m);
+            assert_eq!(service_names(&f), (None, web.clone()), "{kind}/{sub_type}");
+            assert_eq!((f.destination.ip, f.source_xlated), (IpAddr::V4(B), None));
+            let p = sightline_flow::to_proto(&f, "node-1", None);
+            assert_eq!(p.destination_service.map(|s| (s.namespace, s.name)), Some(("x".into(), "web".into())));
+            assert_eq!(p.ip.expect("IP").source_xlated, "");
+        }
+
+        // The reply b → a: the service is the source; where the datapath
+        // gives it the service address (after a to-* trace), that address
+        // is the translated source.
+        for (point, xlated) in [
+            (abi::TRACE_FROM_LXC, None),
+            (abi::TRACE_TO_LXC, Some(SVC)),
+            (abi::TRACE_TO_STACK, Some(SVC)),
+            (abi::TRACE_TO_OVERLAY, Some(SVC)),
+        ] {
+            let mut ev = event(abi::EVENT_TRACE, point, B, A);
+            (ev.src_port, ev.dst_port, ev.ct_state, ev.service_id) = (8080, 40000, abi::CT_REPLY, 7);
+            let f = b.build(&ev, &m);
+            assert_eq!(service_names(&f), (web.clone(), None), "{point}");
+            assert_eq!(f.source_xlated, xlated, "{point}");
+            assert_eq!(f.source.ip, IpAddr::V4(B), "the source stays the backend");
+            let p = sightline_flow::to_proto(&f, "node-1", None);
+            let ip = p.ip.expect("IP");
+            assert_eq!((ip.source, ip.source_xlated), (B.to_string(), xlated.map(|a| a.to_string()).unwrap_or_default()));
+        }
+        // A reply dropped by the datapath is not translated.
+        let mut ev = event(abi::EVENT_DROP, abi::DROP_POLICY_DENIED, B, A);
+        (ev.ct_state, ev.service_id) = (abi::CT_REPLY, 7);
+        let f = b.build(&ev, &m);
+        assert_eq!((service_names(&f), f.source_xlated), ((web.clone(), None), None));
+
+        // A number the metadata does not know (a service deleted since):
+        // nothing, not an error.
+        let mut ev = event(abi::EVENT_TRACE, abi::TRACE_TO_LXC, A, B);
+        ev.service_id = 99;
+        assert_eq!(service_names(&b.build(&ev, &m)), (None, None));
+    }
+
+    #[test]
+    fn service_addresses_name_their_service_as_hubble_does() {
+        let m = meta_with_services();
+        let mut b = FlowBuilder::new();
+        let web = Some("x/web".to_owned());
+        // A packet to a service without backends, dropped before any
+        // translation: the destination is the service's address and port.
+        let mut ev = event(abi::EVENT_DROP, abi::DROP_NO_SERVICE_BACKEND, A, SVC);
+        ev.ct_state = abi::CT_NONE;
+        let f = b.build(&ev, &m);
+        assert_eq!(service_names(&f), (None, web.clone()));
+        assert_eq!(f.source_xlated, None);
+        // A port the service does not have: no service.
+        ev.dst_port = 81;
+        assert_eq!(service_names(&b.build(&ev, &m)), (None, None));
+        // By address and port, whatever the protocol (a TCP port before a
+        // UDP one), as Hubble looks it up.
+        let mut ev = event(abi::EVENT_TRACE, abi::TRACE_TO_STACK, A, SVC);
+        ev.protocol = abi::IPPROTO_UDP;
+        assert_eq!(service_names(&b.build(&ev, &m)), (None, web.clone()));
+        // The source side too.
+        let mut ev = event(abi::EVENT_TRACE, abi::TRACE_TO_LXC, SVC, A);
+        (ev.src_port, ev.dst_port) = (53, 40000);
+        ev.protocol = abi::IPPROTO_UDP;
+        assert_eq!(service_names(&b.build(&ev, &m)), (web.clone(), None));
+        // ICMP has no ports (its echo identifier is not a port).
+        let mut ev = event(abi::EVENT_TRACE, abi::TRACE_TO_STACK, A, SVC);
+        (ev.protocol, ev.src_port, ev.dst_port) = (abi::IPPROTO_ICMP, 80, 80);
+        assert_eq!(service_names(&b.build(&ev, &m)), (None, None));
+        // A node without services: nothing is looked up.
+        let mut ev = event(abi::EVENT_DROP, abi::DROP_NO_SERVICE_BACKEND, A, SVC);
+        ev.service_id = 7;
+        assert_eq!(service_names(&b.build(&ev, &meta())), (None, None));
     }
 
     #[test]

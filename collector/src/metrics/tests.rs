@@ -126,6 +126,9 @@ fn flow() -> Flow {
         allowed_by: None,
         denied_by: None,
         counters: [0; 4],
+        source_service: None,
+        destination_service: None,
+        source_xlated: None,
     }
 }
 

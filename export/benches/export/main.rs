@@ -266,6 +266,9 @@ fn flows(n: usize) -> Vec<(pb::Flow, String)> {
                 allowed_by: (!dropped && kind < 8).then(|| Arc::clone(&allow[(r >> 55) as usize % 40])),
                 denied_by: dropped.then(|| Arc::clone(&deny[(r >> 55) as usize % NAMESPACES as usize])),
                 counters: [r % 1000, r % 1_000_000, (r >> 10) % 1000, (r >> 10) % 1_000_000],
+                source_service: None,
+                destination_service: None,
+                source_xlated: None,
             };
             (to_proto(&flow, &node, None), node)
         })

@@ -13,7 +13,7 @@
 #![no_std]
 
 /// Version of every layout in this crate. Carried in each event.
-pub const ABI_VERSION: u8 = 2;
+pub const ABI_VERSION: u8 = 3;
 
 // ---------------------------------------------------------------------------
 // Event kinds and their sub-types (Hubble numbering where Hubble has one).
@@ -169,7 +169,13 @@ pub struct Event {
     pub icmp_code: u8,
     /// [`ABI_VERSION`] of the program that wrote the event.
     pub version: u8,
-    pub _pad: [u8; 2],
+    /// The service frontend (`ServiceValue::service_id`) of a connection
+    /// the datapath translated to a service backend, 0 for any other: in
+    /// the original direction the service the client addressed (the
+    /// event's destination is the backend), in the reply direction
+    /// (`ct_state` `CT_REPLY`) the service whose address the reply is
+    /// given as its source (the event's source is the backend).
+    pub service_id: u16,
 }
 const _: () = assert!(core::mem::size_of::<Event>() == 112);
 // The offsets documented in docs/ABI.md.
@@ -182,6 +188,7 @@ const _: () = {
     assert!(offset_of!(Event, endpoint_id) == 92);
     assert!(offset_of!(Event, kind) == 98);
     assert!(offset_of!(Event, version) == 109);
+    assert!(offset_of!(Event, service_id) == 110);
 };
 
 // ---------------------------------------------------------------------------
@@ -489,8 +496,13 @@ pub struct ServiceValue {
     /// Host byte order.
     pub port: u16,
     pub count: u16,
+    /// The collector's number for the service port (frontend) the entry
+    /// belongs to, 1..=65535, in every slot and in `SVC_CT` and `REV_NAT`
+    /// values; carried in `Event::service_id`.
+    pub service_id: u16,
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
 
 /// Key of the `TRAFFIC` per-CPU hash map: what the datapath did with
 /// packets, per reason and direction. `reason` is [`REASON_FORWARDED`] for
@@ -537,6 +549,10 @@ pub mod maps {
     /// Per-CPU scratch space for a tunnel key (too large for the stack of
     /// `from_container`); holds nothing between runs and is not pinned.
     pub const TUNNEL_KEY: &str = "TUNNEL_KEY";
+    /// Per-CPU: the service port number of the packet a tc program is
+    /// handling (`Event::service_id`); holds nothing between runs and is
+    /// not pinned.
+    pub const PKT_SERVICE: &str = "PKT_SERVICE";
 }
 
 /// Program names, shared by the probes and the loader.

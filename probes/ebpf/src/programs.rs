@@ -79,6 +79,14 @@ static POLICY_CIDR: LpmTrie<PolicyCidrKey, PolicyCidrValue> =
 #[map(name = "TUNNEL_KEY")]
 static TUNNEL_KEY: PerCpuArray<bpf_tunnel_key> = PerCpuArray::with_max_entries(1, 0);
 
+/// The service port number (`Event::service_id`) of the packet the tc
+/// program on this CPU is handling: set to 0 when a program starts and to
+/// the number once the translation is known, read by every event it emits.
+/// Kept out of the programs' stack, where one more value that differs
+/// between paths multiplies the verifier's states. Not pinned.
+#[map(name = "PKT_SERVICE")]
+static PKT_SERVICE: PerCpuArray<u16> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "LAB_NETNS")]
 static LAB_NETNS: HashMap<u32, u32> = HashMap::with_max_entries(abi::LAB_NETNS_MAP_SIZE, 0);
 
@@ -209,6 +217,22 @@ fn endpoint(addr: [u8; 4]) -> Option<EndpointInfo> {
     unsafe { ENDPOINTS.get(&EndpointKey { addr }) }.copied()
 }
 
+#[inline(always)]
+fn set_packet_service(id: u16) {
+    if let Some(p) = PKT_SERVICE.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *p = id };
+    }
+}
+
+#[inline(always)]
+fn packet_service() -> u16 {
+    match PKT_SERVICE.get(0) {
+        Some(id) => *id,
+        None => 0,
+    }
+}
+
 /// Writes one event straight into the ring buffer (no copy of it on the
 /// stack, which the programs have little of): the packet's and connection's
 /// fields, then `fill`'s. Counts it as lost when the ring buffer is full.
@@ -240,6 +264,7 @@ fn emit(cfg: &Config, pkt: &Packet, ct: &CtResult, now: u64, fill: impl FnOnce(&
     ev.icmp_type = pkt.icmp_type;
     ev.icmp_code = pkt.icmp_code;
     ev.version = abi::ABI_VERSION;
+    ev.service_id = packet_service();
     ev.src_addr[..4].copy_from_slice(&pkt.src);
     ev.dst_addr[..4].copy_from_slice(&pkt.dst);
     fill(ev);
@@ -813,6 +838,7 @@ fn conn_of<'a>(pkt: &Packet, ct: &CtResult, src_ep: Option<&'a EndpointInfo>, ds
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
+    set_packet_service(0);
     let cfg = config();
     let mut pkt = match parse(&ctx) {
         Ok(Some(p)) => p,
@@ -840,8 +866,11 @@ pub fn from_container(ctx: TcContext) -> i32 {
             return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, (src_ep.identity, dst_id), src_ep.endpoint_id, abi::DIR_EGRESS);
         }
     };
-    let front = ServiceValue { addr: pkt.dst, port: pkt.dst_port, count: 0 };
+    // The service port, as scalars (the stack has no room for another value).
+    let (front_addr, front_port) = (pkt.dst, pkt.dst_port);
     if let Some(b) = service {
+        // The events of this packet name the service it was sent to.
+        set_packet_service(b.service_id);
         if let Err(reason) = rewrite(&ctx, &mut pkt, true, b.addr, b.port) {
             let dst_id = identity_of(pkt.dst);
             return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, (src_ep.identity, dst_id), src_ep.endpoint_id, abi::DIR_EGRESS);
@@ -864,6 +893,13 @@ pub fn from_container(ctx: TcContext) -> i32 {
         // that tells the reply path to look.
         // SAFETY: presence check only.
         if ct.state == abi::CT_NEW || unsafe { REV_NAT.get(&ct.key) }.is_none() {
+            let front = ServiceValue {
+                addr: front_addr,
+                port: front_port,
+                count: 0,
+                service_id: packet_service(),
+                _pad: [0; 2],
+            };
             let _ = REV_NAT.insert(&ct.key, &front, 0);
         }
         if ct.flags & abi::CT_FLAG_SERVICE == 0 {
@@ -874,8 +910,11 @@ pub fn from_container(ctx: TcContext) -> i32 {
         }
     }
     // A backend's reply to a client of the service: sent from the service's
-    // address, after the events (which name the backend).
+    // address, after the events (which name the backend, and the service).
     let reverse = reverse_translation(&ct);
+    if let Some(r) = reverse {
+        set_packet_service(r.service_id);
+    }
 
     trace(&cfg, &pkt, &ct, abi::TRACE_FROM_LXC, ifx, ids, src_ep.endpoint_id, now);
     let conn = conn_of(&pkt, &ct, Some(&src_ep), dst_ep.as_ref(), ids);
@@ -971,6 +1010,7 @@ fn get_tunnel_identity(ctx: &TcContext) -> Option<u32> {
 /// `to_container` in the mark, and the packet goes to the pod's device.
 #[classifier]
 pub fn from_overlay(ctx: TcContext) -> i32 {
+    set_packet_service(0);
     let ctx = &ctx;
     let cfg = config();
     let pkt = match parse(ctx) {
@@ -1003,6 +1043,7 @@ pub fn from_overlay(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
+    set_packet_service(0);
     let cfg = config();
     let mut pkt = match parse(&ctx) {
         Ok(Some(p)) => p,
@@ -1026,6 +1067,13 @@ pub fn to_container(ctx: TcContext) -> i32 {
         Ok(ct) => ct,
         Err(reason) => return drop_packet(&cfg, &pkt, &CtResult::NONE, reason, ifx, ids, dst_ep.endpoint_id, abi::DIR_INGRESS),
     };
+    // The reply of a backend on another node to a client of a service here:
+    // from the service's address once the events (which name the backend,
+    // and the service) are out (the translation was made on this node).
+    let reverse = reverse_translation(&ct);
+    if let Some(r) = reverse {
+        set_packet_service(r.service_id);
+    }
     let src_ep = endpoint(pkt.src);
     let conn = conn_of(&pkt, &ct, src_ep.as_ref(), Some(&dst_ep), ids);
     if let Some((dir, ep_ifindex, ep_id)) = enforce(&cfg, &pkt, &ct, &conn, now, ids) {
@@ -1034,9 +1082,7 @@ pub fn to_container(ctx: TcContext) -> i32 {
     count(abi::COUNTER_PACKETS_FORWARDED);
     account(abi::REASON_FORWARDED, abi::DIR_INGRESS, pkt.len);
     trace(&cfg, &pkt, &ct, abi::TRACE_TO_LXC, ifx, ids, dst_ep.endpoint_id, now);
-    // The reply of a backend on another node to a client of a service here:
-    // from the service's address (the translation was made on this node).
-    if let Some(r) = reverse_translation(&ct) {
+    if let Some(r) = reverse {
         if rewrite(&ctx, &mut pkt, false, r.addr, r.port).is_err() {
             return TC_ACT_SHOT as i32;
         }
@@ -1139,6 +1185,9 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {
     emit(&cfg, &pkt, &CtResult::NONE, now(), |ev| {
         ev.kind = abi::EVENT_KERNEL_DROP;
         ev.sub_type = 0;
+        // Not a tc program's packet: whatever one left in PKT_SERVICE is not
+        // this one's.
+        ev.service_id = 0;
         ev.reason = reason;
         ev.ifindex = ifindex;
         ev.src_identity = ids.0;
