@@ -122,17 +122,18 @@ impl Harness {
     }
 
     /// A ClusterIP service port with its backends (`SERVICES` slot 0 holds
-    /// the count, slots 1..=n the backends).
-    pub fn add_service(&mut self, front: SocketAddrV4, protocol: u8, backends: &[SocketAddrV4]) -> Result<(), TestRunError> {
+    /// the count, slots 1..=n the backends), numbered `service_id` as the
+    /// collector numbers service ports (carried in `Event::service_id`).
+    pub fn add_service(&mut self, front: SocketAddrV4, protocol: u8, service_id: u16, backends: &[SocketAddrV4]) -> Result<(), TestRunError> {
         let key = |slot: u16| ServiceKey { addr: front.ip().octets(), port: front.port(), protocol, _pad: 0, slot, _pad2: [0; 2] };
         let count = u16::try_from(backends.len()).expect("fewer than 65536 backends");
         let services = &mut self.probes().services;
         let err = |source| TestRunError::Map { map: abi::maps::SERVICES, source };
         for (i, b) in backends.iter().enumerate() {
-            let value = ServiceValue { addr: b.ip().octets(), port: b.port(), count: 0 };
+            let value = ServiceValue { addr: b.ip().octets(), port: b.port(), service_id, ..ServiceValue::default() };
             services.insert(key(i as u16 + 1), value, 0).map_err(err)?;
         }
-        services.insert(key(0), ServiceValue { addr: [0; 4], port: 0, count }, 0).map_err(err)
+        services.insert(key(0), ServiceValue { count, service_id, ..ServiceValue::default() }, 0).map_err(err)
     }
 
     /// Compiles `policies` over `pods` with the collector's policy compiler,

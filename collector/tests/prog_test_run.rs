@@ -232,7 +232,7 @@ fn a_service_connection_is_translated_both_ways_with_valid_checksums() {
     let mut h = node();
     let front = SocketAddrV4::new(SERVICE, 80);
     let backend = SocketAddrV4::new(SERVER, 8080);
-    h.add_service(front, abi::IPPROTO_TCP, &[backend]).expect("TCP service");
+    h.add_service(front, abi::IPPROTO_TCP, 7, &[backend]).expect("TCP service");
     let c = SocketAddrV4::new(CLIENT, 40_000);
 
     let syn = h.run(FROM, &tcp(c, front, abi::TCP_SYN, b"")).expect("SYN to the service");
@@ -255,11 +255,13 @@ fn a_service_connection_is_translated_both_ways_with_valid_checksums() {
     assert_eq!(traces.len(), 2);
     assert_eq!((v4(traces[0].dst_addr), traces[0].dst_port), (SERVER, 8080));
     assert_eq!((v4(traces[1].src_addr), traces[1].src_port, traces[1].ct_state), (SERVER, 8080, abi::CT_REPLY));
+    // Both directions name the service port they went through.
+    assert_eq!((traces[0].service_id, traces[1].service_id), (7, 7), "events carry the service's number");
 
     // UDP with a payload of odd length, and its checksum.
     let dns = SocketAddrV4::new(SERVICE, 53);
     let dns_backend = SocketAddrV4::new(SERVER, 5353);
-    h.add_service(dns, abi::IPPROTO_UDP, &[dns_backend]).expect("UDP service");
+    h.add_service(dns, abi::IPPROTO_UDP, 8, &[dns_backend]).expect("UDP service");
     let q = SocketAddrV4::new(CLIENT, 50_000);
     let query = h.run(FROM, &udp(q, dns, b"query")).expect("UDP to the service");
     assert_eq!(query.verdict, TC_ACT_REDIRECT);
@@ -270,11 +272,16 @@ fn a_service_connection_is_translated_both_ways_with_valid_checksums() {
     let p = parse(&answer.packet).expect("parses");
     assert_eq!((p.src, p.dst), (dns, q));
     assert!(p.ip_checksum_ok && p.l4_checksum_ok, "{p:?}");
-    h.events();
+    let ids: Vec<_> = h.events().into_iter().filter(|e| e.kind == abi::EVENT_TRACE).map(|e| e.service_id).collect();
+    assert_eq!(ids, [8, 8], "the UDP service's number, both ways");
+    // Traffic between pods, not through a service, carries none.
+    h.run(FROM, &udp(SocketAddrV4::new(CLIENT, 50_001), SocketAddrV4::new(SERVER, 5353), b"direct")).expect("direct UDP");
+    let ids: Vec<_> = h.events().into_iter().filter(|e| e.kind == abi::EVENT_TRACE).map(|e| e.service_id).collect();
+    assert_eq!(ids, [0], "no service on a direct flow");
 
     // A service without backends: dropped with its reason.
     let empty = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 11), 80);
-    h.add_service(empty, abi::IPPROTO_TCP, &[]).expect("service without backends");
+    h.add_service(empty, abi::IPPROTO_TCP, 9, &[]).expect("service without backends");
     let lost = h.run(FROM, &tcp(SocketAddrV4::new(CLIENT, 40_002), empty, abi::TCP_SYN, b"")).expect("SYN");
     assert_eq!(lost.verdict, TC_ACT_SHOT);
     let drops: Vec<_> = h.events().into_iter().filter(|e| e.kind == abi::EVENT_DROP).collect();
