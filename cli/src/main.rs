@@ -505,6 +505,14 @@ struct CollectorArgs {
     /// instead of the in-cluster configuration.
     #[arg(long, value_name = "FILE", requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
+    /// With --kubernetes: write the node's CNI configuration list here
+    /// (e.g. /etc/cni/net.d/05-sightline.conflist) once the datapath has
+    /// the node's state, and whenever its pod range changes.
+    #[arg(long, value_name = "FILE", requires = "kubernetes")]
+    cni_conf: Option<PathBuf>,
+    /// With --cni-conf: the plugin's address store on the node.
+    #[arg(long, value_name = "DIR", requires = "cni_conf", default_value = sightline_collector::kubernetes::cni::DEFAULT_DATA_DIR)]
+    cni_data_dir: PathBuf,
     #[command(flatten)]
     tls: CollectorTlsArgs,
 }
@@ -663,7 +671,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Some(path) => sightline_collector::kubernetes::Connection::Kubeconfig(path.clone()),
                     None => sightline_collector::kubernetes::Connection::InCluster,
                 };
-                sightline_collector::kubernetes::SourceConfig::new(&node_name, connection)
+                let mut config = sightline_collector::kubernetes::SourceConfig::new(&node_name, connection);
+                config.cni = args.cni_conf.clone().map(|path| sightline_collector::kubernetes::cni::CniConfig {
+                    path,
+                    control_socket: control_socket.clone(),
+                    data_dir: args.cni_data_dir.clone(),
+                    mtu: sightline_collector::kubernetes::cni::DEFAULT_MTU,
+                });
+                config
             });
             let opts = AgentOptions {
                 node_name,

@@ -12,6 +12,7 @@
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 mod config;
+pub mod conflist;
 mod error;
 mod ipam;
 mod netns;
@@ -21,7 +22,7 @@ mod result;
 
 use std::net::Ipv4Addr;
 
-pub use config::{Command, Invocation, NetConf, SUPPORTED_VERSIONS, check_version, command, invocation};
+pub use config::{Command, Invocation, NetConf, PLUGIN_TYPE, SUPPORTED_VERSIONS, check_version, command, invocation};
 pub use error::{CniError, code};
 pub use ipam::{Allocation, Store};
 pub use plumbing::{Plug, host_ifname, host_mac, pod_mac};

@@ -236,3 +236,46 @@ async fn a_dropped_connection_resumes_from_the_last_version() {
     assert_eq!(namespaces_watch.param("resourceVersion"), Some(bookmarked.to_string().as_str()), "{requests:#?}");
     assert!(source.status().kinds.values().all(|k| k.relists == 0));
 }
+
+#[tokio::test]
+async fn the_agent_writes_the_cni_configuration_only_after_an_applied_state() {
+    let api = ApiServer::start().await.unwrap();
+    seed(&api);
+    let dir = tempdir::Dir::new();
+    let kubeconfig = dir.path.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
+    let conflist = dir.path.join("net.d").join("05-sightline.conflist");
+    let mut config = SourceConfig::new("node-1", Connection::Kubeconfig(kubeconfig));
+    config.debounce = Duration::from_millis(20);
+    config.max_delay = Duration::from_millis(200);
+    config.cni = Some(kubernetes::cni::CniConfig {
+        path: conflist.clone(),
+        control_socket: "/var/run/sightline/control.sock".into(),
+        data_dir: "/var/lib/sightline/cni".into(),
+        mtu: 1500,
+    });
+    // The first applies fail (the datapath refuses them): no configuration.
+    let accept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let applies = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (a, n) = (accept.clone(), applies.clone());
+    let (_status, task) = kubernetes::run_applying(config, move |_state| {
+        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if a.load(std::sync::atomic::Ordering::SeqCst) { Ok(()) } else { Err("refused".into()) }
+    })
+    .await
+    .unwrap();
+    wait_for("a refused apply", || applies.load(std::sync::atomic::Ordering::SeqCst) > 0).await;
+    assert!(!conflist.exists(), "written before the datapath had the state");
+
+    // Once one applies, the node's range is in the file, as the plugin reads it.
+    accept.store(true, std::sync::atomic::Ordering::SeqCst);
+    api.put(pod("x", "web", "node-1", "10.244.1.11", json!({"app": "web"}))).unwrap();
+    wait_for("the CNI configuration", || conflist.exists()).await;
+    let list: Value = serde_json::from_slice(&std::fs::read(&conflist).unwrap()).unwrap();
+    let plugin = sightline_cni::conflist::first_plugin(&list).unwrap();
+    let conf = sightline_cni::NetConf::parse(&serde_json::to_vec(&plugin).unwrap()).unwrap();
+    assert_eq!(conf.ipam.ranges, vec!["10.244.1.0/24".parse().unwrap()]);
+    assert_eq!(conf.gateway.to_string(), "10.244.1.1");
+    assert_eq!(conf.control_socket.unwrap().to_str(), Some("/var/run/sightline/control.sock"));
+    task.abort();
+}

@@ -127,6 +127,18 @@ impl Lab {
         serde_json::from_str(&sightline_ok(&["lab", "status", "-o", "json", "--name", &self.name])).expect("status JSON")
     }
 
+    /// The node side of pod `ns/name`'s veth, as the CNI plugin named it
+    /// (`lab status`'s `pods[].host_ifname`).
+    #[must_use]
+    pub fn host_ifname(&self, pod: &str) -> String {
+        let (ns, name) = pod.split_once('/').expect("ns/name");
+        let status = self.status();
+        let p = status["pods"].as_array().expect("pods").iter().find(|p| p["namespace"] == ns && p["name"] == name);
+        let ifname = p.and_then(|p| p["host_ifname"].as_str()).unwrap_or_else(|| panic!("pod {pod} has no host_ifname: {status}"));
+        assert!(ifname.starts_with("lxc") && ifname.len() == 15, "{ifname}: not the CNI plugin's naming");
+        ifname.to_owned()
+    }
+
     /// How to reach this lab's gRPC servers (its TLS files, if any).
     #[must_use]
     pub fn grpc(&self) -> GrpcAccess {

@@ -175,11 +175,12 @@ fn the_control_socket_lets_in_only_root_and_what_the_lab_made() {
     // nothing applied.
     let node_netns = format!("/run/netns/{LAB}.node-1");
     let pod_netns = format!("/run/netns/{LAB}.t.a");
+    let lxc = lab.host_ifname("t/a");
     for (ep, field) in [
-        (endpoint("lxc00001", "/run/netns/other-lab.t.a"), "endpoints[0].netns"),
-        (endpoint("lxc00001", "/proc/1/ns/net"), "endpoints[0].netns"),
-        (endpoint("lxc00001", &node_netns), "endpoints[0].netns"),
-        (endpoint("lxc00001", &format!("/run/netns/{LAB}.t.nope")), "endpoints[0].netns"),
+        (endpoint(&lxc, "/run/netns/other-lab.t.a"), "endpoints[0].netns"),
+        (endpoint(&lxc, "/proc/1/ns/net"), "endpoints[0].netns"),
+        (endpoint(&lxc, &node_netns), "endpoints[0].netns"),
+        (endpoint(&lxc, &format!("/run/netns/{LAB}.t.nope")), "endpoints[0].netns"),
         (endpoint("lo", &pod_netns), "endpoints[0].host_ifname"),
         (endpoint("lxc09999", &pod_netns), "endpoints[0].host_ifname"),
     ] {

@@ -7,10 +7,7 @@ use sightline_collector::decoder::Record;
 use sightline_e2e::{Lab, require_root, sightline, two_pods};
 
 fn endpoint_ifname(lab: &Lab, pod: &str) -> String {
-    let (ns, name) = pod.split_once('/').unwrap();
-    let status = lab.status();
-    let p = status["pods"].as_array().unwrap().iter().find(|p| p["namespace"] == ns && p["name"] == name).unwrap().clone();
-    format!("lxc{:05}", p["endpoint_id"].as_u64().unwrap())
+    lab.host_ifname(pod)
 }
 
 /// Events of the connection between `a` and `b` (either direction) on `port`.

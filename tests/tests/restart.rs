@@ -247,7 +247,8 @@ fn a_killed_collector_leaves_the_datapath_in_force_and_its_successor_adopts_it()
     assert_eq!(lab.status()["nodes"][0]["collector"]["running"], false);
     // Pins and links stay; forwarding and enforcement go on.
     let pinned = walk(&pins(&lab.name));
-    assert!(pinned.iter().any(|p| p.ends_with("links/lxc00001-ingress")), "{pinned:?}");
+    let lxc = lab.host_ifname("x/a");
+    assert!(pinned.iter().any(|p| p.ends_with(&format!("links/{lxc}-ingress"))), "{pinned:?}");
     for round in 0..3 {
         assert!(!lab.probe("x/a", "x/b", 80, "TCP"), "round {round}: x/a → x/b connected while the collector was down");
         assert!(lab.probe("x/a", "x/c", 80, "TCP"), "round {round}: x/a → x/c blocked while the collector was down");
@@ -340,8 +341,13 @@ fn only_lab_down_removes_the_pins_and_links() {
     let name = "e2e-rs-down";
     let lab = Lab::up(name, &with_policy(A_TO_C_ONLY), NO_SUPERVISOR);
     let pinned = walk(&pins(name));
-    for wanted in ["node-1/meta", "node-1/maps/CT", "node-1/maps/EVENTS", "node-1/progs/from_container", "node-1/links/lxc00001-ingress", "node-1/links/lxc00001-egress"] {
-        assert!(pinned.iter().any(|p| p == wanted), "{wanted} is not pinned: {pinned:?}");
+    let lxc = lab.host_ifname("x/a");
+    for wanted in ["node-1/meta", "node-1/maps/CT", "node-1/maps/EVENTS", "node-1/progs/from_container"]
+        .map(String::from)
+        .into_iter()
+        .chain([format!("node-1/links/{lxc}-ingress"), format!("node-1/links/{lxc}-egress")])
+    {
+        assert!(pinned.iter().any(|p| *p == wanted), "{wanted} is not pinned: {pinned:?}");
     }
     // A collector that exits normally detaches nothing.
     stop_collector(&lab, libc::SIGTERM);

@@ -24,6 +24,7 @@ use sightline_collector::state::{self, Endpoint, Identity, IpcacheEntry, NodeSta
 use super::manifest::{self, Object, ObjectStore, Pod, TargetPort};
 use super::network::{Model, Network, NetworkOptions};
 use super::pki::{self, LabTls};
+use super::cni;
 use super::topology;
 
 /// Where labs keep their state.
@@ -137,6 +138,9 @@ pub struct PodRuntime {
     pub node: String,
     pub ip: Ipv4Addr,
     pub endpoint_id: u16,
+    /// The node side of its veth, as the CNI plugin named it.
+    #[serde(default)]
+    pub host_ifname: String,
     pub identity: u32,
     pub responder_pid: u32,
     /// The ports the responder serves, as `port/PROTO`.
@@ -326,9 +330,9 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
             namespace: rt.namespace.clone(),
             name: rt.name.clone(),
             ip: rt.ip,
-            mac: topology::pod_mac(rt.ip),
-            host_ifname: topology::host_ifname(rt.endpoint_id),
-            host_mac: topology::host_mac(rt.ip),
+            mac: sightline_cni::pod_mac(rt.ip),
+            host_ifname: rt.host_ifname.clone(),
+            host_mac: sightline_cni::host_mac(rt.ip),
             netns: netns_path(&topology::pod_netns(&state.name, &rt.namespace, &rt.name)),
             identity: rt.identity,
             labels,
@@ -981,6 +985,40 @@ pub(crate) fn allocate_ip(network: &mut Network, node: &Node, nodes: u32, used: 
     network.addresses(block, nodes).find(free)
 }
 
+/// Node `node`'s CNI configuration: its pod ranges (its /24 in `overlay`,
+/// the blocks handed to it in the other models; `None` before it has
+/// one), the addresses of those ranges no pod may get, the node's address
+/// as the gateway, the pods' MTU and (with the datapath) its collector's
+/// control socket.
+pub(crate) fn cni_conf(state: &LabState, network: &Network, node: &Node) -> Option<cni::NodeConf> {
+    let ranges: Vec<ipnet::Ipv4Net> = if network.model.dynamic() {
+        network.blocks_of(&node.name).collect()
+    } else {
+        node.pod_cidr.parse().ok().into_iter().collect()
+    };
+    if ranges.is_empty() {
+        return None;
+    }
+    let nodes = state.nodes.len() as u32;
+    let exclude = ranges
+        .iter()
+        .flat_map(|r| (u32::from(r.network())..=u32::from(r.broadcast())).map(Ipv4Addr::from))
+        .filter(|ip| {
+            let reserved = if network.model.dynamic() { !network.usable(*ip, nodes) } else { ranges.iter().any(|r| *ip == r.network() || *ip == r.broadcast()) };
+            reserved || state.nodes.iter().any(|n| n.node_ip == *ip && n.name != node.name)
+        })
+        .map(|ip| ipnet::Ipv4Net::new(ip, 32).expect("a /32"))
+        .collect();
+    Some(cni::NodeConf {
+        gateway: node.node_ip,
+        mtu: network.pod_mtu(),
+        control_socket: state.datapath.then(|| node.control_socket.clone()),
+        ranges,
+        exclude,
+        data_dir: cni::store_dir(&state.name, &node.name),
+    })
+}
+
 /// What `converge` could not do yet because a node's collector is down.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Converged {
@@ -1045,7 +1083,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
         used_ids.insert((node.clone(), endpoint_id));
         next_pods.insert(
             key.clone(),
-            PodRuntime { namespace: pod.namespace.clone(), name: pod.name.clone(), node, ip, endpoint_id, identity, responder_pid: 0, ports },
+            PodRuntime { namespace: pod.namespace.clone(), name: pod.name.clone(), node, ip, endpoint_id, host_ifname: String::new(), identity, responder_pid: 0, ports },
         );
         created.push(key);
     }
@@ -1076,7 +1114,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
         for key in created {
             if let Some(rt) = next_pods.get(key) {
                 kill(rt.responder_pid);
-                let _ = topology::remove_pod(&state.name, &rt.namespace, &rt.name);
+                let _ = cni::unplug_pod(&state.name, &rt.node, &rt.namespace, &rt.name);
             }
         }
     };
@@ -1089,26 +1127,24 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
             }
         }
     }
+    // Every node's conflist, with the ranges it has now.
+    for node in &state.nodes {
+        if let Some(conf) = cni_conf(state, &network, node) {
+            cni::write_conflist(&state.name, &node.name, &conf)?;
+        }
+    }
     for key in &created {
         let rt = next_pods.get_mut(key).expect("created pods are planned");
-        let node = state.node(&rt.node).expect("checked above").clone();
-        let mtu = state.network.pod_mtu();
-        let res = topology::add_pod(&state.name, &node.name, node.node_ip, &rt.namespace, &rt.name, rt.ip, rt.endpoint_id)
-            .and_then(|()| {
-                if mtu == super::network::FABRIC_MTU {
-                    Ok(())
-                } else {
-                    topology::set_pod_mtu(&state.name, &node.name, &rt.namespace, &rt.name, rt.endpoint_id, mtu)
-                }
-            })
-            .map_err(anyhow::Error::from)
-            .and_then(|()| start_responder(&state.name, rt));
+        let res = cni::plug_pod(&state.name, &rt.node, &rt.namespace, &rt.name, rt.ip).and_then(|host| {
+            rt.host_ifname = host;
+            start_responder(&state.name, rt)
+        });
         match res {
             Ok(pid) => rt.responder_pid = pid,
             Err(err) => {
                 let rt_name = key.clone();
                 // Remove the half-made pod and everything made before it.
-                let _ = topology::remove_pod(&state.name, &rt.namespace, &rt.name);
+                let _ = cni::unplug_pod(&state.name, &rt.node, &rt.namespace, &rt.name);
                 undo(state, &created, &next_pods);
                 return Err(err.context(format!("plugging in pod {rt_name}")));
             }
@@ -1149,7 +1185,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
             && let Some(rt) = state.pods.remove(key)
         {
             kill(rt.responder_pid);
-            let _ = topology::remove_pod(&state.name, &rt.namespace, &rt.name);
+            let _ = cni::unplug_pod(&state.name, &rt.node, &rt.namespace, &rt.name);
             pending.push(key.clone());
         }
     }
@@ -1157,7 +1193,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
     for key in &removed {
         if let Some(rt) = old_state.pods.get(key) {
             kill(rt.responder_pid);
-            topology::remove_pod(&state.name, &rt.namespace, &rt.name)?;
+            cni::unplug_pod(&state.name, &rt.node, &rt.namespace, &rt.name)?;
         }
     }
     state.save()?;

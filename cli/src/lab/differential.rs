@@ -86,6 +86,7 @@ fn lab_state(text: &str, nodes: u32) -> Result<LabState, String> {
                 node: node_name,
                 ip,
                 endpoint_id: *id,
+                host_ifname: sightline_cni::host_ifname(&format!("{}.{}", pod.namespace, pod.name), "eth0"),
                 identity,
                 responder_pid: 0,
                 ports: Vec::new(),

@@ -10,6 +10,7 @@
 //! collectors and the relay that exit.
 
 pub mod cluster;
+pub mod cni;
 #[cfg(test)]
 mod differential;
 pub mod events;

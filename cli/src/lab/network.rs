@@ -98,7 +98,7 @@ pub const FABRIC_MTU: u32 = 1500;
 /// What the encapsulation takes from it: outer IPv4 (20), UDP (8), the
 /// VXLAN or Geneve header without options (8) and the inner Ethernet
 /// header (14).
-pub const TUNNEL_OVERHEAD: u32 = 50;
+pub const TUNNEL_OVERHEAD: u32 = sightline_collector::kubernetes::cni::TUNNEL_OVERHEAD;
 
 /// What `lab up` was asked for; unset ranges take the defaults.
 #[derive(Clone, Debug, Default)]

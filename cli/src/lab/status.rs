@@ -20,6 +20,7 @@ pub fn json(state: &LabState) -> Value {
                 "pod_cidr": n.pod_cidr,
                 "pod_blocks": state.network.blocks_of(&n.name).map(|b| b.to_string()).collect::<Vec<_>>(),
                 "node_ip": n.node_ip.to_string(),
+                "cni_conf": Some(super::cni::conflist_path(&state.name, &n.name)).filter(|p| p.exists()).map(|p| p.display().to_string()),
                 "fabric_ip": (state.nodes.len() > 1).then(|| state.network.fabric_ip(i as u32 + 1).to_string()),
                 "collector": {"grpc": n.grpc, "metrics": n.metrics,
                                "control": n.control_socket.display().to_string(),
@@ -35,7 +36,8 @@ pub fn json(state: &LabState) -> Value {
         .values()
         .map(|p| {
             json!({"namespace": p.namespace, "name": p.name, "ip": p.ip.to_string(), "node": p.node,
-                   "identity": p.identity, "endpoint_id": p.endpoint_id, "ports": p.ports})
+                   "identity": p.identity, "endpoint_id": p.endpoint_id, "host_ifname": p.host_ifname,
+                   "container_id": super::cni::container_id(&state.name, &p.namespace, &p.name), "ports": p.ports})
         })
         .collect();
     let services: Vec<Value> = state

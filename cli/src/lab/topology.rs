@@ -5,13 +5,11 @@
 //!
 //! * the node lives in the namespace `L.N`: `lo` up and carrying the node's
 //!   address (`/32`), IPv4 forwarding on, reverse-path filtering off;
-//! * the pod lives in the namespace `L.NS.POD`: `lo` up, `eth0` with the pod's
-//!   address (`/32`), a link route to the node's address and a default route
-//!   via it;
-//! * a veth pair joins them, created directly in both namespaces so that
-//!   nothing ever appears in the host's namespace: `lxcNNNNN` (the endpoint id,
-//!   5 digits) on the node side, `eth0` on the pod side; the node routes the
-//!   pod's `/32` to `lxcNNNNN`. IPv6 is disabled on both ends.
+//! * the pod lives in the namespace `L.NS.POD`, which the lab creates as a
+//!   container runtime does; the CNI plugin (`sightline-cni`, run by
+//!   [`super::cni`]) plugs it in: `eth0` with the pod's address (`/32`), a
+//!   link route to the node's address and a default route via it, and the
+//!   node side `lxc…` routed to it.
 //!
 //! Namespaces are created with `ip netns add`, so they live in
 //! `/run/netns/NAME`; everything else is done with iproute2's `ip` too, except
@@ -131,27 +129,6 @@ pub fn node_netns(lab: &str, node: &str) -> String {
 /// The namespace of pod `ns/pod` of lab `lab`: `L.NS.POD`.
 pub fn pod_netns(lab: &str, ns: &str, pod: &str) -> String {
     format!("{lab}.{ns}.{pod}")
-}
-
-/// The node-side veth of endpoint `endpoint_id`: `lxc` and the id in 5 digits.
-pub fn host_ifname(endpoint_id: u16) -> String {
-    format!("lxc{endpoint_id:05}")
-}
-
-/// The MAC of a pod's `eth0`: `02:00:` and the four octets of its address.
-pub fn pod_mac(ip: Ipv4Addr) -> String {
-    mac_with_prefix(0x02, ip)
-}
-
-/// The MAC of a pod's node-side veth: `06:00:` and the four octets of its
-/// address.
-pub fn host_mac(ip: Ipv4Addr) -> String {
-    mac_with_prefix(0x06, ip)
-}
-
-fn mac_with_prefix(first: u8, ip: Ipv4Addr) -> String {
-    let [a, b, c, d] = ip.octets();
-    format!("{first:02x}:00:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// Creates node `node`'s namespace with its address and sysctls. Fails with
@@ -321,21 +298,6 @@ pub fn create_tunnel(lab: &str, node: &str, kind: &str, mtu: u32) -> Result<(), 
     run_ip(&format!("bringing up {dev} of node {node}"), &["-n", &node_ns, "link", "set", &dev, "up"]).map(|_| ())
 }
 
-/// Sets the MTU of pod `ns/pod`'s veth, both ends (tunnel routing leaves
-/// room for the encapsulation this way: no full-size segment is fragmented).
-pub fn set_pod_mtu(lab: &str, node: &str, ns: &str, pod: &str, endpoint_id: u16, mtu: u32) -> Result<(), TopologyError> {
-    let mtu = mtu.to_string();
-    run_ip(
-        &format!("setting the MTU of {POD_IFNAME} of pod {ns}/{pod}"),
-        &["-n", &pod_netns(lab, ns, pod), "link", "set", POD_IFNAME, "mtu", &mtu],
-    )?;
-    run_ip(
-        &format!("setting the MTU of {} of pod {ns}/{pod}", host_ifname(endpoint_id)),
-        &["-n", &node_netns(lab, node), "link", "set", &host_ifname(endpoint_id), "mtu", &mtu],
-    )
-    .map(|_| ())
-}
-
 /// Routes `cidr` (pods of another node) from node `node` through that
 /// node's fabric address, replacing a route the lab made for it before.
 pub fn route_via_fabric(lab: &str, node: &str, cidr: &str, via: Ipv4Addr) -> Result<(), TopologyError> {
@@ -346,38 +308,15 @@ pub fn route_via_fabric(lab: &str, node: &str, cidr: &str, via: Ipv4Addr) -> Res
     .map(|_| ())
 }
 
-/// Creates pod `ns/pod`'s namespace and plugs it into node `node` (whose
-/// namespace must exist) as endpoint `endpoint_id` with address `ip`. On
-/// failure removes what it created.
-pub fn add_pod(
-    lab: &str,
-    node: &str,
-    node_ip: Ipv4Addr,
-    ns: &str,
-    pod: &str,
-    ip: Ipv4Addr,
-    endpoint_id: u16,
-) -> Result<(), TopologyError> {
+/// Creates pod `ns/pod`'s network namespace, to be plugged into node
+/// `node` (whose namespace must exist) by the CNI plugin: what a container
+/// runtime does before it calls the plugin. `lo` stays down (the plugin
+/// brings it up); new interfaces start without IPv6.
+pub fn create_pod_netns(lab: &str, node: &str, ns: &str, pod: &str) -> Result<String, TopologyError> {
     validate_lab(lab)?;
     validate_component("node name", node, false)?;
     validate_component("namespace name", ns, false)?;
     validate_component("pod name", pod, true)?;
-    validate_unicast("node address", node_ip)?;
-    validate_unicast("pod address", ip)?;
-    if ip == node_ip {
-        return Err(TopologyError::Invalid {
-            what: "pod address",
-            value: ip.to_string(),
-            reason: "it is the node's own address",
-        });
-    }
-    if endpoint_id == 0 {
-        return Err(TopologyError::Invalid {
-            what: "endpoint id",
-            value: "0".to_owned(),
-            reason: "endpoint ids start at 1",
-        });
-    }
     let node_ns = node_netns(lab, node);
     let pod_ns = pod_netns(lab, ns, pod);
     validate_netns_name(&pod_ns)?;
@@ -385,132 +324,18 @@ pub fn add_pod(
         return Err(TopologyError::NotFound(node_ns));
     }
     ensure_absent(&pod_ns)?;
-
-    run_ip(
-        &format!("creating the namespace of pod {ns}/{pod}"),
-        &["netns", "add", &pod_ns],
-    )?;
-    let plug = Plug {
-        node_ns: &node_ns,
-        node_ip,
-        pod_ns: &pod_ns,
-        pod_ip: ip,
-        host_ifname: host_ifname(endpoint_id),
-    };
-    if let Err(e) = plug.apply() {
-        // Deleting the pod's end of the veth deletes both ends at once,
-        // whereas a deleted namespace is cleaned up asynchronously.
-        let _ = run_ip_quiet(&["-n", &pod_ns, "link", "del", POD_IFNAME]);
+    run_ip(&format!("creating the namespace of pod {ns}/{pod}"), &["netns", "add", &pod_ns])?;
+    // Before the plugin makes eth0, so that it never gets an IPv6 address.
+    if let Err(e) = write_sysctls(&pod_ns, &[("net.ipv6.conf.default.disable_ipv6", "1")]) {
         discard_netns(&pod_ns);
         return Err(e);
     }
-    Ok(())
+    Ok(pod_ns)
 }
 
-/// Everything needed to connect one pod to its node.
-struct Plug<'a> {
-    node_ns: &'a str,
-    node_ip: Ipv4Addr,
-    pod_ns: &'a str,
-    pod_ip: Ipv4Addr,
-    host_ifname: String,
-}
-
-impl Plug<'_> {
-    fn apply(&self) -> Result<(), TopologyError> {
-        let Plug {
-            node_ns,
-            node_ip,
-            pod_ns,
-            pod_ip,
-            ref host_ifname,
-        } = *self;
-        let lxc = host_ifname.as_str();
-        let pod_ip_32 = format!("{pod_ip}/32");
-        let node_ip_32 = format!("{node_ip}/32");
-        let node_ip_s = node_ip.to_string();
-
-        // Before eth0 exists, so that it never gets an IPv6 address.
-        write_sysctls(pod_ns, &[("net.ipv6.conf.default.disable_ipv6", "1")])?;
-        run_ip(
-            &format!("creating veth {lxc} in {node_ns} with peer {POD_IFNAME} in {pod_ns}"),
-            &[
-                "link",
-                "add",
-                lxc,
-                "netns",
-                node_ns,
-                "address",
-                &host_mac(pod_ip),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                POD_IFNAME,
-                "netns",
-                pod_ns,
-                "address",
-                &pod_mac(pod_ip),
-            ],
-        )?;
-        write_sysctls(
-            node_ns,
-            &[(&format!("net.ipv6.conf.{lxc}.disable_ipv6"), "1")],
-        )?;
-        write_sysctls(
-            pod_ns,
-            &[(&format!("net.ipv6.conf.{POD_IFNAME}.disable_ipv6"), "1")],
-        )?;
-
-        // Node side.
-        run_ip(
-            &format!("bringing up {lxc} in {node_ns}"),
-            &["-n", node_ns, "link", "set", lxc, "up"],
-        )?;
-        run_ip(
-            &format!("routing {pod_ip} to {lxc} in {node_ns}"),
-            &["-n", node_ns, "route", "add", &pod_ip_32, "dev", lxc],
-        )?;
-
-        // Pod side.
-        run_ip(
-            &format!("bringing up lo in {pod_ns}"),
-            &["-n", pod_ns, "link", "set", "lo", "up"],
-        )?;
-        run_ip(
-            &format!("adding {pod_ip} to {POD_IFNAME} in {pod_ns}"),
-            &["-n", pod_ns, "addr", "add", &pod_ip_32, "dev", POD_IFNAME],
-        )?;
-        run_ip(
-            &format!("bringing up {POD_IFNAME} in {pod_ns}"),
-            &["-n", pod_ns, "link", "set", POD_IFNAME, "up"],
-        )?;
-        run_ip(
-            &format!("routing the node address {node_ip} to {POD_IFNAME} in {pod_ns}"),
-            &[
-                "-n",
-                pod_ns,
-                "route",
-                "add",
-                &node_ip_32,
-                "dev",
-                POD_IFNAME,
-                "scope",
-                "link",
-            ],
-        )?;
-        run_ip(
-            &format!("adding the default route via {node_ip} in {pod_ns}"),
-            &[
-                "-n", pod_ns, "route", "add", "default", "via", &node_ip_s, "dev", POD_IFNAME,
-            ],
-        )?;
-        Ok(())
-    }
-}
-
-/// Removes pod `ns/pod`: stops the processes in its namespace, unplugs its
-/// veth and deletes the namespace. The node-side veth is gone when this
+/// Removes pod `ns/pod`: stops the processes in its namespace, deletes
+/// what is left of its veth (the CNI plugin's DEL removes it first) and
+/// the namespace. The node-side veth is gone when this
 /// returns, so its endpoint id can be reused at once.
 pub fn remove_pod(lab: &str, ns: &str, pod: &str) -> Result<(), TopologyError> {
     validate_lab(lab)?;
@@ -918,21 +743,37 @@ pub(crate) mod tests {
             if let Err(e) = destroy_lab(&self.0) {
                 eprintln!("cleaning up lab {}: {e}", self.0);
             }
+            let _ = std::fs::remove_dir_all(crate::lab::cluster::lab_dir(&self.0));
         }
     }
 
-    /// Builds `node-1` (10.244.1.1) with pods x/a, x/b and y/c.
+    /// Writes `node-1`'s conflist: 10.244.1.0/24, gateway 10.244.1.1, no
+    /// collector.
+    pub(crate) fn node_1_conflist(lab: &str) {
+        let conf = crate::lab::cni::NodeConf {
+            gateway: Ipv4Addr::new(10, 244, 1, 1),
+            mtu: 1500,
+            control_socket: None,
+            ranges: vec!["10.244.1.0/24".parse().unwrap()],
+            exclude: vec![],
+            data_dir: crate::lab::cni::store_dir(lab, "node-1"),
+        };
+        crate::lab::cni::write_conflist(lab, "node-1", &conf).unwrap();
+    }
+
+    /// Builds `node-1` (10.244.1.1) with pods x/a, x/b and y/c, plugged in
+    /// by the CNI plugin.
     pub(crate) fn three_pod_lab(lab: &str) -> Vec<(String, Ipv4Addr)> {
-        let node_ip = Ipv4Addr::new(10, 244, 1, 1);
-        create_node(lab, "node-1", node_ip).unwrap();
+        create_node(lab, "node-1", Ipv4Addr::new(10, 244, 1, 1)).unwrap();
+        node_1_conflist(lab);
         let pods = [
-            ("x", "a", Ipv4Addr::new(10, 244, 1, 10), 10),
-            ("x", "b", Ipv4Addr::new(10, 244, 1, 11), 11),
-            ("y", "c", Ipv4Addr::new(10, 244, 1, 12), 12),
+            ("x", "a", Ipv4Addr::new(10, 244, 1, 10)),
+            ("x", "b", Ipv4Addr::new(10, 244, 1, 11)),
+            ("y", "c", Ipv4Addr::new(10, 244, 1, 12)),
         ];
         pods.iter()
-            .map(|&(ns, pod, ip, id)| {
-                add_pod(lab, "node-1", node_ip, ns, pod, ip, id).unwrap();
+            .map(|&(ns, pod, ip)| {
+                crate::lab::cni::plug_pod(lab, "node-1", ns, pod, ip).unwrap();
                 (pod_netns(lab, ns, pod), ip)
             })
             .collect()
@@ -969,11 +810,6 @@ pub(crate) mod tests {
     fn names_and_macs() {
         assert_eq!(node_netns("sightline", "node-1"), "sightline.node-1");
         assert_eq!(pod_netns("sightline", "x", "a"), "sightline.x.a");
-        assert_eq!(host_ifname(12), "lxc00012");
-        assert_eq!(host_ifname(65535), "lxc65535");
-        let ip = Ipv4Addr::new(10, 244, 1, 12);
-        assert_eq!(pod_mac(ip), "02:00:0a:f4:01:0c");
-        assert_eq!(host_mac(ip), "06:00:0a:f4:01:0c");
     }
 
     #[test]
@@ -1007,33 +843,12 @@ pub(crate) mod tests {
                 Err(TopologyError::Invalid { .. })
             ));
         }
-        let pod_ip = Ipv4Addr::new(10, 244, 1, 5);
-        let add = |ns, pod, pod_ip, id| add_pod("ok", "node-1", ip, ns, pod, pod_ip, id);
-        assert!(matches!(
-            add("x.y", "a", pod_ip, 1),
-            Err(TopologyError::Invalid { .. })
-        ));
-        assert!(matches!(
-            add("x", "../a", pod_ip, 1),
-            Err(TopologyError::Invalid { .. })
-        ));
-        assert!(matches!(
-            add("x", "a", ip, 1),
-            Err(TopologyError::Invalid { .. })
-        ));
-        assert!(matches!(
-            add("x", "a", Ipv4Addr::UNSPECIFIED, 1),
-            Err(TopologyError::Invalid { .. })
-        ));
-        assert!(matches!(
-            add("x", "a", pod_ip, 0),
-            Err(TopologyError::Invalid { .. })
-        ));
+        let add = |ns, pod| create_pod_netns("ok", "node-1", ns, pod);
+        assert!(matches!(add("x.y", "a"), Err(TopologyError::Invalid { .. })));
+        assert!(matches!(add("x", "../a"), Err(TopologyError::Invalid { .. })));
+        assert!(matches!(add("", "a"), Err(TopologyError::Invalid { .. })));
         let long = "p".repeat(300);
-        assert!(matches!(
-            add("x", &long, pod_ip, 1),
-            Err(TopologyError::Invalid { .. })
-        ));
+        assert!(matches!(add("x", &long), Err(TopologyError::Invalid { .. })));
     }
 
     #[test]
@@ -1101,73 +916,30 @@ pub(crate) mod tests {
         assert_eq!(sysctl(&node_ns, "net.ipv4.conf.all.rp_filter"), "0");
         assert_eq!(sysctl(&node_ns, "net.ipv4.conf.default.rp_filter"), "0");
         assert!(ip_ok(&["-n", &node_ns, "addr", "show", "dev", "lo"]).contains("10.244.1.1/32"));
-        let lxc = ip_ok(&["-n", &node_ns, "link", "show", "dev", "lxc00012"]);
-        assert!(lxc.contains("06:00:0a:f4:01:0c"), "{lxc}");
-        assert!(lxc.contains(",UP"), "{lxc}");
+        // The plugin's veth, as the CNI suite checks it in detail.
+        let c_host = sightline_cni::host_ifname(&crate::lab::cni::container_id(&lab, "y", "c"), "eth0");
+        let lxc = ip_ok(&["-n", &node_ns, "link", "show", "dev", &c_host]);
+        assert!(lxc.contains("06:00:0a:f4:01:0c") && lxc.contains(",UP"), "{lxc}");
         let routes = ip_ok(&["-n", &node_ns, "route", "show"]);
-        assert!(routes.contains("10.244.1.12 dev lxc00012"), "{routes}");
-
-        // Pod side.
+        assert!(routes.contains(&format!("10.244.1.12 dev {c_host}")), "{routes}");
         let pod_ns = pod_netns(&lab, "y", "c");
         let eth0 = ip_ok(&["-n", &pod_ns, "addr", "show", "dev", "eth0"]);
-        assert!(eth0.contains("02:00:0a:f4:01:0c"), "{eth0}");
-        assert!(eth0.contains("10.244.1.12/32"), "{eth0}");
-        assert!(!eth0.contains("inet6"), "IPv6 on eth0: {eth0}");
+        assert!(eth0.contains("10.244.1.12/32") && !eth0.contains("inet6"), "{eth0}");
         if Path::new("/proc/sys/net/ipv6").exists() {
-            assert_eq!(sysctl(&pod_ns, "net.ipv6.conf.eth0.disable_ipv6"), "1");
-            assert_eq!(sysctl(&node_ns, "net.ipv6.conf.lxc00012.disable_ipv6"), "1");
+            assert_eq!(sysctl(&pod_ns, "net.ipv6.conf.default.disable_ipv6"), "1");
         }
-        let routes = ip_ok(&["-n", &pod_ns, "route", "show"]);
-        assert!(
-            routes.contains("default via 10.244.1.1 dev eth0"),
-            "{routes}"
-        );
-        assert!(
-            routes.contains("10.244.1.1 dev eth0 scope link"),
-            "{routes}"
-        );
 
-        // A pod whose endpoint id is taken fails and leaves nothing behind.
-        let err = add_pod(
-            &lab,
-            "node-1",
-            Ipv4Addr::new(10, 244, 1, 1),
-            "y",
-            "d",
-            Ipv4Addr::new(10, 244, 1, 13),
-            12,
-        )
-        .unwrap_err();
-        assert!(matches!(err, TopologyError::Command { .. }), "{err}");
+        // A pod whose address is taken fails (the plugin's store refuses
+        // it) and leaves nothing behind.
+        let err = crate::lab::cni::plug_pod(&lab, "node-1", "y", "d", Ipv4Addr::new(10, 244, 1, 12)).unwrap_err();
+        assert!(format!("{err:#}").contains("error 100"), "{err:#}");
         assert!(!netns_path(&pod_netns(&lab, "y", "d")).exists());
         // The same pod twice is refused.
-        assert!(matches!(
-            add_pod(
-                &lab,
-                "node-1",
-                Ipv4Addr::new(10, 244, 1, 1),
-                "y",
-                "c",
-                Ipv4Addr::new(10, 244, 1, 12),
-                12
-            ),
-            Err(TopologyError::AlreadyExists(_))
-        ));
+        assert!(matches!(create_pod_netns(&lab, "node-1", "y", "c"), Err(TopologyError::AlreadyExists(_))));
         // A pod on a node that does not exist is refused.
-        assert!(matches!(
-            add_pod(
-                &lab,
-                "node-9",
-                Ipv4Addr::new(10, 244, 9, 1),
-                "y",
-                "e",
-                Ipv4Addr::new(10, 244, 9, 2),
-                2
-            ),
-            Err(TopologyError::NotFound(_))
-        ));
+        assert!(matches!(create_pod_netns(&lab, "node-9", "y", "e"), Err(TopologyError::NotFound(_))));
 
-        // remove_pod stops the pod's processes and frees the endpoint id.
+        // Unplugging stops the pod's processes and frees its address.
         let mut sleeper = Command::new(ip_binary())
             .args(["netns", "exec", &pod_ns, "sleep", "600"])
             .stdin(Stdio::null())
@@ -1182,27 +954,21 @@ pub(crate) mod tests {
             !netns_pids(&pod_ns).unwrap().is_empty(),
             "sleep did not start"
         );
-        remove_pod(&lab, "y", "c").unwrap();
+        crate::lab::cni::unplug_pod(&lab, "node-1", "y", "c").unwrap();
         assert!(
             sleeper.wait().unwrap().code().is_none(),
             "killed by a signal"
         );
         assert!(!netns_path(&pod_ns).exists());
-        assert!(run_ip("test", &["-n", &node_ns, "link", "show", "dev", "lxc00012"]).is_err());
+        assert!(run_ip("test", &["-n", &node_ns, "link", "show", "dev", &c_host]).is_err());
         assert!(matches!(
             remove_pod(&lab, "y", "c"),
             Err(TopologyError::NotFound(_))
         ));
-        add_pod(
-            &lab,
-            "node-1",
-            Ipv4Addr::new(10, 244, 1, 1),
-            "y",
-            "c",
-            Ipv4Addr::new(10, 244, 1, 12),
-            12,
-        )
-        .unwrap();
+        // Unplugging again is fine (DEL is idempotent); the address is
+        // free again.
+        crate::lab::cni::unplug_pod(&lab, "node-1", "y", "c").unwrap();
+        crate::lab::cni::plug_pod(&lab, "node-1", "y", "c", Ipv4Addr::new(10, 244, 1, 12)).unwrap();
 
         // destroy_lab kills processes in every namespace and removes all.
         let mut sleepers: Vec<_> = [node_ns.clone(), pod_netns(&lab, "x", "a")]

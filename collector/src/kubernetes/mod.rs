@@ -31,6 +31,7 @@ pub const WATCHED: &[Watched] = &[
     Watched { group: "networking.k8s.io", version: "v1", resource: "networkpolicies", kind: "NetworkPolicy" },
 ];
 
+pub mod cni;
 mod source;
 pub mod translate;
 

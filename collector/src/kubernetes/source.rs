@@ -74,6 +74,9 @@ pub struct SourceConfig {
     /// The last state is published again this often (an apply that writes
     /// only differences: nothing, unless the maps drifted).
     pub resync: Duration,
+    /// Write the node's CNI configuration after each applied state
+    /// (`--cni-conf`); `None`: leave it to someone else.
+    pub cni: Option<super::cni::CniConfig>,
 }
 
 impl SourceConfig {
@@ -86,6 +89,7 @@ impl SourceConfig {
             debounce: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
             resync: Duration::from_secs(300),
+            cni: None,
         }
     }
 }
@@ -376,6 +380,7 @@ where
 {
     let client = client(&config.connection).await?;
     let node = config.node_name.clone();
+    let cni = config.cni.clone();
     let mut source = start(&client, config);
     let status = source.status_handle();
     let apply = Arc::new(apply);
@@ -383,7 +388,19 @@ where
         while source.states.changed().await.is_ok() {
             let Some(state) = source.states.borrow_and_update().clone() else { continue };
             let apply = Arc::clone(&apply);
-            let applied = tokio::task::spawn_blocking(move || apply(&state)).await;
+            let cni = cni.clone();
+            // The CNI configuration only once the datapath has the state:
+            // no pod is plugged in before its node enforces policy.
+            let applied = tokio::task::spawn_blocking(move || {
+                apply(&state)?;
+                if let Some(cni) = &cni
+                    && super::cni::write(&state, cni)?
+                {
+                    log::info!("kubernetes: wrote the CNI configuration {}", cni.path.display());
+                }
+                Ok(())
+            })
+            .await;
             let failure = match applied {
                 Ok(Ok(())) => None,
                 Ok(Err(err)) => Some(err),
