@@ -184,6 +184,8 @@ fn the_agent_runs_on_every_node_with_host_access() {
     let agent = container(ds, "agent");
     let args = strs(&agent["args"]);
     assert_eq!(args[..3], ["collector", "--kubernetes", "--node-name=$(NODE_NAME)"]);
+    // The agent writes the node's CNI configuration where the runtime reads it.
+    assert!(args.contains(&"--cni-conf=/host/etc/cni/net.d/05-sightline.conflist"), "{args:?}");
     let env = agent["env"].as_array().expect("env");
     let node_name = env.iter().find(|e| e["name"] == "NODE_NAME").expect("NODE_NAME");
     assert_eq!(node_name["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
