@@ -296,20 +296,7 @@ mod tests {
     }
 
     fn state(endpoints: Vec<Endpoint>) -> NodeState {
-        NodeState {
-            node_name: "node-1".into(),
-            pod_cidr: "10.244.1.0/24".into(),
-            node_ip: "10.244.1.1".parse().unwrap(),
-            endpoints,
-            identities: vec![],
-            ipcache: vec![],
-            namespaces: Default::default(),
-            pods: vec![],
-            policies: vec![],
-            services: vec![],
-            policy_audit: false,
-            tunnel: None,
-        }
+        NodeState { endpoints, ..NodeState::empty("node-1", "10.244.1.0/24", "10.244.1.1".parse().unwrap()) }
     }
 
     /// A namespace folder with `t.node-1`, `t.x.a`, `other.x.a` and a link.

@@ -161,18 +161,8 @@ mod tests {
         r.add(reg("b", "x", "b", [10, 244, 1, 6]));
         r.add(reg("c", "x", "c", [10, 244, 1, 7]));
         let mut state = NodeState {
-            node_name: "node-1".into(),
-            pod_cidr: "10.244.1.0/24".into(),
-            node_ip: [10, 244, 1, 1].into(),
-            endpoints: vec![],
-            identities: vec![],
-            ipcache: vec![],
-            namespaces: BTreeMap::new(),
             pods: vec![pod("x", "a", "node-1", [10, 244, 1, 5]), pod("x", "b", "node-1", [10, 244, 1, 6]), pod("x", "c", "node-2", [10, 244, 2, 7]), pod("x", "d", "node-1", [10, 244, 1, 8])],
-            policies: vec![],
-            services: vec![],
-            policy_audit: false,
-            tunnel: None,
+            ..NodeState::empty("node-1", "10.244.1.0/24", [10, 244, 1, 1].into())
         };
         // The source gives b's endpoint itself.
         let mut b = merge(&state, &Registry::default()).endpoints;

@@ -56,6 +56,28 @@ pub struct NodeState {
     pub tunnel: Option<String>,
 }
 
+impl NodeState {
+    /// Node `node_name` with its pod range and address, and nothing else:
+    /// no endpoints, pods, identities, policies or services.
+    #[must_use]
+    pub fn empty(node_name: &str, pod_cidr: &str, node_ip: Ipv4Addr) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            pod_cidr: pod_cidr.to_owned(),
+            node_ip,
+            endpoints: Vec::new(),
+            identities: Vec::new(),
+            ipcache: Vec::new(),
+            namespaces: BTreeMap::new(),
+            pods: Vec::new(),
+            policies: Vec::new(),
+            services: Vec::new(),
+            policy_audit: false,
+            tunnel: None,
+        }
+    }
+}
+
 /// The names a tunnel device may have: the VXLAN and Geneve devices the
 /// lab (or an installer) creates in the node's namespace.
 pub const TUNNEL_DEVICES: [&str; 2] = ["sl_vxlan", "sl_geneve"];

@@ -96,20 +96,7 @@ fn raw(path: &Path, request: &[u8]) -> (String, UnixStream) {
 }
 
 fn state_with(endpoint: Endpoint) -> NodeState {
-    NodeState {
-        node_name: "node-1".into(),
-        pod_cidr: "10.244.1.0/24".into(),
-        node_ip: "10.244.1.1".parse().expect("ip"),
-        endpoints: vec![endpoint],
-        identities: vec![],
-        ipcache: vec![],
-        namespaces: Default::default(),
-        pods: vec![],
-        policies: vec![],
-        services: vec![],
-        policy_audit: false,
-        tunnel: None,
-    }
+    NodeState { endpoints: vec![endpoint], ..NodeState::empty("node-1", "10.244.1.0/24", "10.244.1.1".parse().expect("ip")) }
 }
 
 fn endpoint(ifname: &str, netns: &str) -> Endpoint {

@@ -6,10 +6,6 @@ use std::time::Duration;
 use sightline_collector::decoder::Record;
 use sightline_e2e::{Lab, require_root, sightline, two_pods};
 
-fn endpoint_ifname(lab: &Lab, pod: &str) -> String {
-    lab.host_ifname(pod)
-}
-
 /// Events of the connection between `a` and `b` (either direction) on `port`.
 fn conversation<'a>(events: &'a [Record], a: &str, b: &str, port: u16) -> Vec<&'a Record> {
     events
@@ -37,7 +33,7 @@ fn tcp_connection_and_udp_exchange_field_by_field() {
     let lab = Lab::up("e2e-events", &two_pods(), &["--aggregation", "none"]);
     let (ip_a, ip_b) = (lab.pod_ip("t/a"), lab.pod_ip("t/b"));
     let (id_a, id_b) = (u32::try_from(lab.pod_identity("t/a")).unwrap(), u32::try_from(lab.pod_identity("t/b")).unwrap());
-    let (if_a, if_b) = (endpoint_ifname(&lab, "t/a"), endpoint_ifname(&lab, "t/b"));
+    let (if_a, if_b) = (lab.host_ifname("t/a"), lab.host_ifname("t/b"));
     let mut sub = lab.subscribe();
 
     assert!(lab.probe("t/a", "t/b", 80, "TCP"));

@@ -56,6 +56,11 @@ fn results_dir(lab: &str) -> PathBuf {
     lab_dir(lab).join("cni").join("results")
 }
 
+/// Where ADD's result for container `id` is kept (for DEL's `prevResult`).
+fn cached_result(lab: &str, id: &str) -> PathBuf {
+    results_dir(lab).join(format!("{id}-{IFNAME}"))
+}
+
 /// The container id of pod `ns/pod` (its namespace's name).
 pub fn container_id(lab: &str, ns: &str, pod: &str) -> String {
     pod_netns(lab, ns, pod)
@@ -110,7 +115,7 @@ pub fn add(lab: &str, node: &str, ns: &str, pod: &str, ip: Ipv4Addr) -> anyhow::
         .clone();
     let dir = results_dir(lab);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cached = dir.join(format!("{id}-{IFNAME}"));
+    let cached = cached_result(lab, &id);
     fs::write(&cached, serde_json::to_vec(&result).expect("a result serialises"))
         .with_context(|| format!("writing {}", cached.display()))?;
     Ok(host)
@@ -120,7 +125,7 @@ pub fn add(lab: &str, node: &str, ns: &str, pod: &str, ip: Ipv4Addr) -> anyhow::
 /// result as `prevResult`). Safe to repeat, and for a pod half made.
 pub fn del(lab: &str, node: &str, ns: &str, pod: &str) -> anyhow::Result<()> {
     let id = container_id(lab, ns, pod);
-    let cached = results_dir(lab).join(format!("{id}-{IFNAME}"));
+    let cached = cached_result(lab, &id);
     let prev = fs::read(&cached).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
     let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}");
     invoke(lab, node, "DEL", &id, &pod_netns(lab, ns, pod), &args, prev)?;

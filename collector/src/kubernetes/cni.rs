@@ -81,20 +81,7 @@ mod tests {
     use super::*;
 
     fn state(cidr: &str, tunnel: Option<&str>) -> NodeState {
-        NodeState {
-            node_name: "aks-1".into(),
-            pod_cidr: cidr.into(),
-            node_ip: "10.244.3.1".parse().unwrap(),
-            endpoints: vec![],
-            identities: vec![],
-            ipcache: vec![],
-            namespaces: Default::default(),
-            pods: vec![],
-            policies: vec![],
-            services: vec![],
-            policy_audit: false,
-            tunnel: tunnel.map(Into::into),
-        }
+        NodeState { tunnel: tunnel.map(Into::into), ..NodeState::empty("aks-1", cidr, Ipv4Addr::new(10, 244, 3, 1)) }
     }
 
     fn cfg() -> CniConfig {
