@@ -513,6 +513,11 @@ struct CollectorArgs {
     /// With --cni-conf: the plugin's address store on the node.
     #[arg(long, value_name = "DIR", requires = "cni_conf", default_value = sightline_collector::kubernetes::cni::DEFAULT_DATA_DIR)]
     cni_data_dir: PathBuf,
+    /// The cluster's name: in the certificate names the Peer service
+    /// announces (`<node>.<cluster>.hubble-grpc.cilium.io`) and on exported
+    /// records.
+    #[arg(long, default_value = "default")]
+    cluster_name: String,
     #[command(flatten)]
     tls: CollectorTlsArgs,
 }
@@ -700,6 +705,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 reload: args.reload,
                 kvstore,
                 kubernetes,
+                cluster_name: args.cluster_name.clone(),
             };
             let notify = args.notify_ready;
             runtime()?.block_on(agent::run(opts, notify))?;

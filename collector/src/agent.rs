@@ -117,6 +117,9 @@ pub struct AgentOptions {
     /// The Kubernetes API as the state source (`--kubernetes`); `None`:
     /// the control socket's `apply` only.
     pub kubernetes: Option<crate::kubernetes::SourceConfig>,
+    /// The cluster's name (`--cluster-name`): in the certificate names the
+    /// Peer service announces and on exported records.
+    pub cluster_name: String,
 }
 
 /// `--export-config` of a collector.
@@ -353,6 +356,14 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let observer = Arc::new(ObserverState::new(opts.node_name.clone(), address, store));
     observer.seed_ring_losses(&lost_baseline);
+    if opts.grpc_tls.is_some() {
+        // Alone (no cluster view yet): this collector, with its certificate's name.
+        let me = observer::peers::Announced {
+            address: address.to_string(),
+            tls_server_name: Some(observer::peers::tls_server_name(&opts.node_name, &opts.cluster_name)),
+        };
+        observer.announce([(opts.node_name.clone(), me)].into());
+    }
     observer.agent_events.agent_started();
     let mut metrics = Metrics::new(&opts.metrics_config, crate::metrics::DEFAULT_MAX_SERIES_PER_METRIC)?;
     let own_metrics = AgentMetrics::register(metrics.registry_mut());
@@ -441,7 +452,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     }
     let (stop_export, export_stopped) = tokio::sync::watch::channel(false);
     let exporters = Arc::new(sightline_export::Exporters::new(
-        sightline_export::Identity { service: "sightline-collector".to_owned(), cluster: "default".to_owned() },
+        sightline_export::Identity { service: "sightline-collector".to_owned(), cluster: opts.cluster_name.clone() },
         export_metrics.clone(),
     ));
     let mut export_tasks = Vec::new();
@@ -470,9 +481,25 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     let kubernetes = match opts.kubernetes.clone() {
         Some(config) => {
             let applier = Arc::clone(&shared);
-            let (status, task) = crate::kubernetes::run_applying(config, move |state| apply(&applier, state)).await?;
-            let _ = shared.kubernetes.set(status);
-            Some(task)
+            let running = crate::kubernetes::run_applying(config, move |state| apply(&applier, state)).await?;
+            let _ = shared.kubernetes.set(running.status);
+            // The Peer service announces every node's collector, on this
+            // collector's port (a DaemonSet's agents share it).
+            let (port, tls, cluster) = (observer.address.port(), opts.grpc_tls.is_some(), opts.cluster_name.clone());
+            let announcer = Arc::clone(&observer);
+            let mut nodes = running.nodes;
+            let announcing = tokio::spawn(async move {
+                loop {
+                    let current = nodes.borrow_and_update().clone();
+                    if !current.is_empty() {
+                        announcer.announce(observer::peers::from_nodes(&current, port, tls, &cluster));
+                    }
+                    if nodes.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Some((running.task, announcing))
         }
         None => None,
     };
@@ -490,8 +517,9 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     }
     consumer.abort();
     gc.abort();
-    if let Some(k) = kubernetes {
-        k.abort();
+    if let Some((source, announcing)) = kubernetes {
+        source.abort();
+        announcing.abort();
     }
     if let Some(s) = slices {
         s.abort();
@@ -1119,6 +1147,7 @@ mod tests {
             reload: crate::pins::Reload::None,
             kvstore: None,
             kubernetes: None,
+            cluster_name: "default".into(),
         }
     }
 }

@@ -258,7 +258,7 @@ async fn the_agent_writes_the_cni_configuration_only_after_an_applied_state() {
     let accept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let applies = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     let (a, n) = (accept.clone(), applies.clone());
-    let (_status, task) = kubernetes::run_applying(config, move |_state| {
+    let running = kubernetes::run_applying(config, move |_state| {
         n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if a.load(std::sync::atomic::Ordering::SeqCst) { Ok(()) } else { Err("refused".into()) }
     })
@@ -277,5 +277,33 @@ async fn the_agent_writes_the_cni_configuration_only_after_an_applied_state() {
     assert_eq!(conf.ipam.ranges, vec!["10.244.1.0/24".parse().unwrap()]);
     assert_eq!(conf.gateway.to_string(), "10.244.1.1");
     assert_eq!(conf.control_socket.unwrap().to_str(), Some("/var/run/sightline/control.sock"));
-    task.abort();
+    // The nodes the Peer service announces come with it.
+    assert_eq!(running.nodes.borrow().keys().cloned().collect::<Vec<_>>(), vec!["node-1", "node-2"]);
+    running.task.abort();
+}
+
+#[tokio::test]
+async fn the_source_follows_the_clusters_nodes_for_the_peer_service() {
+    let api = ApiServer::start().await.unwrap();
+    seed(&api);
+    let (mut source, _dir) = start(&api).await;
+    let mut nodes = source.nodes.clone();
+    wait_state(&mut source, "the first state", |s| s.pods.len() == 2).await;
+    let names = |n: &std::collections::BTreeMap<String, std::net::IpAddr>| n.keys().cloned().collect::<Vec<_>>();
+    let first = nodes.borrow_and_update().clone();
+    assert_eq!(names(&first), vec!["node-1", "node-2"]);
+    assert_eq!(first["node-2"].to_string(), "10.244.2.1");
+
+    api.put(node("node-3", 3)).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), nodes.wait_for(|n| n.contains_key("node-3")))
+        .await
+        .expect("node-3 never reached the source's nodes")
+        .unwrap();
+    api.delete("Node", "", "node-2").unwrap();
+    let now = tokio::time::timeout(Duration::from_secs(20), nodes.wait_for(|n| !n.contains_key("node-2")))
+        .await
+        .expect("node-2 never left the source's nodes")
+        .unwrap()
+        .clone();
+    assert_eq!(names(&now), vec!["node-1", "node-3"]);
 }

@@ -40,5 +40,5 @@ pub mod translate;
 pub use k8s_openapi;
 
 pub use source::{
-    Connection, KindStatus, Source, SourceConfig, SourceError, SourceStatus, StatusHandle, client, run_applying, start,
+    Applying, Connection, KindStatus, Source, SourceConfig, SourceError, SourceStatus, StatusHandle, client, run_applying, start,
 };

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -172,6 +173,8 @@ impl Shared {
 pub struct Source {
     /// The last state built (`None` until every kind is listed).
     pub states: watch::Receiver<Option<Arc<NodeState>>>,
+    /// Every node's name and address (empty until Nodes are listed).
+    pub nodes: watch::Receiver<BTreeMap<String, IpAddr>>,
     shared: Arc<Shared>,
     tasks: JoinSet<()>,
 }
@@ -234,8 +237,9 @@ pub fn start(client: &Client, config: SourceConfig) -> Source {
         follow::<NetworkPolicy>(&mut tasks, &shared, Api::all(client.clone()), watcher::Config::default(), "NetworkPolicy");
     let stores = Stores { local_pods, pods, namespaces, services, nodes, slices, policies };
     let (tx, rx) = watch::channel(None);
-    tasks.spawn(build(Arc::clone(&shared), stores, config, tx));
-    Source { states: rx, shared, tasks }
+    let (nodes_tx, nodes_rx) = watch::channel(BTreeMap::new());
+    tasks.spawn(build(Arc::clone(&shared), stores, config, tx, nodes_tx));
+    Source { states: rx, nodes: nodes_rx, shared, tasks }
 }
 
 struct Stores {
@@ -321,7 +325,13 @@ where
 }
 
 /// The builder: debounces changes, builds, publishes.
-async fn build(shared: Arc<Shared>, stores: Stores, config: SourceConfig, tx: watch::Sender<Option<Arc<NodeState>>>) {
+async fn build(
+    shared: Arc<Shared>,
+    stores: Stores,
+    config: SourceConfig,
+    tx: watch::Sender<Option<Arc<NodeState>>>,
+    nodes_tx: watch::Sender<BTreeMap<String, IpAddr>>,
+) {
     let mut resync = tokio::time::interval(config.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -346,6 +356,12 @@ async fn build(shared: Arc<Shared>, stores: Stores, config: SourceConfig, tx: wa
         if !stores.ready(&shared) {
             continue;
         }
+        let nodes = translate::cluster_nodes(&stores.nodes.state());
+        nodes_tx.send_if_modified(|current| {
+            let changed = *current != nodes;
+            *current = nodes;
+            changed
+        });
         match translate::node_state(&config.node_name, &stores.objects()) {
             Ok(state) => {
                 let changed = tx.borrow().as_deref() != Some(&state);
@@ -365,16 +381,24 @@ async fn build(shared: Arc<Shared>, stores: Stores, config: SourceConfig, tx: wa
     }
 }
 
+/// A source run by [`run_applying`].
+pub struct Applying {
+    pub status: StatusHandle,
+    /// Every node's name and address, as the source last read them.
+    pub nodes: watch::Receiver<BTreeMap<String, IpAddr>>,
+    /// Owns the source: aborting it stops the watchers.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
 /// Connects as `config` says, starts the source and applies every state it
 /// publishes with `apply` (on a blocking thread, one at a time, in order).
 /// A failed apply is logged and counted in the status; the next state (at
-/// the latest the resync) tries again. The returned task owns the source:
-/// aborting it stops the watchers.
+/// the latest the resync) tries again.
 ///
 /// # Errors
 ///
 /// The client cannot be made (kubeconfig, in-cluster configuration).
-pub async fn run_applying<F>(config: SourceConfig, apply: F) -> Result<(StatusHandle, tokio::task::JoinHandle<()>), SourceError>
+pub async fn run_applying<F>(config: SourceConfig, apply: F) -> Result<Applying, SourceError>
 where
     F: Fn(&NodeState) -> Result<(), String> + Send + Sync + 'static,
 {
@@ -383,6 +407,7 @@ where
     let cni = config.cni.clone();
     let mut source = start(&client, config);
     let status = source.status_handle();
+    let nodes = source.nodes.clone();
     let apply = Arc::new(apply);
     let task = tokio::spawn(async move {
         while source.states.changed().await.is_ok() {
@@ -414,5 +439,5 @@ where
             status.last_apply_error = failure;
         }
     });
-    Ok((status, task))
+    Ok(Applying { status, nodes, task })
 }

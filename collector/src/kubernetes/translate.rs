@@ -353,6 +353,28 @@ pub struct Objects {
     pub nodes: Vec<Arc<Node>>,
 }
 
+/// Every node's name and address: its first `InternalIP`, IPv4 before
+/// IPv6 (nodes without one are left out). The Peer service announces each
+/// node's collector there.
+#[must_use]
+pub fn cluster_nodes(nodes: &[Arc<Node>]) -> BTreeMap<String, IpAddr> {
+    let mut out = BTreeMap::new();
+    for n in nodes {
+        let Some(name) = &n.metadata.name else { continue };
+        let internal: Vec<IpAddr> = n
+            .status
+            .iter()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .filter(|a| a.type_ == "InternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect();
+        if let Some(ip) = internal.iter().find(|ip| ip.is_ipv4()).or_else(|| internal.first()) {
+            out.insert(name.clone(), *ip);
+        }
+    }
+    out
+}
+
 /// The first address of a node's pod CIDR: the pods' gateway.
 fn gateway(cidr: &str) -> Option<Ipv4Addr> {
     let (ip, len) = model::parse_cidr(cidr).ok()?;
@@ -482,5 +504,34 @@ mod tests {
         assert_eq!(default_policy_types(&[], false), vec![PolicyType::Ingress]);
         assert_eq!(default_policy_types(&[], true), vec![PolicyType::Ingress, PolicyType::Egress]);
         assert_eq!(default_policy_types(&[PolicyType::Egress, PolicyType::Egress], false), vec![PolicyType::Egress]);
+    }
+
+    #[test]
+    fn cluster_nodes_are_named_with_their_first_internal_ipv4() {
+        use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+        let node = |name: &str, addresses: &[(&str, &str)]| {
+            Arc::new(Node {
+                metadata: meta::ObjectMeta { name: Some(name.to_owned()), ..Default::default() },
+                status: Some(NodeStatus {
+                    addresses: Some(
+                        addresses
+                            .iter()
+                            .map(|(t, a)| NodeAddress { type_: (*t).to_owned(), address: (*a).to_owned() })
+                            .collect(),
+                    ),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let nodes = vec![
+            node("a", &[("Hostname", "a"), ("InternalIP", "fd00::1"), ("InternalIP", "10.0.0.1")]),
+            node("b", &[("InternalIP", "fd00::2")]),
+            node("c", &[("ExternalIP", "203.0.113.3")]),
+        ];
+        let got = cluster_nodes(&nodes);
+        assert_eq!(got.len(), 2, "a node without an InternalIP is left out: {got:?}");
+        assert_eq!(got["a"], "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(got["b"], "fd00::2".parse::<IpAddr>().unwrap());
     }
 }

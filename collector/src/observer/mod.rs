@@ -10,6 +10,7 @@
 
 pub mod events;
 mod flows;
+pub mod peers;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,10 +26,10 @@ use sightline_proto::observer::{
     ServerStatusRequest, ServerStatusResponse,
 };
 use sightline_proto::peer::peer_server::{Peer, PeerServer};
-use sightline_proto::peer::{ChangeNotification, ChangeNotificationType, NotifyRequest};
+use sightline_proto::peer::{ChangeNotification, NotifyRequest};
 use sightline_proto::relay::NodeState;
 use sightline_proto::flow::{LostEvent, LostEventSource};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -70,13 +71,15 @@ pub struct ObserverState {
     pub flow_clients: Arc<AtomicU64>,
     /// For `flows_rate`: (time, seen) a while ago.
     rate_mark: Mutex<(Instant, u64)>,
+    /// What `peer.Peer/Notify` announces: this collector alone until
+    /// [`ObserverState::announce`] gives the cluster's.
+    peers: watch::Sender<peers::Directory>,
 }
 
 impl ObserverState {
     #[must_use]
     pub fn new(node_name: String, address: SocketAddr, store: Arc<Store>) -> Self {
         Self {
-            node_name,
             address,
             started: Instant::now(),
             store,
@@ -88,7 +91,27 @@ impl ObserverState {
             ring_lost_total: AtomicU64::new(0),
             flow_clients: Arc::new(AtomicU64::new(0)),
             rate_mark: Mutex::new((Instant::now(), 0)),
+            peers: watch::Sender::new(
+                [(node_name.clone(), peers::Announced { address: address.to_string(), tls_server_name: None })].into(),
+            ),
+            node_name,
         }
+    }
+
+    /// Replaces what the Peer service announces (subscribers hear the
+    /// differences).
+    pub fn announce(&self, directory: peers::Directory) {
+        self.peers.send_if_modified(|current| {
+            let changed = *current != directory;
+            *current = directory;
+            changed
+        });
+    }
+
+    /// What the Peer service announces now.
+    #[must_use]
+    pub fn announced(&self) -> peers::Directory {
+        self.peers.borrow().clone()
     }
 
     /// Notes that a flow involved these namespaces (called by the pipeline).
@@ -287,16 +310,23 @@ impl Observer for Service {
 impl Peer for Service {
     type NotifyStream = BoxStream<ChangeNotification>;
 
-    /// This node, then nothing until the client goes away (a collector knows
-    /// only itself; the relay learns the cluster from every node).
+    /// Every collector the directory holds as `PEER_ADDED`, then its
+    /// changes as they happen, until the client goes away (Hubble's
+    /// replay-then-diff).
     async fn notify(&self, _request: Request<NotifyRequest>) -> Result<Response<Self::NotifyStream>, Status> {
-        let me = ChangeNotification {
-            name: self.state.node_name.clone(),
-            address: self.state.address.to_string(),
-            r#type: ChangeNotificationType::PeerAdded as i32,
-            tls: None,
-        };
-        let stream = tokio_stream::StreamExt::chain(tokio_stream::once(Ok(me)), tokio_stream::pending());
+        let mut rx = self.state.peers.subscribe();
+        let first = rx.borrow_and_update().clone();
+        let replay = peers::replay(&first);
+        let changes = futures::stream::unfold((rx, first), |(mut rx, last)| async move {
+            rx.changed().await.ok()?;
+            let now = rx.borrow_and_update().clone();
+            let notes = peers::changes(&last, &now);
+            Some((tokio_stream::iter(notes.into_iter().map(Ok)), (rx, now)))
+        });
+        let stream = tokio_stream::StreamExt::chain(
+            tokio_stream::iter(replay.into_iter().map(Ok)),
+            futures::StreamExt::chain(futures::StreamExt::flatten(changes), futures::stream::pending()),
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
