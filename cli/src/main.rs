@@ -292,9 +292,25 @@ struct RelayArgs {
     /// Serve the relay's gRPC API (Hubble's Observer, health, reflection) here.
     #[arg(long)]
     listen: std::net::SocketAddr,
-    /// A node's collector: NAME=HOST:PORT (repeatable).
-    #[arg(long = "peer", value_name = "NAME=HOST:PORT", required = true)]
+    /// A node's collector: NAME=HOST:PORT (repeatable). For a fixed set of
+    /// nodes (the lab); in a cluster, --peer-service.
+    #[arg(long = "peer", value_name = "NAME=HOST:PORT", required_unless_present = "peer_service", conflicts_with = "peer_service")]
     peers: Vec<String>,
+    /// Learn the collectors from the Peer service at HOST:PORT
+    /// (`peer.Peer/Notify`, as Hubble Relay does; in a cluster the
+    /// sightline-peer Service in front of every agent), as nodes join and
+    /// leave.
+    #[arg(long, value_name = "HOST:PORT")]
+    peer_service: Option<String>,
+    /// The name the Peer service's certificate must carry, with TLS to the
+    /// collectors (default: peer.<cluster>.hubble-grpc.cilium.io, which the
+    /// agents' *.<cluster>.hubble-grpc.cilium.io certificate covers).
+    #[arg(long, value_name = "NAME", requires = "peer_service")]
+    peer_service_server_name: Option<String>,
+    /// The longest wait between two calls of an unreachable Peer service
+    /// (from 1s, doubling).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, requires = "peer_service")]
+    retry_timeout: Duration,
     /// The lab the relay belongs to (so that `lab down` finds it).
     #[arg(long)]
     lab: Option<String>,
@@ -992,6 +1008,33 @@ fn print_report(report: &lab::manifest::ApplyReport) {
     }
 }
 
+/// The channel to the Peer service (`--peer-service`): with TLS to the
+/// collectors, checked for `--peer-service-server-name`.
+fn peer_service_channel(
+    target: &str,
+    args: &RelayArgs,
+    tls: Option<&std::sync::Arc<sightline_tls::ClientTls>>,
+) -> anyhow::Result<tonic::transport::Channel> {
+    let address = sightline_relay::discovery::peer_address(target)
+        .ok_or_else(|| anyhow!("--peer-service {target:?}: expected HOST:PORT"))?;
+    let timeout = Duration::from_secs(5);
+    match tls {
+        Some(tls) => {
+            let name = args
+                .peer_service_server_name
+                .clone()
+                .unwrap_or_else(|| sightline_relay::server::peer_server_name("peer", &args.cluster_name));
+            let connector = sightline_tls::Connector::new(std::sync::Arc::clone(tls), Some(&name))
+                .map_err(|e| anyhow!("--peer-service-server-name {name:?}: {e}"))?;
+            connector.lazy_channel(&address, timeout).map_err(|e| anyhow!("--peer-service {target:?}: {e}"))
+        }
+        None => Ok(tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| anyhow!("--peer-service {target:?}: {e}"))?
+            .connect_timeout(timeout)
+            .connect_lazy()),
+    }
+}
+
 /// `sightline relay`: serves until SIGTERM or Ctrl-C.
 fn run_relay(args: &RelayArgs) -> anyhow::Result<()> {
     let mut peers = Vec::new();
@@ -1050,10 +1093,11 @@ fn run_relay(args: &RelayArgs) -> anyhow::Result<()> {
             }
         }
         let mut config = sightline_relay::Config::new("relay", peers);
-        config.tls = client_tls;
+        config.tls = client_tls.clone();
         config.cluster = args.cluster_name.clone();
         // Inside the runtime: the peers' channels start their workers on it.
         let relay = sightline_relay::Relay::with_auth(config, auth)?;
+        let discovery = sightline_relay::discovery::DiscoveryStatus::default();
         let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
         let mut registry = prometheus_client::registry::Registry::default();
         let export_metrics = sightline_export::ExportMetrics::register(&mut registry);
@@ -1064,13 +1108,24 @@ fn run_relay(args: &RelayArgs) -> anyhow::Result<()> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let feed_status = sightline_relay::feed::FeedStatus::default();
         let mut background = tokio::task::JoinSet::new();
+        if let Some(target) = &args.peer_service {
+            let channel = peer_service_channel(target, args, client_tls.as_ref())?;
+            log::info!("discovery: collectors from the Peer service at {target}");
+            background.spawn(sightline_relay::discovery::run(
+                relay.clone(),
+                channel,
+                args.retry_timeout,
+                discovery.clone(),
+                stop_rx.clone(),
+            ));
+        }
         if let (Some(path), Some(config)) = (&args.export_config, &export_config) {
             let report = exporters.apply(config).await.map_err(|e| anyhow!("--export-config {}: {e}", path.display()))?;
             export_metrics.reload(true);
             log::info!("export: {} exporter(s) started from {}", report.started.len(), path.display());
             let resume = sightline_export::Exporters::resume_points(config);
             background.spawn(sightline_relay::feed::run(
-                relay.peer_channels(),
+                relay.watch_peers(),
                 std::sync::Arc::clone(&exporters),
                 resume,
                 feed_status.clone(),

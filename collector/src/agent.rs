@@ -356,7 +356,11 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
     let observer = Arc::new(ObserverState::new(opts.node_name.clone(), address, store));
     observer.seed_ring_losses(&lost_baseline);
-    if opts.grpc_tls.is_some() {
+    if opts.kubernetes.is_some() {
+        // Notify waits for the cluster's nodes: a relay that reconnects
+        // must not take this node alone for the whole cluster.
+        observer.await_cluster();
+    } else if opts.grpc_tls.is_some() {
         // Alone (no cluster view yet): this collector, with its certificate's name.
         let me = observer::peers::Announced {
             address: address.to_string(),

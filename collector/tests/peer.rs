@@ -53,17 +53,27 @@ async fn notify_replays_the_directory_then_streams_its_changes() {
     assert_eq!(next(&mut stream).await, ("node-3".into(), "10.224.0.6:4244".into(), PeerAdded));
 
     // A node leaves.
-    let mut fewer = state.announced();
+    let mut fewer = state.announced().expect("a directory");
     fewer.remove("node-2");
     state.announce(fewer.clone());
     assert_eq!(next(&mut stream).await, ("node-2".into(), "10.224.0.5:4244".into(), PeerDeleted));
 
     // The same directory again: nothing to say.
-    state.announce(fewer);
+    state.announce(fewer.clone());
     assert!(
         tokio::time::timeout(Duration::from_millis(300), stream.next()).await.is_err(),
         "an unchanged directory was announced again"
     );
+
+    // While the cluster's view is awaited, a new subscriber hears nothing;
+    // then the whole directory.
+    state.await_cluster();
+    let mut waiting = client.notify(NotifyRequest {}).await.expect("Notify").into_inner();
+    assert!(tokio::time::timeout(Duration::from_millis(300), waiting.next()).await.is_err(), "a replay before the cluster was known");
+    state.announce(fewer.clone());
+    assert_eq!(next(&mut waiting).await, ("node-1".into(), "10.224.0.4:4244".into(), PeerAdded));
+    assert_eq!(next(&mut waiting).await, ("node-3".into(), "10.224.0.6:4244".into(), PeerAdded));
+    assert!(tokio::time::timeout(Duration::from_millis(300), stream.next()).await.is_err(), "the first subscriber heard a change");
 
     // A new subscriber hears the directory as it is now.
     let mut late = client.notify(NotifyRequest {}).await.expect("Notify").into_inner();

@@ -9,13 +9,18 @@
 //! twice. On the relay's first start the feed begins with new flows; after
 //! a restart it resumes from where the exporters' spools say they were.
 //!
+//! The nodes followed are the relay's peers as they change (with
+//! `--peer-service`, as the Peer service announces them): a node that joins
+//! is followed from then on, one that leaves is dropped, one that
+//! moves is followed at its new address from its last flow.
+//!
 //! Items are batched (up to 512, or what arrived within 10 ms) and not
 //! sorted across nodes: exporters do not need a global order, and waiting
 //! for one would only add delay. A slow exporter never slows the feed:
 //! [`Exporters::push`] does not wait.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -28,6 +33,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
+
+use crate::server::{Connected, PeerSet};
 
 /// Items per batch handed to the exporters.
 pub const BATCH: usize = 512;
@@ -58,19 +65,78 @@ fn nanos(t: &Timestamp) -> i64 {
     t.seconds.saturating_mul(1_000_000_000).saturating_add(i64::from(t.nanos))
 }
 
-/// Follows every peer until `stop` turns true. `resume` holds, per node,
-/// the time to start from (absent: new flows only).
+/// Counts a connected node stream while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(status: &FeedStatus) -> Self {
+        status.connected.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(&status.connected))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per node, the time of the last flow handed on (or where to resume).
+type Marks = Arc<Mutex<BTreeMap<String, i64>>>;
+
+/// Follows every peer of `peers` — as they are and as they change — until
+/// `stop` turns true. `resume` holds, per node, the time to start from
+/// (absent: new flows only). A node that leaves is no longer followed; one
+/// that moves to another address is followed there from its last flow.
 pub async fn run(
-    peers: Vec<(String, Channel)>,
+    mut peers: watch::Receiver<PeerSet>,
     exporters: Arc<Exporters>,
     resume: BTreeMap<String, i64>,
     status: FeedStatus,
-    stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
 ) {
+    let marks: Marks = Arc::new(Mutex::new(resume));
     let mut tasks = JoinSet::new();
-    for (name, channel) in peers {
-        let since = resume.get(&name).copied();
-        tasks.spawn(follow(name, channel, Arc::clone(&exporters), since, status.clone(), stop.clone()));
+    let mut followed: BTreeMap<String, (Arc<Connected>, tokio::task::AbortHandle)> = BTreeMap::new();
+    loop {
+        let now = Arc::clone(&peers.borrow_and_update());
+        followed.retain(|name, (peer, task)| {
+            let keep = now.iter().any(|p| Arc::ptr_eq(p, peer));
+            if !keep {
+                log::info!("export feed: no longer following {name} at {}", peer.peer.address);
+                task.abort();
+            }
+            keep
+        });
+        for peer in now.iter() {
+            if followed.contains_key(&peer.peer.name) {
+                continue;
+            }
+            let since = marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&peer.peer.name).copied();
+            let task = tasks.spawn(follow(
+                peer.peer.name.clone(),
+                peer.channel.clone(),
+                Arc::clone(&exporters),
+                since,
+                Arc::clone(&marks),
+                status.clone(),
+                stop.clone(),
+            ));
+            followed.insert(peer.peer.name.clone(), (Arc::clone(peer), task));
+        }
+        if *stop.borrow() {
+            break;
+        }
+        tokio::select! {
+            changed = peers.changed() => if changed.is_err() {
+                // No more changes: follow what there is until stopped.
+                let _ = stop.wait_for(|s| *s).await;
+                break;
+            },
+            _ = stop.changed() => break,
+            // Reap the tasks that ended.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -80,6 +146,7 @@ async fn follow(
     channel: Channel,
     exporters: Arc<Exporters>,
     mut since: Option<i64>,
+    marks: Marks,
     status: FeedStatus,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -97,7 +164,7 @@ async fn follow(
         match opened {
             Ok(response) => {
                 log::info!("export feed: following {node}{}", since.map_or(String::new(), |s| format!(" since {s} ns")));
-                status.connected.fetch_add(1, Ordering::Relaxed);
+                let _open = Open::new(&status);
                 backoff = BACKOFF_START;
                 let stream = response.into_inner().chunks_timeout(BATCH, LINGER);
                 tokio::pin!(stream);
@@ -124,13 +191,15 @@ async fn follow(
                     }
                     if !items.is_empty() {
                         exporters.push(&items.into());
+                        if let Some(t) = since {
+                            marks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(node.clone(), t);
+                        }
                     }
                     if let Some(status) = failed {
                         log::warn!("export feed: {node}: {status}");
                         break;
                     }
                 }
-                status.connected.fetch_sub(1, Ordering::Relaxed);
                 if *stop.borrow() {
                     return;
                 }

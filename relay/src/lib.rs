@@ -6,6 +6,8 @@
 //! - [`server`]: the Observer service (GetFlows merged; ServerStatus,
 //!   GetNodes, GetNamespaces aggregated) and [`serve`].
 //!
+//! - [`discovery`]: the peers from the Peer service (`--peer-service`),
+//!   as they join and leave;
 //! - [`feed`]: the export feed, a permanent follow stream to every node
 //!   handed to the exporters (`sightline-export`);
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`;
@@ -17,12 +19,13 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod discovery;
 pub mod feed;
 pub mod http;
 pub mod merge;
 pub mod server;
 
-pub use server::{Config, Peer, Relay, RelayError, serve};
+pub use server::{Config, Connected, Peer, PeerSet, Relay, RelayError, serve};
 
 /// The relay's version, as `ServerStatus` reports it.
 #[must_use]

@@ -17,6 +17,7 @@
 //! holds is skipped; flows of that very instant may come twice). The
 //! client's stream never ends because a node restarted.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use sightline_proto::observer::{
     ServerStatusRequest, ServerStatusResponse, get_flows_response::ResponseTypes,
 };
 use sightline_proto::relay::{NodeState, NodeStatusEvent};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -114,18 +115,52 @@ pub enum RelayError {
     },
 }
 
-struct Connected {
-    peer: Peer,
-    channel: Channel,
+/// A node's collector with its channel (connected on first use).
+#[derive(Debug)]
+pub struct Connected {
+    pub peer: Peer,
+    pub channel: Channel,
     /// The name checked on its certificate, with TLS.
-    server_name: Option<String>,
+    pub server_name: Option<String>,
 }
+
+/// The peers as they are now, in name order.
+pub type PeerSet = Arc<Vec<Arc<Connected>>>;
 
 struct State {
     config: Config,
-    peers: Vec<Connected>,
+    /// The peers: the configured ones, then as the Peer service says
+    /// (`crate::discovery`). Requests take a snapshot; followers and the
+    /// export feed watch it.
+    peers: watch::Sender<PeerSet>,
     started: SystemTime,
     auth: Option<Arc<Authenticator>>,
+}
+
+/// Dials `peer` as `config` says (lazily: nothing is sent until first
+/// use); with TLS its certificate must carry `server_name`, or Hubble's
+/// name for it.
+fn connect(config: &Config, peer: &Peer, server_name: Option<&str>) -> Result<Connected, RelayError> {
+    let bad = || RelayError::PeerAddress { name: peer.name.clone(), address: peer.address.clone() };
+    if peer.name.is_empty() || !peer.address.contains(':') || peer.address.contains('/') {
+        return Err(bad());
+    }
+    let (channel, server_name) = match &config.tls {
+        Some(tls) => {
+            let name = server_name.map_or_else(|| peer_server_name(&peer.name, &config.cluster), str::to_owned);
+            let connector = sightline_tls::Connector::new(Arc::clone(tls), Some(&name))
+                .map_err(|source| RelayError::PeerServerName { name: peer.name.clone(), source })?;
+            (connector.lazy_channel(&peer.address, config.dial_timeout).map_err(|_| bad())?, Some(name))
+        }
+        None => {
+            let channel = Endpoint::from_shared(format!("http://{}", peer.address))
+                .map_err(|_| bad())?
+                .connect_timeout(config.dial_timeout)
+                .connect_lazy();
+            (channel, None)
+        }
+    };
+    Ok(Connected { peer: peer.clone(), channel, server_name })
 }
 
 fn now() -> Timestamp {
@@ -273,28 +308,57 @@ impl Relay {
     pub fn with_auth(config: Config, auth: Option<Arc<Authenticator>>) -> Result<Self, RelayError> {
         let mut peers = Vec::new();
         for peer in &config.peers {
-            let bad = || RelayError::PeerAddress { name: peer.name.clone(), address: peer.address.clone() };
-            if !peer.address.contains(':') || peer.address.contains('/') {
-                return Err(bad());
-            }
-            let (channel, server_name) = match &config.tls {
-                Some(tls) => {
-                    let name = peer_server_name(&peer.name, &config.cluster);
-                    let connector = sightline_tls::Connector::new(Arc::clone(tls), Some(&name))
-                        .map_err(|source| RelayError::PeerServerName { name: peer.name.clone(), source })?;
-                    (connector.lazy_channel(&peer.address, config.dial_timeout).map_err(|_| bad())?, Some(name))
-                }
-                None => {
-                    let channel = Endpoint::from_shared(format!("http://{}", peer.address))
-                        .map_err(|_| bad())?
-                        .connect_timeout(config.dial_timeout)
-                        .connect_lazy();
-                    (channel, None)
-                }
-            };
-            peers.push(Connected { peer: peer.clone(), channel, server_name });
+            peers.push(Arc::new(connect(&config, peer, None)?));
         }
+        peers.sort_by(|a, b| a.peer.name.cmp(&b.peer.name));
+        let peers = watch::Sender::new(Arc::new(peers));
         Ok(Self { state: Arc::new(State { config, peers, started: SystemTime::now(), auth }) })
+    }
+
+    /// Adds a peer, or replaces the one of that name when its address or
+    /// certificate name differs (a request following it reconnects to the
+    /// new address). `server_name`: the name its certificate carries, when
+    /// the Peer service says (else Hubble's name for it). Returns whether
+    /// anything changed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Relay::new`], for this peer.
+    pub fn upsert_peer(&self, peer: Peer, server_name: Option<&str>) -> Result<bool, RelayError> {
+        let connected = Arc::new(connect(&self.state.config, &peer, server_name)?);
+        Ok(self.state.peers.send_if_modified(|set| {
+            if set.iter().any(|c| c.peer == connected.peer && c.server_name == connected.server_name) {
+                return false;
+            }
+            let mut next: Vec<Arc<Connected>> = set.iter().filter(|c| c.peer.name != peer.name).cloned().collect();
+            next.push(Arc::clone(&connected));
+            next.sort_by(|a, b| a.peer.name.cmp(&b.peer.name));
+            *set = Arc::new(next);
+            true
+        }))
+    }
+
+    /// Removes the peer of that name; whether there was one.
+    pub fn remove_peer(&self, name: &str) -> bool {
+        self.state.peers.send_if_modified(|set| {
+            if !set.iter().any(|c| c.peer.name == name) {
+                return false;
+            }
+            *set = Arc::new(set.iter().filter(|c| c.peer.name != name).cloned().collect());
+            true
+        })
+    }
+
+    /// The peers now, in name order.
+    #[must_use]
+    pub fn peers(&self) -> PeerSet {
+        Arc::clone(&self.state.peers.borrow())
+    }
+
+    /// The peers, now and as they change (the export feed follows them).
+    #[must_use]
+    pub fn watch_peers(&self) -> watch::Receiver<PeerSet> {
+        self.state.peers.subscribe()
     }
 
     /// Who may call, and what they may see: everything without
@@ -314,15 +378,9 @@ impl Relay {
         }
     }
 
-    /// Every peer's name and channel (the export feed follows them).
-    #[must_use]
-    pub fn peer_channels(&self) -> Vec<(String, Channel)> {
-        self.state.peers.iter().map(|p| (p.peer.name.clone(), p.channel.clone())).collect()
-    }
-
-    /// Calls every peer concurrently, each call bounded by the dial
-    /// timeout: (peer index, answer or why not), in peer order.
-    async fn ask_all<T, F, Fut>(&self, call: F) -> Vec<(usize, Result<T, Status>)>
+    /// Calls every peer of `peers` concurrently, each call bounded by the
+    /// dial timeout: (peer, answer or why not), in peer order.
+    async fn ask_all<T, F, Fut>(&self, peers: &PeerSet, call: F) -> Vec<(Arc<Connected>, Result<T, Status>)>
     where
         T: Send + 'static,
         F: Fn(ObserverClient<Channel>) -> Fut,
@@ -330,7 +388,7 @@ impl Relay {
     {
         let wait = self.state.config.dial_timeout;
         let mut set = JoinSet::new();
-        for (i, peer) in self.state.peers.iter().enumerate() {
+        for (i, peer) in peers.iter().enumerate() {
             let answer = call(ObserverClient::new(peer.channel.clone()));
             set.spawn(async move {
                 (i, match tokio::time::timeout(wait, answer).await {
@@ -345,12 +403,12 @@ impl Relay {
             out.push(item);
         }
         out.sort_by_key(|(i, _)| *i);
-        out
+        out.into_iter().map(|(i, r)| (Arc::clone(&peers[i]), r)).collect()
     }
 
-    /// Every peer's status: (index, status or why not).
-    async fn statuses(&self) -> Vec<(usize, Result<ServerStatusResponse, Status>)> {
-        self.ask_all(|mut c| async move { c.server_status(ServerStatusRequest {}).await }).await
+    /// Every peer's status: (peer, status or why not).
+    async fn statuses(&self) -> Vec<(Arc<Connected>, Result<ServerStatusResponse, Status>)> {
+        self.ask_all(&self.peers(), |mut c| async move { c.server_status(ServerStatusRequest {}).await }).await
     }
 }
 
@@ -404,15 +462,14 @@ impl Observer for Relay {
             .statuses()
             .await
             .into_iter()
-            .filter_map(|(i, status)| {
-                let connected = self.state.peers.get(i)?;
+            .map(|(connected, status)| {
                 let peer = &connected.peer;
                 let tls = connected.server_name.as_ref().map(|name| sightline_proto::observer::Tls {
                     enabled: true,
                     server_name: name.clone(),
                 });
                 let base = Node { name: peer.name.clone(), address: peer.address.clone(), tls, ..Node::default() };
-                Some(match status {
+                match status {
                     Ok(s) => Node {
                         version: s.version,
                         state: NodeState::NodeConnected as i32,
@@ -423,7 +480,7 @@ impl Observer for Relay {
                         ..base
                     },
                     Err(_) => Node { state: NodeState::NodeUnavailable as i32, ..base },
-                })
+                }
             })
             .collect();
         Ok(Response::new(GetNodesResponse { nodes }))
@@ -436,7 +493,7 @@ impl Observer for Relay {
         let scope = self.authenticate(&request).await?;
         let req = request.into_inner();
         let answers = self
-            .ask_all(|mut c| {
+            .ask_all(&self.peers(), |mut c| {
                 async move { c.get_namespaces(req).await }
             })
             .await;
@@ -458,7 +515,7 @@ impl Observer for Relay {
         self.authenticate(&request).await?;
         let mut out = ServerStatusResponse { version: crate::version(), ..ServerStatusResponse::default() };
         let (mut connected, mut unavailable) = (0u32, 0u32);
-        for (i, status) in self.statuses().await {
+        for (peer, status) in self.statuses().await {
             match status {
                 Ok(s) => {
                     connected += 1;
@@ -470,10 +527,8 @@ impl Observer for Relay {
                 }
                 Err(_) => {
                     unavailable += 1;
-                    if out.unavailable_nodes.len() < UNAVAILABLE_LISTED
-                        && let Some(p) = self.state.peers.get(i)
-                    {
-                        out.unavailable_nodes.push(p.peer.name.clone());
+                    if out.unavailable_nodes.len() < UNAVAILABLE_LISTED {
+                        out.unavailable_nodes.push(peer.peer.name.clone());
                     }
                 }
             }
@@ -490,7 +545,7 @@ impl Observer for Relay {
 impl Relay {
     async fn merge_agent_events(&self, req: GetAgentEventsRequest, tx: mpsc::Sender<Result<GetAgentEventsResponse, Status>>) {
         let opened = self
-            .ask_all(|mut c| {
+            .ask_all(&self.peers(), |mut c| {
                 async move { c.get_agent_events(req).await }
             })
             .await;
@@ -536,31 +591,36 @@ impl Relay {
     /// not (`NODE_UNAVAILABLE`), then the items in time order, with a
     /// `NODE_ERROR` event for a node whose stream fails — or, with
     /// `follow`, `NODE_UNAVAILABLE` and later `NODE_CONNECTED` when it is
-    /// back (see the module docs). Flows outside `scope` are left out.
+    /// back (see the module docs). A follower also gets the nodes that join
+    /// while it follows (`NODE_CONNECTED` once they answer) and hears of
+    /// those that leave (`NODE_GONE`). Flows outside `scope` are left out.
     async fn merge_flows(&self, req: GetFlowsRequest, scope: Scope, tx: mpsc::Sender<Result<GetFlowsResponse, Status>>) {
         let config = &self.state.config;
         let opened_at = now();
+        // Watched from before the snapshot: no change falls between them.
+        let mut peer_changes = self.watch_peers();
+        let peers = Arc::clone(&peer_changes.borrow_and_update());
         let opened = self
-            .ask_all(|mut c| {
+            .ask_all(&peers, |mut c| {
                 let req = req.clone();
                 async move { c.get_flows(req).await }
             })
             .await;
         let mut streams = Vec::new();
         let (mut connected, mut unavailable, mut refused) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, opened) in opened {
-            let Some(peer) = self.state.peers.get(i).map(|p| (p.peer.name.clone(), p.channel.clone())) else { continue };
+        for (peer, opened) in opened {
+            let name = peer.peer.name.clone();
             match opened {
                 Ok(stream) => {
-                    connected.push(peer.0.clone());
+                    connected.push(name);
                     streams.push((peer, Some(stream)));
                 }
                 // The node answered and refused the request (a bad filter):
                 // the client must hear why.
                 Err(status) if status.code() == tonic::Code::InvalidArgument => refused.push(status),
                 Err(status) => {
-                    log::debug!("peer {} unavailable: {status}", peer.0);
-                    unavailable.push(peer.0.clone());
+                    log::debug!("peer {name} unavailable: {status}");
+                    unavailable.push(name);
                     // A follower gets the node once it answers.
                     if req.follow {
                         streams.push((peer, None));
@@ -586,10 +646,14 @@ impl Relay {
         // stops the forwarders and closes the node streams at once (a quiet
         // followed stream would otherwise stay open until its next flow).
         let mut forwarders = JoinSet::new();
-        for ((peer, channel), stream) in streams {
+        // Followed nodes: the peer followed and its forwarder.
+        let mut followed: BTreeMap<String, (Arc<Connected>, tokio::task::AbortHandle)> = BTreeMap::new();
+        for (peer, stream) in streams {
             let items_tx = items_tx.clone();
+            let name = peer.peer.name.clone();
             if req.follow {
-                forwarders.spawn(follow_node(peer, channel, req.clone(), stream, opened_at, config.dial_timeout, items_tx));
+                let follower = follow_node(name.clone(), peer.channel.clone(), req.clone(), stream, opened_at, config.dial_timeout, items_tx);
+                followed.insert(name, (peer, forwarders.spawn(follower)));
                 continue;
             }
             let Some(mut stream) = stream else { continue };
@@ -598,7 +662,7 @@ impl Relay {
                     let next = match stream.message().await {
                         Ok(Some(r)) => NodeItem::Item(Box::new(r)),
                         Ok(None) => break,
-                        Err(status) => NodeItem::Failed(peer.clone(), status),
+                        Err(status) => NodeItem::Failed(name.clone(), status),
                     };
                     let failed = matches!(next, NodeItem::Failed(..));
                     if items_tx.send(next).await.is_err() || failed {
@@ -607,6 +671,9 @@ impl Relay {
                 }
             });
         }
+        // A follower keeps a sender for the nodes that join later (one that
+        // ends at `until` follows the nodes it started with).
+        let joiners = (req.follow && req.until.is_none()).then(|| items_tx.clone());
         drop(items_tx);
 
         let mut buffer = SortBuffer::new(config.sort_buffer, req.number, node_count);
@@ -634,6 +701,54 @@ impl Relay {
                         return;
                     }
                 },
+                changed = peer_changes.changed(), if joiners.is_some() => {
+                    if changed.is_err() {
+                        // The relay is going away; what is followed goes on.
+                        Vec::new()
+                    } else {
+                        let now_peers = Arc::clone(&peer_changes.borrow_and_update());
+                        let joiners = joiners.as_ref().expect("a follower");
+                        let mut events = Vec::new();
+                        let gone: Vec<String> = followed
+                            .keys()
+                            .filter(|name| !now_peers.iter().any(|p| &p.peer.name == *name))
+                            .cloned()
+                            .collect();
+                        for name in &gone {
+                            if let Some((_, forwarder)) = followed.remove(name) {
+                                forwarder.abort();
+                            }
+                        }
+                        if !gone.is_empty() {
+                            log::info!("follow: node(s) {gone:?} left the cluster");
+                            events.push(node_status(&config.name, NodeState::NodeGone, gone, String::new()));
+                        }
+                        for peer in now_peers.iter() {
+                            let name = &peer.peer.name;
+                            if followed.get(name).is_some_and(|(p, _)| Arc::ptr_eq(p, peer)) {
+                                continue;
+                            }
+                            // New, or moved: (re)connect, from the request's
+                            // start (a moved node's flows of the meantime may
+                            // come twice, none are skipped).
+                            if let Some((_, forwarder)) = followed.remove(name) {
+                                forwarder.abort();
+                            }
+                            log::info!("follow: node {name} joined at {}", peer.peer.address);
+                            let follower = follow_node(
+                                name.clone(),
+                                peer.channel.clone(),
+                                req.clone(),
+                                None,
+                                opened_at,
+                                config.dial_timeout,
+                                joiners.clone(),
+                            );
+                            followed.insert(name.clone(), (Arc::clone(peer), forwarders.spawn(follower)));
+                        }
+                        events
+                    }
+                }
                 _ = tick.tick() => buffer.older_than(&minus(&now(), config.drain_timeout)),
                 () = tx.closed() => return,
             };

@@ -1,7 +1,8 @@
 //! The relay against in-process fake collectors (no root, no lab): merge
 //! order, node status events, status aggregation, refused requests,
-//! unreachable nodes, and follow streams that carry on while a node dies
-//! and comes back on the same port.
+//! unreachable nodes, follow streams that carry on while a node dies
+//! and comes back on the same port, and peers learnt from a fake Peer
+//! service as nodes join, move and leave.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,6 +20,9 @@ use sightline_proto::observer::{
     ServerStatusRequest, ServerStatusResponse, get_flows_response::ResponseTypes,
 };
 use sightline_proto::relay::NodeState;
+use sightline_proto::peer::peer_server::{Peer as PeerService, PeerServer};
+use sightline_proto::peer::{ChangeNotification, ChangeNotificationType, NotifyRequest};
+use sightline_relay::discovery::{self, DiscoveryStatus};
 use sightline_relay::{Config, Peer, Relay};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
@@ -473,4 +477,141 @@ async fn a_node_down_when_a_follower_came_joins_its_stream_once_it_answers() {
     assert_eq!(seen, [Seen::Status(NodeState::NodeConnected as i32, vec!["node-a".into()]), Seen::Flow("node-a".into(), now + 1)]);
     let since = a.requests.lock().expect("requests")[0].since.expect("since").seconds;
     assert!((now - 30..=now).contains(&since), "since {since}, now {now}");
+}
+
+/// A Peer service the test drives: each stream first replays `replay`,
+/// then carries what [`FakePeerService::send`] sends until
+/// [`FakePeerService::drop_streams`] ends it.
+#[derive(Clone, Default)]
+struct FakePeerService {
+    replay: Arc<std::sync::Mutex<Vec<ChangeNotification>>>,
+    streams: Arc<std::sync::Mutex<Vec<tokio::sync::mpsc::Sender<Result<ChangeNotification, Status>>>>>,
+    opened: Arc<AtomicUsize>,
+}
+
+impl FakePeerService {
+    fn send(&self, note: ChangeNotification) {
+        for tx in self.streams.lock().unwrap().iter() {
+            tx.try_send(Ok(note.clone())).expect("the relay reads its Notify stream");
+        }
+    }
+
+    fn drop_streams(&self) {
+        self.streams.lock().unwrap().clear();
+    }
+}
+
+#[tonic::async_trait]
+impl PeerService for FakePeerService {
+    type NotifyStream = BoxStream<ChangeNotification>;
+
+    async fn notify(&self, _: Request<NotifyRequest>) -> Result<Response<Self::NotifyStream>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        for note in self.replay.lock().unwrap().iter() {
+            tx.try_send(Ok(note.clone())).expect("room for the replay");
+        }
+        self.streams.lock().unwrap().push(tx);
+        self.opened.fetch_add(1, Ordering::SeqCst);
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+fn note(kind: ChangeNotificationType, name: &str, address: &str) -> ChangeNotification {
+    ChangeNotification { name: name.into(), address: address.into(), r#type: kind as i32, tls: None }
+}
+
+/// A relay with no peers of its own, following `peers` (the Peer service)
+/// through discovery; its API client and the relay itself.
+async fn discovering_relay(peers: &FakePeerService) -> (ObserverClient<tonic::transport::Channel>, Relay) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let service_addr = listener.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(PeerServer::new(peers.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let mut config = Config::new("relay", Vec::new());
+    config.dial_timeout = Duration::from_millis(500);
+    config.drain_timeout = Duration::from_millis(100);
+    let relay = Relay::new(config).expect("relay");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{service_addr}")).unwrap().connect_lazy();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    std::mem::forget(stop);
+    tokio::spawn(discovery::run(relay.clone(), channel, Duration::from_secs(1), DiscoveryStatus::default(), stopped));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(sightline_relay::serve(relay.clone(), listener, None, std::future::pending()));
+    let client = ObserverClient::connect(format!("http://{addr}")).await.expect("connect to the relay");
+    (client, relay)
+}
+
+fn peer_names(relay: &Relay) -> Vec<String> {
+    relay.peers().iter().map(|p| p.peer.name.clone()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_the_nodes_the_peer_service_adds_moves_and_removes() {
+    use ChangeNotificationType::{PeerAdded, PeerDeleted, PeerUpdated};
+    let a = FakeNode { name: "node-a".into(), times: vec![1], ..FakeNode::default() };
+    let a_following = Arc::clone(&a.following);
+    let a_addr = start(a).await;
+    let b = FakeNode { name: "node-b".into(), times: vec![2], ..FakeNode::default() };
+    let b_following = Arc::clone(&b.following);
+    let b_addr = start(b).await;
+
+    let peers = FakePeerService::default();
+    peers.replay.lock().unwrap().push(note(PeerAdded, "node-a", &a_addr.to_string()));
+    let (mut client, relay) = discovering_relay(&peers).await;
+    wait_for("node-a from the Peer service", || peer_names(&relay) == ["node-a"]).await;
+
+    let mut stream = client.get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() }).await.unwrap().into_inner();
+    assert_eq!(next_seen(&mut stream).await, Seen::Status(NodeState::NodeConnected as i32, vec!["node-a".into()]));
+    assert_eq!(next_seen(&mut stream).await, Seen::Flow("node-a".into(), 1));
+
+    // A node joins: the follower is told once it answers, then gets its flows.
+    peers.send(note(PeerAdded, "node-b", &b_addr.to_string()));
+    let seen = until_seen(&mut stream, &Seen::Flow("node-b".into(), 2)).await;
+    assert!(seen.contains(&Seen::Status(NodeState::NodeConnected as i32, vec!["node-b".into()])), "{seen:?}");
+    let status = client.server_status(ServerStatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(status.num_connected_nodes, Some(2));
+
+    // It leaves: NODE_GONE, and its stream is closed.
+    peers.send(note(PeerDeleted, "node-b", ""));
+    until_seen(&mut stream, &Seen::Status(NodeState::NodeGone as i32, vec!["node-b".into()])).await;
+    assert_eq!(peer_names(&relay), ["node-a"]);
+    wait_for("node-b's stream closed", || b_following.load(Ordering::SeqCst) == 0).await;
+
+    // node-a moves (its collector at another address, with another flow):
+    // followed there, the old stream closed.
+    let a2 = FakeNode { name: "node-a".into(), times: vec![3], ..FakeNode::default() };
+    let a2_addr = start(a2).await;
+    peers.send(note(PeerUpdated, "node-a", &a2_addr.to_string()));
+    until_seen(&mut stream, &Seen::Flow("node-a".into(), 3)).await;
+    wait_for("node-a's old stream closed", || a_following.load(Ordering::SeqCst) == 0).await;
+    assert_eq!(relay.peers()[0].peer.address, a2_addr.to_string());
+
+    // What cannot be dialled is refused and the stream goes on.
+    peers.send(note(PeerAdded, "", "10.0.0.9:4244"));
+    peers.send(note(PeerAdded, "node-x", "unix:///var/run/cilium/hubble.sock"));
+    peers.send(note(PeerAdded, "node-c", "127.0.0.1"));
+    wait_for("node-c", || peer_names(&relay) == ["node-a", "node-c"]).await;
+    assert_eq!(relay.peers()[1].peer.address, "127.0.0.1:4244", "Hubble's port when none is named");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_peer_service_drops_the_relay_keeps_its_peers_then_takes_the_replay() {
+    use ChangeNotificationType::PeerAdded;
+    let peers = FakePeerService::default();
+    peers.replay.lock().unwrap().extend([note(PeerAdded, "node-a", "127.0.0.1:1"), note(PeerAdded, "node-b", "127.0.0.1:2")]);
+    let (_client, relay) = discovering_relay(&peers).await;
+    wait_for("both nodes", || peer_names(&relay) == ["node-a", "node-b"]).await;
+
+    // The stream ends (the agent behind the Service restarts): the peers
+    // stay; the next stream's replay is the whole cluster, and node-b is
+    // not in it any more.
+    *peers.replay.lock().unwrap() = vec![note(PeerAdded, "node-a", "127.0.0.1:1")];
+    peers.drop_streams();
+    assert_eq!(peer_names(&relay), ["node-a", "node-b"], "the peers went with the stream");
+    wait_for("a second Notify stream", || peers.opened.load(Ordering::SeqCst) == 2).await;
+    wait_for("node-b dropped after the replay", || peer_names(&relay) == ["node-a"]).await;
 }

@@ -341,30 +341,25 @@ impl Drop for TempDir {
 
 #[test]
 #[cfg_attr(not(sightline_kubectl), ignore = "kubectl is not installed (it comes with the machine image)")]
-fn the_relay_peers_patch_replaces_the_placeholder() {
-    let dir = TempDir::new("overlay");
-    // kustomize takes relative paths only: the base through a link.
-    std::os::unix::fs::symlink(base().canonicalize().expect("base"), dir.0.join("base")).expect("link");
-    let out = Command::new(base().join("relay-peers.sh"))
-        .stdin(std::fs::File::open(write_lines(&dir.0, "nodes", "aks-np-0=10.224.0.4:4244\naks-np-1=10.224.0.5:4244\n")).expect("nodes"))
-        .output()
-        .expect("running relay-peers.sh");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(dir.0.join("relay-peers.yaml"), &out.stdout).expect("patch");
-    std::fs::write(
-        dir.0.join("kustomization.yaml"),
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - base\npatches:\n  - path: relay-peers.yaml\n    target: {kind: Deployment, name: sightline-relay}\n",
-    )
-    .expect("kustomization");
-    let rendered = Command::new("kubectl").arg("kustomize").arg(&dir.0).output().expect("kubectl");
-    assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
-    let text = String::from_utf8_lossy(&rendered.stdout);
-    let peers: Vec<&str> = text.lines().map(str::trim).filter(|l| l.starts_with("- --peer=")).collect();
-    assert_eq!(peers, ["- --peer=aks-np-0=10.224.0.4:4244", "- --peer=aks-np-1=10.224.0.5:4244"]);
-
-    // Nothing on stdin is refused rather than leaving the relay without peers.
-    let empty = Command::new(base().join("relay-peers.sh")).stdin(std::process::Stdio::null()).output().expect("run");
-    assert!(!empty.status.success());
+fn the_relay_learns_the_agents_from_their_peer_service() {
+    let objects = render();
+    let relay = find(&objects, "Deployment", "sightline-relay");
+    let args = strs(&container(relay, "relay")["args"]);
+    assert!(!args.iter().any(|a| a.starts_with("--peer=")), "a fixed peer list: {args:?}");
+    let target = flag(&args, "--peer-service");
+    let (host, port) = target.rsplit_once(':').expect("HOST:PORT");
+    // The Service it names, in front of every agent's gRPC port.
+    let svc = find(&objects, "Service", "sightline-peer");
+    assert_eq!(host, format!("sightline-peer.{NAMESPACE}.svc.cluster.local."));
+    assert_eq!(svc["spec"]["ports"][0]["port"].as_u64().map(|p| p.to_string()).as_deref(), Some(port));
+    assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local", "a node's relay asks its own agent");
+    let agent = find(&objects, "DaemonSet", "sightline-agent");
+    assert_eq!(svc["spec"]["selector"], agent["spec"]["selector"]["matchLabels"]);
+    let c = container(agent, "agent");
+    let target_port = svc["spec"]["ports"][0]["targetPort"].as_str().expect("a named port");
+    let grpc = c["ports"].as_array().expect("ports").iter().find(|p| p["name"] == target_port).expect("the agent's port");
+    let agent_args = strs(&c["args"]);
+    assert!(flag(&agent_args, "--grpc").ends_with(&format!(":{}", grpc["containerPort"])), "{agent_args:?}");
 }
 
 fn write_lines(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -407,18 +402,44 @@ fn tls_secrets_script_makes_secrets_the_relay_accepts() {
     }
     assert_eq!(made, wanted);
 
+    // An agent's gRPC API (the collector's own server, in process) with the
+    // agent certificate, requiring the relay's client certificate; its Peer
+    // service announces it with its node's certificate name.
+    let f = |name: &str| ca.join(name).to_string_lossy().into_owned();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let agent = rt.block_on(async {
+        let files = sightline_tls::ServerTlsFiles {
+            cert: f("agent.crt").into(),
+            key: f("agent.key").into(),
+            client_ca: vec![f("ca.crt").into()],
+        };
+        let tls = std::sync::Arc::new(sightline_tls::ServerTls::new("the agent", files).expect("agent TLS"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let store = std::sync::Arc::new(sightline_collector::flow::Store::new(63).expect("store"));
+        let state = std::sync::Arc::new(sightline_collector::observer::ObserverState::new("node-0".into(), address, store));
+        let me = sightline_collector::observer::peers::Announced {
+            address: address.to_string(),
+            tls_server_name: Some(sightline_collector::observer::peers::tls_server_name("node-0", "default")),
+        };
+        state.announce([("node-0".to_owned(), me)].into());
+        tokio::spawn(sightline_collector::observer::serve(state, listener, Some(tls), std::future::pending()));
+        address
+    });
+
     // The relay serves with its server certificate and requires a client
     // certificate from the same CA: a client with one is answered, one
-    // without is refused. (Its peer is a closed loopback port.)
+    // without is refused. It finds the agent through the agent's Peer
+    // service, over mutual TLS (the agent certificate's wildcard covers
+    // the Peer service's default name).
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let f = |name: &str| ca.join(name).to_string_lossy().into_owned();
     let listen = format!("127.0.0.1:{port}");
     let spool = dir.0.join("spool");
     let mut relay = Command::new(sightline_e2e::sightline_bin())
-        .args(["relay", "--listen", &listen, "--peer", "node-0=127.0.0.1:1", "--notify-ready"])
+        .args(["relay", "--listen", &listen, "--peer-service", &agent.to_string(), "--notify-ready"])
         .args(["--tls-relay-server-cert-file", &f("relay-server.crt"), "--tls-relay-server-key-file", &f("relay-server.key")])
         .args(["--tls-relay-client-ca-files", &f("ca.crt")])
         .args(["--tls-hubble-client-cert-file", &f("relay-client.crt"), "--tls-hubble-client-key-file", &f("relay-client.key")])
@@ -426,7 +447,7 @@ fn tls_secrets_script_makes_secrets_the_relay_accepts() {
         .arg("--spool-dir")
         .arg(&spool)
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.0.join("relay.log")).expect("relay log"))
         .spawn()
         .expect("starting the relay");
     let mut stdout = std::io::BufReader::new(relay.stdout.take().expect("stdout"));
@@ -444,11 +465,25 @@ fn tls_secrets_script_makes_secrets_the_relay_accepts() {
         }
         sightline_e2e::sightline(&args)
     };
-    let with = status(true);
+    // Until the relay has found and reached the agent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let with = loop {
+        let with = status(true);
+        if !with.status.success() || String::from_utf8_lossy(&with.stdout).contains("Connected Nodes: 1/1") {
+            break with;
+        }
+        if std::time::Instant::now() > deadline {
+            break with;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
     let without = status(false);
     let _ = relay.kill();
     let _ = relay.wait();
     assert!(with.status.success(), "{}", String::from_utf8_lossy(&with.stderr));
-    assert!(String::from_utf8_lossy(&with.stdout).contains("Healthcheck"), "{}", String::from_utf8_lossy(&with.stdout));
+    let out = String::from_utf8_lossy(&with.stdout);
+    assert!(out.contains("Healthcheck"), "{out}");
+    let log = std::fs::read_to_string(dir.0.join("relay.log")).unwrap_or_default();
+    assert!(out.contains("Connected Nodes: 1/1"), "the relay did not reach the agent it learnt from the Peer service: {out}\n{log}");
     assert!(!without.status.success(), "a client without a certificate was answered");
 }

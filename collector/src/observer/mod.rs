@@ -72,8 +72,9 @@ pub struct ObserverState {
     /// For `flows_rate`: (time, seen) a while ago.
     rate_mark: Mutex<(Instant, u64)>,
     /// What `peer.Peer/Notify` announces: this collector alone until
-    /// [`ObserverState::announce`] gives the cluster's.
-    peers: watch::Sender<peers::Directory>,
+    /// [`ObserverState::announce`] gives the cluster's; `None` while the
+    /// cluster's view is awaited ([`ObserverState::await_cluster`]).
+    peers: watch::Sender<Option<peers::Directory>>,
 }
 
 impl ObserverState {
@@ -91,9 +92,9 @@ impl ObserverState {
             ring_lost_total: AtomicU64::new(0),
             flow_clients: Arc::new(AtomicU64::new(0)),
             rate_mark: Mutex::new((Instant::now(), 0)),
-            peers: watch::Sender::new(
+            peers: watch::Sender::new(Some(
                 [(node_name.clone(), peers::Announced { address: address.to_string(), tls_server_name: None })].into(),
-            ),
+            )),
             node_name,
         }
     }
@@ -102,15 +103,23 @@ impl ObserverState {
     /// differences).
     pub fn announce(&self, directory: peers::Directory) {
         self.peers.send_if_modified(|current| {
-            let changed = *current != directory;
-            *current = directory;
+            let changed = current.as_ref() != Some(&directory);
+            *current = Some(directory);
             changed
         });
     }
 
-    /// What the Peer service announces now.
+    /// The cluster's collectors are coming ([`ObserverState::announce`]):
+    /// until then Notify answers nothing, so that its replay is the whole
+    /// cluster (a relay drops the peers a replay leaves out).
+    pub fn await_cluster(&self) {
+        self.peers.send_replace(None);
+    }
+
+    /// What the Peer service announces now (`None`: the cluster's view is
+    /// awaited).
     #[must_use]
-    pub fn announced(&self) -> peers::Directory {
+    pub fn announced(&self) -> Option<peers::Directory> {
         self.peers.borrow().clone()
     }
 
@@ -314,19 +323,22 @@ impl Peer for Service {
     /// changes as they happen, until the client goes away (Hubble's
     /// replay-then-diff).
     async fn notify(&self, _request: Request<NotifyRequest>) -> Result<Response<Self::NotifyStream>, Status> {
-        let mut rx = self.state.peers.subscribe();
-        let first = rx.borrow_and_update().clone();
-        let replay = peers::replay(&first);
-        let changes = futures::stream::unfold((rx, first), |(mut rx, last)| async move {
-            rx.changed().await.ok()?;
-            let now = rx.borrow_and_update().clone();
-            let notes = peers::changes(&last, &now);
-            Some((tokio_stream::iter(notes.into_iter().map(Ok)), (rx, now)))
+        let rx = self.state.peers.subscribe();
+        // The first item: the replay, once the directory is known; then
+        // the differences from the last one sent.
+        let notes = futures::stream::unfold((rx, None::<peers::Directory>), |(mut rx, last)| async move {
+            if last.is_some() {
+                rx.changed().await.ok()?;
+            }
+            let now = rx.wait_for(Option::is_some).await.ok()?.clone().unwrap_or_default();
+            let notes = match &last {
+                None => peers::replay(&now),
+                Some(last) => peers::changes(last, &now),
+            };
+            let next = (rx, Some(now));
+            Some((tokio_stream::iter(notes.into_iter().map(Ok)), next))
         });
-        let stream = tokio_stream::StreamExt::chain(
-            tokio_stream::iter(replay.into_iter().map(Ok)),
-            futures::StreamExt::chain(futures::StreamExt::flatten(changes), futures::stream::pending()),
-        );
+        let stream = futures::StreamExt::chain(futures::StreamExt::flatten(notes), futures::stream::pending());
         Ok(Response::new(Box::pin(stream)))
     }
 }
