@@ -698,6 +698,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     control_socket: control_socket.clone(),
                     data_dir: args.cni_data_dir.clone(),
                     mtu: sightline_collector::kubernetes::cni::DEFAULT_MTU,
+                    gateway_netns: Some(node_netns.clone()),
                 });
                 config
             });

@@ -28,6 +28,7 @@ pub mod datapath;
 pub mod decoder;
 pub mod export;
 pub mod flow;
+pub mod gateway;
 pub mod guard;
 pub mod kubernetes;
 pub mod kvstore;

@@ -245,6 +245,20 @@ async fn the_agent_writes_the_cni_configuration_only_after_an_applied_state() {
     let kubeconfig = dir.path.join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap();
     let conflist = dir.path.join("net.d").join("05-sightline.conflist");
+    // As root, the node's gateway address goes on a namespace of the test's.
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).stderr(std::process::Stdio::null()).status();
+        }
+    }
+    let gateway_netns = cfg!(sightline_root).then(|| {
+        let ns = Netns("sl-test-ksource-gw".to_owned());
+        drop(Netns(ns.0.clone()));
+        assert!(std::process::Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
+        ns
+    });
+    let gateway_netns_name = gateway_netns.as_ref().map(|n| n.0.clone());
     let mut config = SourceConfig::new("node-1", Connection::Kubeconfig(kubeconfig));
     config.debounce = Duration::from_millis(20);
     config.max_delay = Duration::from_millis(200);
@@ -253,6 +267,7 @@ async fn the_agent_writes_the_cni_configuration_only_after_an_applied_state() {
         control_socket: "/var/run/sightline/control.sock".into(),
         data_dir: "/var/lib/sightline/cni".into(),
         mtu: 1500,
+        gateway_netns: gateway_netns_name.as_ref().map(|n| std::path::PathBuf::from(format!("/run/netns/{n}"))),
     });
     // The first applies fail (the datapath refuses them): no configuration.
     let accept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -277,6 +292,11 @@ async fn the_agent_writes_the_cni_configuration_only_after_an_applied_state() {
     assert_eq!(conf.ipam.ranges, vec!["10.244.1.0/24".parse().unwrap()]);
     assert_eq!(conf.gateway.to_string(), "10.244.1.1");
     assert_eq!(conf.control_socket.unwrap().to_str(), Some("/var/run/sightline/control.sock"));
+    if let Some(ns) = &gateway_netns_name {
+        let out = std::process::Command::new("ip").args(["-n", ns, "-4", "-o", "addr", "show", "dev", "lo"]).output().unwrap();
+        let lo = String::from_utf8_lossy(&out.stdout);
+        assert!(lo.contains("10.244.1.1/32"), "the pods' gateway was not given to the node: {lo}");
+    }
     // The nodes the Peer service announces come with it.
     assert_eq!(running.nodes.borrow().keys().cloned().collect::<Vec<_>>(), vec!["node-1", "node-2"]);
     running.task.abort();

@@ -33,6 +33,9 @@ pub struct CniConfig {
     pub data_dir: PathBuf,
     /// The node's MTU (the pods get it less a tunnel's overhead).
     pub mtu: u32,
+    /// The node's network namespace, where the pods' gateway address is
+    /// given to `lo` (`crate::gateway`); `None`: left to someone else.
+    pub gateway_netns: Option<PathBuf>,
 }
 
 /// The plugin's configuration for the node `state` describes: its pod
@@ -76,6 +79,29 @@ pub fn write(state: &NodeState, cfg: &CniConfig) -> Result<bool, String> {
     conflist::write(&cfg.path, &list).map_err(|e| format!("writing the CNI configuration {}: {e}", cfg.path.display()))
 }
 
+/// Gives the node the pods' gateway address of `state` (when
+/// `cfg.gateway_netns` says where), taking `previous` off when the range
+/// moved; the gateway now owned.
+///
+/// # Errors
+///
+/// The address could not be added (a previous one that cannot be removed
+/// is only logged).
+pub fn give_gateway(state: &NodeState, cfg: &CniConfig, previous: Option<Ipv4Addr>) -> Result<Option<Ipv4Addr>, String> {
+    let Some(netns) = &cfg.gateway_netns else { return Ok(None) };
+    let gateway = state.node_ip;
+    if crate::gateway::ensure(netns, gateway).map_err(|e| format!("the pods' gateway: {e}"))? {
+        log::info!("kubernetes: gave the node the pods' gateway address {gateway}/32 (lo)");
+    }
+    if let Some(old) = previous.filter(|old| *old != gateway) {
+        match crate::gateway::remove(netns, old) {
+            Ok(_) => log::info!("kubernetes: took the old gateway address {old}/32 off lo"),
+            Err(e) => log::warn!("kubernetes: the old gateway address {old}: {e}"),
+        }
+    }
+    Ok(Some(gateway))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +116,7 @@ mod tests {
             control_socket: PathBuf::from("/var/run/sightline/control.sock"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             mtu: DEFAULT_MTU,
+            gateway_netns: None,
         }
     }
 

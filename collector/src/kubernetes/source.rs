@@ -409,6 +409,8 @@ where
     let status = source.status_handle();
     let nodes = source.nodes.clone();
     let apply = Arc::new(apply);
+    // The gateway address given to the node, to take off when it moves.
+    let gateway: Arc<Mutex<Option<std::net::Ipv4Addr>>> = Arc::new(Mutex::new(None));
     let task = tokio::spawn(async move {
         while source.states.changed().await.is_ok() {
             let Some(state) = source.states.borrow_and_update().clone() else { continue };
@@ -416,12 +418,18 @@ where
             let cni = cni.clone();
             // The CNI configuration only once the datapath has the state:
             // no pod is plugged in before its node enforces policy.
+            let gateway = Arc::clone(&gateway);
             let applied = tokio::task::spawn_blocking(move || {
                 apply(&state)?;
-                if let Some(cni) = &cni
-                    && super::cni::write(&state, cni)?
-                {
-                    log::info!("kubernetes: wrote the CNI configuration {}", cni.path.display());
+                if let Some(cni) = &cni {
+                    // The pods' gateway before the configuration that
+                    // names it: a pod's first packet finds a neighbour.
+                    let mut owned = gateway.lock().unwrap_or_else(PoisonError::into_inner);
+                    *owned = super::cni::give_gateway(&state, cni, *owned)?;
+                    drop(owned);
+                    if super::cni::write(&state, cni)? {
+                        log::info!("kubernetes: wrote the CNI configuration {}", cni.path.display());
+                    }
                 }
                 Ok(())
             })
