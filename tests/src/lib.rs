@@ -215,6 +215,64 @@ impl Lab {
         all.extend_from_slice(args);
         sightline(&all)
     }
+
+    /// Waits until something in `pod` listens on TCP `port` (a server
+    /// started in the background is ready).
+    pub fn wait_listening(&self, pod: &str, port: u16) {
+        let filter = format!("sport = :{port}");
+        wait_until(&format!("a listener on {pod}:{port}"), Duration::from_secs(20), || {
+            let out = self.exec(pod, &["ss", "-Hltn", &filter]);
+            (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+        });
+    }
+
+    /// Waits until `pod` has an established TCP connection to port `port`
+    /// (a client started in the background is transferring).
+    pub fn wait_connected(&self, pod: &str, port: u16) {
+        let filter = format!("dport = :{port}");
+        wait_until(&format!("a connection from {pod} to port {port}"), Duration::from_secs(20), || {
+            let out = self.exec(pod, &["ss", "-Htn", "state", "established", &filter]);
+            (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+        });
+    }
+
+    /// The flows `sightline observe --lab NAME --all -o jsonpb ARGS…` prints
+    /// (node-1's collector unless ARGS name a `--server`), one JSON object
+    /// each.
+    #[must_use]
+    pub fn observed(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["observe", "--lab", &self.name, "--all", "-o", "jsonpb"];
+        all.extend_from_slice(args);
+        let out = sightline(&all);
+        assert!(out.status.success(), "observe {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("observe printed {l:?}: {e}")))
+            .collect()
+    }
+
+    /// Waits until the flows `observed(args)` returns satisfy `ok` (what
+    /// the datapath saw has reached the flow store); returns them.
+    pub fn wait_flows(&self, what: &str, args: &[&str], ok: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        wait_until(what, Duration::from_secs(20), || {
+            let flows = self.observed(args);
+            ok(&flows).then_some(flows)
+        })
+    }
+}
+
+/// Calls `check` every 50 ms until it returns a value, and returns it;
+/// panics naming `what` when `timeout` passes first. What tests use instead
+/// of a fixed sleep.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Drop for Lab {

@@ -273,21 +273,34 @@ fn every_dashboard_query_returns_data_from_prometheus() {
     let mut prometheus = Prometheus::start(&[&metrics, &relay_metrics]);
     prometheus.wait_until_up();
     traffic(&lab);
-    std::thread::sleep(Duration::from_secs(5));
 
-    let mut failures = Vec::new();
-    for (file, title, expr) in &queries {
-        let q = substitute(expr);
-        if q.contains('$') {
-            failures.push(format!("{file} / {title}: unsubstituted variable in {q}"));
-            continue;
+    // Every panel's query has data once Prometheus has scraped the traffic
+    // (rates need two scrapes after it): polled, then what still fails is
+    // reported.
+    let check = |prometheus: &Prometheus| {
+        let mut failures = Vec::new();
+        for (file, title, expr) in &queries {
+            let q = substitute(expr);
+            if q.contains('$') {
+                failures.push(format!("{file} / {title}: unsubstituted variable in {q}"));
+                continue;
+            }
+            match prometheus.query(&q) {
+                Ok(0) => failures.push(format!("{file} / {title}: no data for {q}")),
+                Ok(_) => {}
+                Err(e) => failures.push(format!("{file} / {title}: {q}: {e}")),
+            }
         }
-        match prometheus.query(&q) {
-            Ok(0) => failures.push(format!("{file} / {title}: no data for {q}")),
-            Ok(_) => {}
-            Err(e) => failures.push(format!("{file} / {title}: {q}: {e}")),
+        failures
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failures = loop {
+        let failures = check(&prometheus);
+        if failures.is_empty() || Instant::now() > deadline {
+            break failures;
         }
-    }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert!(failures.is_empty(), "{} of {} dashboard queries failed:\n{}", failures.len(), queries.len(), failures.join("\n"));
 
     // Exact values, as Prometheus has them: every policy drop in this lab is

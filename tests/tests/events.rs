@@ -151,7 +151,7 @@ fn long_transfer(aggregation: &str, lab_name: &str) -> (Vec<Record>, String, Str
     let (ip_a, ip_b) = (lab.pod_ip("t/a"), lab.pod_ip("t/b"));
     let server = lab.exec("t/b", &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
     assert!(server.status.success(), "iperf3 server: {}", String::from_utf8_lossy(&server.stderr));
-    std::thread::sleep(Duration::from_millis(300));
+    lab.wait_listening("t/b", 5201);
     let mut sub = lab.subscribe();
     let client = lab.exec("t/a", &["iperf3", "-c", &ip_b, "-p", "5201", "-n", "30M"]);
     assert!(client.status.success(), "iperf3 client: {}", String::from_utf8_lossy(&client.stdout));
@@ -224,8 +224,9 @@ fn icmp_echo_is_tracked_and_connections_expire() {
     assert!(lab.collector_status().ct_entries >= 1);
 
     // After the lifetime, garbage collection removes it…
-    std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(lab.collector_status().ct_entries, 0, "expired connections are collected");
+    sightline_e2e::wait_until("expired connections to be collected", Duration::from_secs(20), || {
+        (lab.collector_status().ct_entries == 0).then_some(())
+    });
     // …and a flow that resumes after its lifetime starts over as new.
     let mut sub = lab.subscribe();
     let out = lab.exec("t/a", &["ping", "-c", "2", "-i", "1.6", "-W", "1", &ip_b]);

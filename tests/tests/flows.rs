@@ -59,7 +59,10 @@ fn allowed_and_denied_flows_field_by_field() {
     apply(&lab, "only-80.yaml", DENY_81);
     assert!(lab.probe("x/a", "x/b", 80, "TCP"));
     assert!(!lab.probe("x/a", "x/b", 81, "TCP"));
-    std::thread::sleep(Duration::from_millis(300));
+    // Both connections in the flow store before it is read.
+    let between = ["--from-pod", "x/a", "--to-pod", "x/b"];
+    lab.wait_flows("the allowed connection's flows", &[&between[..], &["--to-port", "80", "--verdict", "FORWARDED"]].concat(), |f| !f.is_empty());
+    lab.wait_flows("the denied connection's drops", &[&between[..], &["--to-port", "81", "--verdict", "DROPPED"]].concat(), |f| !f.is_empty());
     let (ip_a, ip_b) = (lab.pod_ip("x/a"), lab.pod_ip("x/b"));
     let (id_a, id_b) = (lab.pod_identity("x/a") as u32, lab.pod_identity("x/b") as u32);
 

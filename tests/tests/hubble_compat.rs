@@ -46,7 +46,7 @@ fn upstream_hubble_client_works_against_the_collector() {
     }
     let lab = Lab::up("e2e-hubble", &xyz_manifests(), &[]);
     assert!(lab.probe("x/a", "y/b", 80, "TCP"));
-    std::thread::sleep(Duration::from_millis(300));
+    lab.wait_flows("the probe's flows", &["--from-pod", "x/a", "--to-pod", "y/b"], |f| !f.is_empty());
     let lab_status = lab.status();
     let addr = lab_status["nodes"][0]["collector"]["grpc"].as_str().unwrap().to_owned();
     assert_eq!(lab_status["nodes"][0]["collector"]["tls_server_name"], "node-1.default.hubble-grpc.cilium.io");

@@ -41,7 +41,6 @@ fn metrics_count_what_the_datapath_dropped() {
     );
     assert!(sightline(&["lab", "apply", "--name", &lab.name, "-f", policy.to_str().unwrap()]).status.success());
     assert!(lab.probe("x/a", "x/b", 80, "TCP"));
-    std::thread::sleep(Duration::from_millis(1500));
     let (code, before) = http_get(&addr, "/metrics", None);
     assert_eq!(code, 200);
 
@@ -51,12 +50,28 @@ fn metrics_count_what_the_datapath_dropped() {
     }
     // Nobody listens on 9999 in x/c: its kernel drops the SYN (NO_SOCKET).
     assert!(!lab.probe("x/a", "x/c", 9999, "TCP"));
-    std::thread::sleep(Duration::from_millis(2500));
-    let (_, after) = http_get(&addr, "/metrics", None);
 
     // Hubble's drop counter grows by exactly what the datapath counted.
     let hubble = |t: &str| sum(t, "hubble_drop_total", &["reason=\"POLICY_DENIED\""]);
     let kernel = |t: &str| sum(t, "sightline_datapath_policy_denied_packets_total", &[]);
+    // Until every counter below has taken the probes in (the pipeline
+    // counts as it drains the ring buffer); then the assertions say what
+    // is wrong, if anything still is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let (_, after) = http_get(&addr, "/metrics", None);
+        let kernel_delta = kernel(&after) - kernel(&before);
+        let settled = kernel_delta >= DENIED as f64
+            && hubble(&after) - hubble(&before) == kernel_delta
+            && sum(&after, "hubble_policy_verdicts_total", &["action=\"dropped\""]) >= DENIED as f64
+            && sum(&after, "sightline_endpoint_policy_verdicts_total", &["endpoint=\"x/b\"", "action=\"denied\""]) >= DENIED as f64
+            && sum(&after, "sightline_datapath_kernel_drops_total", &["reason=\"NO_SOCKET\""])
+                > sum(&before, "sightline_datapath_kernel_drops_total", &["reason=\"NO_SOCKET\""]);
+        if settled || std::time::Instant::now() > deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let (hubble_delta, kernel_delta) = (hubble(&after) - hubble(&before), kernel(&after) - kernel(&before));
     assert!(kernel_delta >= DENIED as f64, "{DENIED} denied connections, the datapath counted {kernel_delta}");
     assert_eq!(hubble_delta, kernel_delta, "hubble_drop_total{{POLICY_DENIED}} grows by what the datapath dropped");

@@ -110,14 +110,13 @@ fn pods_on_three_nodes_reach_each_other_under_each_nodes_policy() {
 
     // Each collector reports its own node's side: node-2's saw the denied
     // connection from x/c arrive; node-1's did not drop it.
-    std::thread::sleep(Duration::from_millis(500));
     let grpc = |i: usize| nodes[i]["collector"]["grpc"].as_str().expect("grpc").to_owned();
     let drops = |server: &str| {
         let out = sightline(&["observe", "--server", server, "--from-pod", "x/c", "--to-pod", "x/b", "--verdict", "DROPPED", "--all", "-o", "jsonpb"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).lines().count()
     };
-    assert!(drops(&grpc(1)) > 0, "node-2 dropped x/c → x/b");
+    sightline_e2e::wait_until("node-2's drop of x/c → x/b in its flows", Duration::from_secs(20), || (drops(&grpc(1)) > 0).then_some(()));
     assert_eq!(drops(&grpc(0)), 0, "node-1 forwarded it");
 
     let name = lab.name.clone();

@@ -155,7 +155,7 @@ fn policy_changes_under_traffic_give_no_wrong_verdict() {
 
     let server = lab.exec("x/b", &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
     assert!(server.status.success());
-    std::thread::sleep(Duration::from_millis(300));
+    lab.wait_listening("x/b", 5201);
     let mut sub = lab.subscribe();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -234,7 +234,7 @@ fn a_policy_change_cuts_connections_it_now_denies() {
     apply(&lab, "allow.yaml", &policy_b("cut", &[80], &[5201]));
     let server = lab.exec("x/b", &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
     assert!(server.status.success());
-    std::thread::sleep(Duration::from_millis(300));
+    lab.wait_listening("x/b", 5201);
     let mut sub = lab.subscribe();
     let iperf = {
         let name = lab.name.clone();
@@ -243,7 +243,7 @@ fn a_policy_change_cuts_connections_it_now_denies() {
             sightline(&["lab", "exec", "x/c", "--name", &name, "--", "timeout", "8", "iperf3", "-c", &ip_b, "-p", "5201", "-t", "4", "-J"])
         })
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    lab.wait_connected("x/c", 5201);
     // c may no longer reach b on 5201: the running transfer is cut.
     let changed_at = Instant::now();
     apply(&lab, "deny.yaml", &policy_b("cut", &[80], &[]));

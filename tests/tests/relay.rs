@@ -72,7 +72,11 @@ fn the_relay_merges_every_nodes_flows_and_reports_the_nodes() {
     for _ in 0..3 {
         assert!(lab.probe("x/a", "x/b", 80, "TCP"));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Both ends in their collectors' stores: node-1 (egress), node-2 (ingress).
+    let between_pods = ["--from-pod", "x/a", "--to-pod", "x/b"];
+    lab.wait_flows("node-1's and node-2's flows through the relay", &[&between_pods[..], &["--server", &relay]].concat(), |flows| {
+        ["node-1", "node-2"].iter().all(|n| flows.iter().any(|f| f["node_name"] == *n))
+    });
     let between = FlowFilter { source_pod: vec!["x/a".into()], destination_pod: vec!["x/b".into()], ..FlowFilter::default() };
     let access = lab.grpc();
 
@@ -113,7 +117,10 @@ fn the_relay_merges_every_nodes_flows_and_reports_the_nodes() {
         let pid = collector_pid(&lab.name, "node-3");
         // SAFETY: plain kill(2) of a process this lab started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        sightline_e2e::wait_until("node-3's collector to be gone", Duration::from_secs(10), || {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            (state.is_empty() || state.contains(") Z ")).then_some(())
+        });
         let (status, flows) = get_flows(&access, &relay, req).await;
         assert!(status.contains(&(NodeState::NodeUnavailable as i32, vec!["node-3".to_owned()])), "{status:?}");
         assert!(flows.iter().any(|f| f.0 == "node-2"));

@@ -147,12 +147,12 @@ fn services_balance_connections_over_their_backends() {
 
     // No backends: dropped by the datapath, with Hubble's reason.
     assert!(!lab.probe("x/a", "svc/x/empty", 80, "TCP"));
-    std::thread::sleep(Duration::from_millis(1500));
-    let metrics = metrics_text(&lab);
-    assert!(
-        metrics.lines().any(|l| l.starts_with("sightline_datapath_dropped_packets_total{") && l.contains("SERVICE_BACKEND_NOT_FOUND")),
-        "no SERVICE_BACKEND_NOT_FOUND drop counted"
-    );
+    sightline_e2e::wait_until("a SERVICE_BACKEND_NOT_FOUND drop counted", Duration::from_secs(20), || {
+        metrics_text(&lab)
+            .lines()
+            .any(|l| l.starts_with("sightline_datapath_dropped_packets_total{") && l.contains("SERVICE_BACKEND_NOT_FOUND"))
+            .then_some(())
+    });
 
     // Policy applies to the backend: with x/b closed to ingress, only x/c
     // answers, and the connections that went to x/b are blocked.
