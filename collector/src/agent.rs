@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 use aya::maps::{MapData, RingBuf};
 use sightline_abi as abi;
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncWriteExt as _, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::broadcast;
 
 use crate::btf::KernelLayout;
-use crate::control::{Request, Response, Status, StreamItem};
+use crate::control::Status;
 use crate::datapath::{self, Plan};
 use crate::decoder::{self, Metadata, Record};
 use crate::loader::{self, LoaderError, ProbeOptions, Probes};
@@ -512,7 +511,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => { tokio::spawn(serve(Arc::clone(&shared), stream)); }
+                Ok((stream, _)) => { tokio::spawn(crate::control::serve(Arc::clone(&shared), stream)); }
                 Err(err) => log::warn!("control socket accept: {err}"),
             },
             _ = term.recv() => break,
@@ -987,100 +986,30 @@ fn status(shared: &Shared) -> Status {
     }
 }
 
-async fn write_json<T: serde::Serialize>(stream: &mut (impl tokio::io::AsyncWrite + Unpin), value: &T) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    stream.write_all(&line).await
-}
-
-async fn serve(shared: Arc<Shared>, stream: UnixStream) {
-    // Root or --control-uid only; anyone else hears why and is gone.
-    let peer = stream.peer_cred().map(|c| c.uid());
-    let (read, mut write) = stream.into_split();
-    match peer {
-        Ok(uid) if crate::guard::peer_allowed(uid, shared.opts.control_uid) => {}
-        Ok(uid) => {
-            log::warn!("control socket: refused a connection from uid {uid}");
-            let _ = write_json(&mut write, &Response::refused(format!("uid {uid} may not use this control socket (root or --control-uid only)"))).await;
-            return;
-        }
-        Err(err) => {
-            log::warn!("control socket: no peer credentials: {err}");
-            return;
-        }
+/// The agent as the control socket's server sees it.
+impl crate::control::Handler for Shared {
+    fn control_uid(&self) -> u32 {
+        self.opts.control_uid
     }
-    let mut reader = BufReader::new(read);
-    loop {
-        let line = match crate::guard::read_request_line(&mut reader, crate::guard::MAX_REQUEST_BYTES).await {
-            Ok(Some(line)) => line,
-            Ok(None) => return,
-            Err(crate::guard::LineError::TooLong { max }) => {
-                log::warn!("control socket: refused a request longer than {max} bytes");
-                let _ = write_json(&mut write, &Response::refused(format!("request longer than {max} bytes; closing the connection"))).await;
-                return;
-            }
-            Err(crate::guard::LineError::Io(_)) => return,
-        };
-        let req: Request = match crate::control::parse_request(&line) {
-            Ok(r) => r,
-            Err(err) => {
-                let _ = write_json(&mut write, &Response::refused(err.to_string())).await;
-                continue;
-            }
-        };
-        let resp = match req {
-            Request::Apply { state } => {
-                let shared = Arc::clone(&shared);
-                let res = tokio::task::spawn_blocking(move || apply(&shared, &state)).await;
-                match res {
-                    Ok(Ok(())) => Response { ok: true, ..Response::default() },
-                    Ok(Err(e)) => Response { ok: false, error: Some(e), status: None },
-                    Err(e) => Response { ok: false, error: Some(format!("apply failed: {e}")), status: None },
-                }
-            }
-            Request::EndpointAdd(reg) => {
-                let shared = Arc::clone(&shared);
-                match tokio::task::spawn_blocking(move || endpoint_add(&shared, *reg)).await {
-                    Ok(Ok(())) => Response { ok: true, ..Response::default() },
-                    Ok(Err(e)) => Response::refused(e),
-                    Err(e) => Response::refused(format!("endpoint_add failed: {e}")),
-                }
-            }
-            Request::EndpointDel { container_id, ifname } => {
-                let shared = Arc::clone(&shared);
-                match tokio::task::spawn_blocking(move || endpoint_del(&shared, &container_id, &ifname)).await {
-                    Ok(Ok(())) => Response { ok: true, ..Response::default() },
-                    Ok(Err(e)) => Response::refused(e),
-                    Err(e) => Response::refused(format!("endpoint_del failed: {e}")),
-                }
-            }
-            Request::Status => {
-                let shared = Arc::clone(&shared);
-                match tokio::task::spawn_blocking(move || status(&shared)).await {
-                    Ok(s) => Response { ok: true, error: None, status: Some(s) },
-                    Err(e) => Response { ok: false, error: Some(e.to_string()), status: None },
-                }
-            }
-            Request::Subscribe => {
-                let mut rx = shared.events.subscribe();
-                if write_json(&mut write, &Response { ok: true, ..Response::default() }).await.is_err() {
-                    return;
-                }
-                loop {
-                    let item = match rx.recv().await {
-                        Ok(r) => StreamItem::Record(Box::new((*r).clone())),
-                        Err(broadcast::error::RecvError::Lagged(n)) => StreamItem::Lost { lost: n },
-                        Err(broadcast::error::RecvError::Closed) => return,
-                    };
-                    if write_json(&mut write, &item).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        };
-        if write_json(&mut write, &resp).await.is_err() {
-            return;
-        }
+
+    fn apply(&self, state: &NodeState) -> Result<(), String> {
+        apply(self, state)
+    }
+
+    fn endpoint_add(&self, registration: crate::registry::Registration) -> Result<(), String> {
+        endpoint_add(self, registration)
+    }
+
+    fn endpoint_del(&self, container_id: &str, ifname: &str) -> Result<(), String> {
+        endpoint_del(self, container_id, ifname)
+    }
+
+    fn status(&self) -> Status {
+        status(self)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Record>> {
+        self.events.subscribe()
     }
 }
 

@@ -26,10 +26,11 @@ use crate::state::NodeState;
 pub enum Request {
     /// Program the datapath with this state; answered once it is in force.
     Apply { state: Box<NodeState> },
-    /// Counters and what is programmed.
-    Status,
+    /// Counters and what is programmed. (Struct variants with no fields,
+    /// so that a request with fields they do not take is refused.)
+    Status {},
     /// Stream every decoded event from now on.
-    Subscribe,
+    Subscribe {},
     /// The CNI plugin plugged a pod: remember how (see [`crate::registry`]).
     EndpointAdd(Box<Registration>),
     /// The CNI plugin unplugged a pod (unknown ones are fine).
@@ -153,7 +154,7 @@ pub fn apply(path: &Path, state: &NodeState) -> Result<(), ClientError> {
 
 /// A collector's status.
 pub fn status(path: &Path) -> Result<Status, ClientError> {
-    let resp = call(path, &Request::Status, Duration::from_secs(10))?;
+    let resp = call(path, &Request::Status {}, Duration::from_secs(10))?;
     resp.status.ok_or(ClientError::Closed)
 }
 
@@ -175,7 +176,7 @@ impl Subscription {
     /// Subscribes; events from the moment the collector answers are delivered.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
         let mut stream = connect(path)?;
-        let mut line = serde_json::to_vec(&Request::Subscribe)?;
+        let mut line = serde_json::to_vec(&Request::Subscribe {})?;
         line.push(b'\n');
         stream.write_all(&line)?;
         let mut reader = BufReader::new(stream);
@@ -226,14 +227,136 @@ impl Subscription {
     }
 }
 
+/// What the control socket's server asks of the agent (implemented by the
+/// agent; tests give it a stand-in, so the protocol is tested without a
+/// datapath).
+pub trait Handler: Send + Sync + 'static {
+    /// The uid allowed besides root (`--control-uid`).
+    fn control_uid(&self) -> u32;
+    /// Programs the datapath with `state` (blocking).
+    ///
+    /// # Errors
+    ///
+    /// Why the state was refused or could not be applied.
+    fn apply(&self, state: &NodeState) -> Result<(), String>;
+    /// The CNI plugin plugged a pod (blocking).
+    ///
+    /// # Errors
+    ///
+    /// Why the registration was refused.
+    fn endpoint_add(&self, registration: Registration) -> Result<(), String>;
+    /// The CNI plugin unplugged a pod (blocking).
+    ///
+    /// # Errors
+    ///
+    /// Why it could not be forgotten.
+    fn endpoint_del(&self, container_id: &str, ifname: &str) -> Result<(), String>;
+    /// Counters and what is programmed (blocking).
+    fn status(&self) -> Status;
+    /// Every decoded event from now on.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<Record>>;
+}
+
+async fn write_json<T: Serialize>(stream: &mut (impl tokio::io::AsyncWrite + Unpin), value: &T) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut line = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stream.write_all(&line).await
+}
+
+/// Runs `blocking` on a blocking thread; its error, or a failed thread, as
+/// a refusal naming `what`.
+async fn answer(what: &str, blocking: impl FnOnce() -> Result<(), String> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(blocking).await {
+        Ok(Ok(())) => Response { ok: true, ..Response::default() },
+        Ok(Err(e)) => Response::refused(e),
+        Err(e) => Response::refused(format!("{what} failed: {e}")),
+    }
+}
+
+/// Serves one connection of the control socket: checks the peer's uid
+/// (root or [`Handler::control_uid`]), then answers request lines until the
+/// peer goes away. A line that is not a request is answered with why and
+/// the connection goes on; one longer than
+/// [`crate::guard::MAX_REQUEST_BYTES`] is answered and the connection
+/// closed. `subscribe` turns the connection into the event stream.
+pub async fn serve<H: Handler>(handler: std::sync::Arc<H>, stream: tokio::net::UnixStream) {
+    use tokio::sync::broadcast::error::RecvError;
+    // Root or --control-uid only; anyone else hears why and is gone.
+    let peer = stream.peer_cred().map(|c| c.uid());
+    let (read, mut write) = stream.into_split();
+    match peer {
+        Ok(uid) if crate::guard::peer_allowed(uid, handler.control_uid()) => {}
+        Ok(uid) => {
+            log::warn!("control socket: refused a connection from uid {uid}");
+            let _ = write_json(&mut write, &Response::refused(format!("uid {uid} may not use this control socket (root or --control-uid only)"))).await;
+            return;
+        }
+        Err(err) => {
+            log::warn!("control socket: no peer credentials: {err}");
+            return;
+        }
+    }
+    let mut reader = tokio::io::BufReader::new(read);
+    loop {
+        let line = match crate::guard::read_request_line(&mut reader, crate::guard::MAX_REQUEST_BYTES).await {
+            Ok(Some(line)) => line,
+            Ok(None) => return,
+            Err(crate::guard::LineError::TooLong { max }) => {
+                log::warn!("control socket: refused a request longer than {max} bytes");
+                let _ = write_json(&mut write, &Response::refused(format!("request longer than {max} bytes; closing the connection"))).await;
+                return;
+            }
+            Err(crate::guard::LineError::Io(_)) => return,
+        };
+        let req = match parse_request(&line) {
+            Ok(r) => r,
+            Err(err) => {
+                let _ = write_json(&mut write, &Response::refused(err.to_string())).await;
+                continue;
+            }
+        };
+        let h = std::sync::Arc::clone(&handler);
+        let resp = match req {
+            Request::Apply { state } => answer("apply", move || h.apply(&state)).await,
+            Request::EndpointAdd(reg) => answer("endpoint_add", move || h.endpoint_add(*reg)).await,
+            Request::EndpointDel { container_id, ifname } => answer("endpoint_del", move || h.endpoint_del(&container_id, &ifname)).await,
+            Request::Status {} => match tokio::task::spawn_blocking(move || h.status()).await {
+                Ok(s) => Response { ok: true, error: None, status: Some(s) },
+                Err(e) => Response::refused(e.to_string()),
+            },
+            Request::Subscribe {} => {
+                let mut rx = handler.subscribe();
+                if write_json(&mut write, &Response { ok: true, ..Response::default() }).await.is_err() {
+                    return;
+                }
+                loop {
+                    let item = match rx.recv().await {
+                        Ok(r) => StreamItem::Record(Box::new((*r).clone())),
+                        Err(RecvError::Lagged(n)) => StreamItem::Lost { lost: n },
+                        Err(RecvError::Closed) => return,
+                    };
+                    if write_json(&mut write, &item).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        if write_json(&mut write, &resp).await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn requests_parse_and_anything_else_is_refused() {
-        assert!(matches!(parse_request(br#"{"op":"status"}"#), Ok(Request::Status)));
-        assert!(matches!(parse_request(br#"{"op":"subscribe"}"#), Ok(Request::Subscribe)));
+        assert!(matches!(parse_request(br#"{"op":"status"}"#), Ok(Request::Status {})));
+        assert!(matches!(parse_request(br#"{"op":"subscribe"}"#), Ok(Request::Subscribe {})));
+        assert!(parse_request(br#"{"op":"status","extra":1}"#).is_err(), "a field status does not take");
         let add = br#"{"op":"endpoint_add","container_id":"c1","ifname":"eth0","namespace":"x","name":"a","ip":"10.244.1.5","mac":"02:00:0a:f4:01:05","host_ifname":"lxc0123456789ab","host_mac":"06:00:0a:f4:01:05","netns":"/run/netns/lab.x.a"}"#;
         assert!(matches!(parse_request(add), Ok(Request::EndpointAdd(r)) if r.ip == std::net::Ipv4Addr::new(10, 244, 1, 5)));
         assert!(matches!(parse_request(br#"{"op":"endpoint_del","container_id":"c1","ifname":"eth0"}"#), Ok(Request::EndpointDel { .. })));
