@@ -615,3 +615,96 @@ async fn after_the_peer_service_drops_the_relay_keeps_its_peers_then_takes_the_r
     wait_for("a second Notify stream", || peers.opened.load(Ordering::SeqCst) == 2).await;
     wait_for("node-b dropped after the replay", || peer_names(&relay) == ["node-a"]).await;
 }
+
+/// A collector whose follow stream sends its flows on a schedule: each
+/// (delay after the request, time relative to the request's arrival).
+#[derive(Clone)]
+struct ScriptedNode {
+    name: String,
+    script: Vec<(Duration, i64)>,
+}
+
+#[tonic::async_trait]
+impl Observer for ScriptedNode {
+    type GetFlowsStream = BoxStream<GetFlowsResponse>;
+    type GetAgentEventsStream = BoxStream<GetAgentEventsResponse>;
+    type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
+
+    async fn get_flows(&self, _: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (name, script) = (self.name.clone(), self.script.clone());
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for (delay, offset_ms) in script {
+                tokio::time::sleep_until(start + delay).await;
+                let ms = base + offset_ms;
+                let time = Timestamp { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 };
+                let flow = GetFlowsResponse {
+                    response_types: Some(ResponseTypes::Flow(Flow { node_name: name.clone(), ..Flow::default() })),
+                    node_name: name.clone(),
+                    time: Some(time),
+                };
+                if tx.send(Ok(flow)).await.is_err() {
+                    return;
+                }
+            }
+            // Followed: the stream stays open.
+            std::future::pending::<()>().await;
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn get_agent_events(&self, _: Request<GetAgentEventsRequest>) -> Result<Response<Self::GetAgentEventsStream>, Status> {
+        Ok(Response::new(Box::pin(tokio_stream::iter(Vec::new()))))
+    }
+
+    async fn get_debug_events(&self, _: Request<GetDebugEventsRequest>) -> Result<Response<Self::GetDebugEventsStream>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+
+    async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
+        Err(Status::unimplemented("no"))
+    }
+
+    async fn get_namespaces(&self, _: Request<GetNamespacesRequest>) -> Result<Response<GetNamespacesResponse>, Status> {
+        Ok(Response::new(GetNamespacesResponse::default()))
+    }
+
+    async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
+        Ok(Response::new(ServerStatusResponse::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_gets_flows_that_arrive_out_of_order_within_the_window_in_time_order() {
+    let ms = Duration::from_millis;
+    // node-a sends its flows at once; node-b's, older, come later (within
+    // the drain window): node-a's 300 and 500 must wait for node-b's 100
+    // and 400. node-b's 200 comes last of all, still within the window.
+    let a = start(ScriptedNode { name: "node-a".into(), script: vec![(ms(0), 300), (ms(0), 500)] }).await;
+    let b = start(ScriptedNode { name: "node-b".into(), script: vec![(ms(150), 100), (ms(200), 400), (ms(300), 200)] }).await;
+    let mut config = Config::new("relay", vec![Peer { name: "node-a".into(), address: a.to_string() }, Peer { name: "node-b".into(), address: b.to_string() }]);
+    config.dial_timeout = Duration::from_millis(500);
+    config.drain_timeout = Duration::from_secs(2);
+    let relay = Relay::new(config).expect("relay");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(sightline_relay::serve(relay, listener, None, std::future::pending()));
+    let mut c = ObserverClient::connect(format!("http://{addr}")).await.expect("connect");
+
+    let mut stream = c.get_flows(GetFlowsRequest { follow: true, ..GetFlowsRequest::default() }).await.unwrap().into_inner();
+    assert_eq!(next_seen(&mut stream).await, Seen::Status(NodeState::NodeConnected as i32, vec!["node-a".into(), "node-b".into()]));
+    let mut order = Vec::new();
+    let mut times = Vec::new();
+    while order.len() < 5 {
+        let r = tokio::time::timeout(Duration::from_secs(20), stream.message()).await.expect("in time").expect("stream").expect("an item");
+        if let Some(ResponseTypes::Flow(f)) = r.response_types {
+            let t = r.time.expect("time");
+            times.push((t.seconds, t.nanos));
+            order.push(f.node_name);
+        }
+    }
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "out of time order: {times:?}");
+    assert_eq!(order, ["node-b", "node-b", "node-a", "node-b", "node-a"], "{times:?}");
+}
