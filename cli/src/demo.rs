@@ -152,8 +152,10 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>, export: Ex
     crate::check_root()?;
     cluster::validate_name(name)?;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook_like::SIGINT, signal_hook_like::SIGTERM] {
-        signal_hook_like::register(sig, Arc::clone(&stop));
+    // SIGINT/SIGTERM set the flag instead of killing the process, so the
+    // demo can clean up.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop)).context("installing the SIGINT/SIGTERM handler")?;
     }
     if LabState::load(name).is_ok() {
         eprintln!("demo: a lab named {name} is left over from an earlier run; removing it first");
@@ -314,27 +316,3 @@ fn tempdir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Minimal signal-to-flag registration (SIGINT/SIGTERM set a flag instead of
-/// killing the process, so the demo can clean up).
-mod signal_hook_like {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, OnceLock};
-
-    pub const SIGINT: i32 = libc::SIGINT;
-    pub const SIGTERM: i32 = libc::SIGTERM;
-
-    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
-
-    extern "C" fn handler(_: i32) {
-        if let Some(f) = FLAG.get() {
-            f.store(true, Ordering::Relaxed);
-        }
-    }
-
-    pub fn register(sig: i32, flag: Arc<AtomicBool>) {
-        let _ = FLAG.set(flag);
-        // SAFETY: the handler only performs an atomic store, which is
-        // async-signal-safe.
-        unsafe { libc::signal(sig, handler as *const () as libc::sighandler_t) };
-    }
-}

@@ -29,3 +29,43 @@ fn the_demo_shows_flows_and_a_policy_denial_by_name_then_cleans_up() {
     assert!(!std::path::Path::new("/run/sightline/labs/e2e-demo").exists(), "the demo left its lab behind");
     let _ = std::fs::remove_file(&log);
 }
+
+#[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
+fn the_demo_stops_cleanly_on_sigterm() {
+    if !require_root() {
+        return;
+    }
+    use std::io::BufRead as _;
+    let log = std::env::temp_dir().join(format!("sightline-demo-term-{}.log", std::process::id()));
+    let mut demo = std::process::Command::new(sightline_e2e::sightline_bin())
+        .args(["demo", "--name", "e2e-demo-term", "--flow-log", log.to_str().expect("utf-8")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting the demo");
+    // Once the live stream shows a flow, the demo is running.
+    let mut stdout = std::io::BufReader::new(demo.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let mut seen = false;
+    while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+        if line.contains("shop/") {
+            seen = true;
+            break;
+        }
+        line.clear();
+    }
+    assert!(seen, "the demo printed no flow before it ended");
+    // SAFETY: plain kill(2) of the child this test started.
+    unsafe { libc::kill(demo.id() as i32, libc::SIGTERM) };
+    // Drain stdout so the demo is never blocked writing it.
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let status = sightline_e2e::wait_until("the demo to exit after SIGTERM", std::time::Duration::from_secs(60), || demo.try_wait().expect("wait"));
+    let _ = drain.join();
+    let mut stderr = String::new();
+    let _ = std::io::Read::read_to_string(&mut demo.stderr.take().expect("stderr"), &mut stderr);
+    assert!(status.success(), "the demo failed on SIGTERM ({status}):\n{stderr}");
+    assert!(stderr.contains("lab e2e-demo-term removed"), "{stderr}");
+    assert!(!std::path::Path::new("/run/sightline/labs/e2e-demo-term").exists(), "the demo left its lab behind");
+    let _ = std::fs::remove_file(&log);
+}
