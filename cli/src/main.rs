@@ -11,6 +11,7 @@ mod flood;
 mod interrupt;
 mod lab;
 mod observe;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

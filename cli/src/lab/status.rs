@@ -121,40 +121,39 @@ pub fn table(state: &LabState) -> String {
         state.network.pod_range,
         state.network.node_subnet
     );
-    let _ = writeln!(out, "\nNODE      POD CIDR          NODE IP        COLLECTOR");
+    let mut rows = vec![cells(&["NODE", "POD CIDR", "NODE IP", "COLLECTOR"])];
+    let mut details = Vec::new();
     for n in &state.nodes {
-        let _ = writeln!(
-            out,
-            "{:<9} {:<17} {:<14} pid {}, {} restart(s) ({})",
-            n.name,
-            n.pod_cidr,
-            n.node_ip,
-            n.collector_pid,
-            n.collector_restarts,
-            n.control_socket.display()
-        );
-        if state.datapath {
+        rows.push(vec![
+            n.name.clone(),
+            n.pod_cidr.clone(),
+            n.node_ip.to_string(),
+            format!("pid {}, {} restart(s) ({})", n.collector_pid, n.collector_restarts, n.control_socket.display()),
+        ]);
+        let detail = if state.datapath {
             match control::status(&n.control_socket) {
                 Ok(s) => {
                     let lost: u64 = s.events_lost_per_cpu.iter().sum();
-                    let _ = writeln!(
-                        out,
-                        "          events {} decoded, {} lost (ring buffer full); {} connections tracked; {} packets forwarded, {} dropped; kernel drops {}",
+                    format!(
+                        "events {} decoded, {} lost (ring buffer full); {} connections tracked; {} packets forwarded, {} dropped; kernel drops {}",
                         s.events_decoded,
                         lost,
                         s.ct_entries,
                         s.packets_forwarded,
                         s.packets_dropped,
                         if s.kernel_drops_enabled { format!("{} seen", s.kernel_drops_seen) } else { "not reported (no BTF/tracefs)".into() },
-                    );
+                    )
                 }
-                Err(e) => {
-                    let _ = writeln!(out, "          collector does not answer: {e}");
-                }
+                Err(e) => format!("collector does not answer: {e}"),
             }
         } else {
-            let _ = writeln!(out, "          no datapath (lab started with --no-datapath)");
-        }
+            "no datapath (lab started with --no-datapath)".to_owned()
+        };
+        details.push(format!("{}: {detail}", n.name));
+    }
+    let _ = write!(out, "\n{}", crate::table::render(&rows));
+    for d in details {
+        let _ = writeln!(out, "  {d}");
     }
     if let Some(r) = &state.relay {
         let _ = writeln!(
@@ -200,26 +199,20 @@ pub fn table(state: &LabState) -> String {
         }
         None => {}
     }
-    let _ = writeln!(out, "\nPOD                            IP             NODE      IDENTITY  PORTS");
+    let mut rows = vec![cells(&["POD", "IP", "NODE", "IDENTITY", "PORTS"])];
     for p in state.pods.values() {
-        let _ = writeln!(
-            out,
-            "{:<30} {:<14} {:<9} {:<9} {}",
-            format!("{}/{}", p.namespace, p.name),
-            p.ip,
-            p.node,
-            p.identity,
-            p.ports.join(",")
-        );
+        rows.push(vec![format!("{}/{}", p.namespace, p.name), p.ip.to_string(), p.node.clone(), p.identity.to_string(), p.ports.join(",")]);
     }
+    let _ = write!(out, "\n{}", crate::table::render(&rows));
     if !state.objects.services.is_empty() {
-        let _ = writeln!(out, "\nSERVICE                        CLUSTER IP     PORTS");
+        let mut rows = vec![cells(&["SERVICE", "CLUSTER IP", "PORTS"])];
         for s in state.objects.services.values() {
             let key = format!("{}/{}", s.namespace, s.name);
             let ip = state.service_ips.get(&key).map(ToString::to_string).unwrap_or_default();
             let ports: Vec<String> = s.ports.iter().map(|p| p.port.to_string()).collect();
-            let _ = writeln!(out, "{key:<30} {ip:<14} {}", ports.join(","));
+            rows.push(vec![key, ip, ports.join(",")]);
         }
+        let _ = write!(out, "\n{}", crate::table::render(&rows));
     }
     if !state.objects.policies.is_empty() {
         let _ = writeln!(out, "\nNETWORK POLICY");
@@ -234,20 +227,21 @@ pub fn table(state: &LabState) -> String {
 /// ciliumendpointslices -A` prints them, with the owner and the endpoints.
 #[must_use]
 pub fn endpointslices_table(slices: &[sightline_collector::kvstore::EndpointSlice]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "{:<16} {:<40} {:>9} {:<10} {:>9}  ENDPOINTS", "NAMESPACE", "NAME", "IDENTITY", "NODE", "COUNT");
+    let mut rows = vec![cells(&["NAMESPACE", "NAME", "IDENTITY", "NODE", "COUNT", "ENDPOINTS"])];
     for s in slices {
         let names: Vec<String> = s.endpoints.iter().map(|e| format!("{}={}", e.name, e.ip)).collect();
-        let _ = writeln!(
-            out,
-            "{:<16} {:<40} {:>9} {:<10} {:>9}  {}",
-            s.namespace,
-            s.name,
-            s.identity,
-            s.node,
-            s.endpoints.len(),
-            names.join(",")
-        );
+        rows.push(vec![
+            s.namespace.clone(),
+            s.name.clone(),
+            s.identity.to_string(),
+            s.node.clone(),
+            s.endpoints.len().to_string(),
+            names.join(","),
+        ]);
     }
-    out
+    crate::table::render(&rows)
+}
+
+fn cells(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
 }

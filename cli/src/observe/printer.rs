@@ -340,28 +340,9 @@ fn join_with_cutoff(elems: &[String], sep: &str, target: usize) -> String {
     }
 }
 
-/// Go's `tabwriter` with hubble's settings (minimum width 2, padding 3):
-/// every cell but the last of a line is padded to its column's width.
+/// Go's `tabwriter` with hubble's settings (minimum width 2, padding 3).
 pub fn render_table(rows: &[Vec<String>]) -> String {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut widths = vec![2usize; columns];
-    for row in rows {
-        for (i, cell) in row.iter().enumerate().take(row.len().saturating_sub(1)) {
-            widths[i] = widths[i].max(cell.chars().count() + 3);
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        for (i, cell) in row.iter().enumerate() {
-            out.push_str(cell);
-            if i + 1 < row.len() {
-                let pad = widths[i].saturating_sub(cell.chars().count());
-                out.extend(std::iter::repeat_n(' ', pad));
-            }
-        }
-        out.push('\n');
-    }
-    out
+    crate::table::render(rows)
 }
 
 fn ports(f: &Flow) -> (u32, u32) {
