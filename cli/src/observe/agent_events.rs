@@ -76,7 +76,7 @@ pub fn request(args: &AgentEventsArgs, now: SystemTime) -> Result<GetAgentEvents
     let parse = |flag: &'static str, value: &Option<String>| {
         value
             .as_deref()
-            .map(|s| time::parse_time(s, now).map_err(|source| RequestError::Time { flag, source }))
+            .map(|s| time::parse_time(s, now).map_err(|time| RequestError::Time { flag, time }))
             .transpose()
     };
     let (since, until) = (parse("since", &args.since)?, parse("until", &args.until)?);

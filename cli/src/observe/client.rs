@@ -1,7 +1,6 @@
 //! Reaching the flow API: which address, TLS, dial and request timeouts, and
 //! errors that say what to do.
 
-use std::fmt;
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,53 +19,40 @@ pub const DEFAULT_PORT: u16 = 4245;
 pub const DEFAULT_SERVER: &str = "localhost:4245";
 
 /// A failure to reach or use the server.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// `--server` is not an address.
+    #[error("--server {addr:?}: {reason}")]
     Address { addr: String, reason: String },
     /// The TLS flags or files.
+    #[error("{0}")]
     Tls(String),
     /// The connection could not be made.
+    #[error("cannot reach the flow API at {addr}: {cause}; {HINT}")]
     Unreachable { addr: String, cause: String },
     /// The server did not answer in time.
+    #[error("{what} at {addr}: no answer within {after:?}{}", if *what == "connecting" { format!("; {HINT}") } else { String::new() })]
     Timeout { addr: String, what: &'static str, after: Duration },
     /// The server answered with an error.
+    #[error("{}", rpc_message(addr, what, status))]
     Rpc { addr: String, what: &'static str, status: tonic::Status },
 }
 
 const HINT: &str = "is a lab running? start one with `sightline lab up`, or point --server at a flow API";
 
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Address { addr, reason } => write!(f, "--server {addr:?}: {reason}"),
-            Self::Tls(msg) => f.write_str(msg),
-            Self::Unreachable { addr, cause } => write!(f, "cannot reach the flow API at {addr}: {cause}; {HINT}"),
-            Self::Timeout { addr, what, after } => {
-                write!(f, "{what} at {addr}: no answer within {after:?}")?;
-                if *what == "connecting" { write!(f, "; {HINT}") } else { Ok(()) }
-            }
-            Self::Rpc { addr, what, status } => {
-                use tonic::Code;
-                match status.code() {
-                    Code::Unauthenticated => {
-                        write!(f, "{what} at {addr}: not authenticated: {}; give a valid token with --token-file", status.message())
-                    }
-                    Code::PermissionDenied => write!(f, "{what} at {addr}: not allowed: {}", status.message()),
-                    Code::Unavailable => {
-                        write!(f, "{what} at {addr}: the server is unavailable: {}; {HINT}", status.message())
-                    }
-                    Code::Unimplemented => {
-                        write!(f, "{what} at {addr}: the server does not implement it ({})", status.message())
-                    }
-                    code => write!(f, "{what} at {addr} failed: {} ({code:?})", status.message()),
-                }
-            }
+/// What an RPC error means to the user, by its code.
+fn rpc_message(addr: &str, what: &str, status: &tonic::Status) -> String {
+    use tonic::Code;
+    match status.code() {
+        Code::Unauthenticated => {
+            format!("{what} at {addr}: not authenticated: {}; give a valid token with --token-file", status.message())
         }
+        Code::PermissionDenied => format!("{what} at {addr}: not allowed: {}", status.message()),
+        Code::Unavailable => format!("{what} at {addr}: the server is unavailable: {}; {HINT}", status.message()),
+        Code::Unimplemented => format!("{what} at {addr}: the server does not implement it ({})", status.message()),
+        code => format!("{what} at {addr} failed: {} ({code:?})", status.message()),
     }
 }
-
-impl std::error::Error for ClientError {}
 
 /// The address to use: `--server`, else the lab's relay (or collector), else
 /// `localhost:4245`; and how to name it in messages.

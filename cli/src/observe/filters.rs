@@ -23,7 +23,6 @@
 //! sent as `default/NAME` — the meaning hubble's server gives it — so the
 //! filter reads the same on any server.
 
-use std::fmt;
 use std::net::IpAddr;
 
 use sightline_proto::flow::{
@@ -172,35 +171,24 @@ impl Token {
 }
 
 /// Why the filter flags were refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FilterError {
     /// A flag's value is malformed.
+    #[error("--{flag} {value:?}: {reason}")]
     BadValue { flag: &'static str, value: String, reason: String },
     /// Two flags that hubble refuses to combine.
+    #[error("filters --{a} and --{b} cannot be combined")]
     Conflict { a: &'static str, b: &'static str },
     /// A pod or service names another namespace than `--namespace`.
+    #[error("namespace conflict: {name:?} is not in namespace {namespace:?}")]
     NamespaceConflict { namespace: String, name: String },
     /// `--not --not`.
+    #[error("--not --not: each --not negates exactly one filter flag")]
     ConsecutiveNot,
     /// `--not` with no filter flag after it.
+    #[error("--not must be followed by the filter flag it negates")]
     TrailingNot,
 }
-
-impl fmt::Display for FilterError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadValue { flag, value, reason } => write!(f, "--{flag} {value:?}: {reason}"),
-            Self::Conflict { a, b } => write!(f, "filters --{a} and --{b} cannot be combined"),
-            Self::NamespaceConflict { namespace, name } => {
-                write!(f, "namespace conflict: {name:?} is not in namespace {namespace:?}")
-            }
-            Self::ConsecutiveNot => write!(f, "--not --not: each --not negates exactly one filter flag"),
-            Self::TrailingNot => write!(f, "--not must be followed by the filter flag it negates"),
-        }
-    }
-}
-
-impl std::error::Error for FilterError {}
 
 /// The whitelist and blacklist the filter flags make.
 #[derive(Debug, Clone, Default, PartialEq)]

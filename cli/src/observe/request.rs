@@ -1,7 +1,6 @@
 //! `observe` arguments → `GetFlowsRequest`, with every check done before
 //! anything is sent.
 
-use std::fmt;
 use std::time::SystemTime;
 
 use sightline_collector::flow::{FieldMask, PRINTED_FIELDS};
@@ -17,38 +16,29 @@ use super::time::{self, TimeError};
 pub const DEFAULT_LAST: u64 = 20;
 
 /// Why the arguments cannot make a request.
-#[derive(Debug)]
+/// The messages already carry their causes, so no `#[source]`: anyhow's
+/// `{:#}` would print them twice.
+#[derive(Debug, thiserror::Error)]
 pub enum RequestError {
     /// Two selectors that exclude each other.
+    #[error("{0}")]
     Selectors(String),
     /// A `--since`/`--until` value.
-    Time { flag: &'static str, source: TimeError },
+    #[error("--{flag}: {time}")]
+    Time { flag: &'static str, time: TimeError },
     /// `--since` later than `--until`.
+    #[error("--since is later than --until: no flow can match")]
     EmptyRange,
     /// A filter flag.
+    #[error("{0}")]
     Filter(FilterError),
     /// An `--allowlist`/`--denylist` value.
+    #[error("--{flag}: {reason}")]
     RawFilter { flag: &'static str, reason: String },
     /// An `--experimental-field-mask` path.
+    #[error("--experimental-field-mask: {0}")]
     FieldMask(String),
 }
-
-impl fmt::Display for RequestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Selectors(msg) => f.write_str(msg),
-            Self::Time { flag, source } => write!(f, "--{flag}: {source}"),
-            Self::EmptyRange => f.write_str("--since is later than --until: no flow can match"),
-            Self::Filter(e) => e.fmt(f),
-            Self::RawFilter { flag, reason } => write!(f, "--{flag}: {reason}"),
-            Self::FieldMask(reason) => write!(f, "--experimental-field-mask: {reason}"),
-        }
-    }
-}
-
-/// The messages already carry their causes, so no `source()`: anyhow's
-/// `{:#}` would print them twice.
-impl std::error::Error for RequestError {}
 
 impl From<FilterError> for RequestError {
     fn from(e: FilterError) -> Self {
@@ -102,11 +92,11 @@ pub fn build(opts: &ObserveOpts, tokens: &[Token], now: SystemTime) -> Result<Ge
     }
 
     let since = match &opts.since {
-        Some(s) => Some(time::parse_time(s, now).map_err(|source| RequestError::Time { flag: "since", source })?),
+        Some(s) => Some(time::parse_time(s, now).map_err(|time| RequestError::Time { flag: "since", time })?),
         None => None,
     };
     let until = match &opts.until {
-        Some(s) => Some(time::parse_time(s, now).map_err(|source| RequestError::Time { flag: "until", source })?),
+        Some(s) => Some(time::parse_time(s, now).map_err(|time| RequestError::Time { flag: "until", time })?),
         None => None,
     };
     if let (Some(a), Some(b)) = (&since, &until)

@@ -18,28 +18,16 @@
 //! Everything here is plain arithmetic on Unix seconds (proleptic Gregorian
 //! calendar), so no time-zone database is needed.
 
-use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost_types::Timestamp;
 
 /// Why a `--since`/`--until` value was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is neither a duration (3s, 5m, 2h30m) nor a time (2024-11-26T10:39:56Z, 2024-11-26T10:39:56 in UTC, 2024-11-26)")]
 pub struct TimeError {
     input: String,
 }
-
-impl fmt::Display for TimeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:?} is neither a duration (3s, 5m, 2h30m) nor a time (2024-11-26T10:39:56Z, 2024-11-26T10:39:56 in UTC, 2024-11-26)",
-            self.input
-        )
-    }
-}
-
-impl std::error::Error for TimeError {}
 
 pub use sightline_flow::duration::parse as parse_duration;
 
