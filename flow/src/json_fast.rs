@@ -80,9 +80,11 @@ pub fn write_timestamp(out: &mut Vec<u8>, t: &prost_types::Timestamp) {
 
 /// Appends `seconds.nanos` since the Unix epoch as RFC 3339 UTC, unquoted.
 pub fn write_rfc3339(out: &mut Vec<u8>, seconds: i64, nanos: i32) {
-    let days = seconds.div_euclid(86_400);
+    // jiff's calendar; times outside its years (±9999) are clamped to them.
+    let seconds = seconds.clamp(jiff::Timestamp::MIN.as_second(), jiff::Timestamp::MAX.as_second());
     let secs_of_day = seconds.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
+    let date = jiff::Timestamp::from_second(seconds).map(|t| jiff::tz::Offset::UTC.to_datetime(t).date()).unwrap_or_default();
+    let (year, month, day) = (i64::from(date.year()), i64::from(date.month()), i64::from(date.day()));
     let two = |out: &mut Vec<u8>, v: i64| {
         out.push(b'0' + (v / 10 % 10) as u8);
         out.push(b'0' + (v % 10) as u8);
@@ -126,20 +128,6 @@ pub fn write_rfc3339(out: &mut Vec<u8>, seconds: i64, nanos: i32) {
     out.push(b'Z');
 }
 
-/// (year, month, day) of a day number since 1970-01-01 (proleptic
-/// Gregorian; Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
 
 /// Whether the fast writer spells every field `flow` has.
 #[must_use]

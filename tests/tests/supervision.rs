@@ -159,22 +159,7 @@ impl Drop for Observer {
 fn json_time_ns(line: &str) -> Option<i128> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     let t = v["time"].as_str()?;
-    // 2024-11-26T10:39:56.123456789Z → compare as text would work too,
-    // but a number is clearer: parse the fields.
-    let (date, clock) = t.trim_end_matches('Z').split_once('T')?;
-    let d: Vec<i64> = date.split('-').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    let (hms, frac) = clock.split_once('.').unwrap_or((clock, "0"));
-    let c: Vec<i64> = hms.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    // Days from the civil date (proleptic Gregorian).
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + c[0] * 3600 + c[1] * 60 + c[2];
-    let nanos: i64 = format!("{frac:0<9}")[..9].parse().ok()?;
-    Some(i128::from(secs) * 1_000_000_000 + i128::from(nanos))
+    Some(t.parse::<jiff::Timestamp>().ok()?.as_nanosecond())
 }
 
 #[test]

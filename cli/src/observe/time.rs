@@ -15,8 +15,8 @@
 //! Forms without an offset are UTC, as Go's `time.Parse` (and so `hubble`)
 //! reads them; the compact, dict and table printers also print UTC.
 //!
-//! Everything here is plain arithmetic on Unix seconds (proleptic Gregorian
-//! calendar), so no time-zone database is needed.
+//! The calendar is jiff's (UTC and fixed offsets only, so no time-zone
+//! database is needed).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -48,147 +48,37 @@ pub fn system_time_to_timestamp(t: SystemTime) -> Timestamp {
     Timestamp { seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() as i32 }
 }
 
-/// `YYYY-MM-DD[(T|t| )HH[:MM[:SS[.frac]]]][Z|z|±HH:MM|±HHMM]`.
+/// `YYYY-MM-DD[(T|t| )HH[:MM[:SS[.frac]]]][Z|z|±HH:MM|±HHMM]`, read by
+/// jiff: an instant when it has an offset, else a civil time in UTC.
 fn parse_absolute(s: &str) -> Option<Timestamp> {
-    let b = s.as_bytes();
-    let mut p = Cursor { b, i: 0 };
-    let year = p.digits(4)?;
-    p.expect(b'-')?;
-    let month = p.digits(2)?;
-    p.expect(b'-')?;
-    let day = p.digits(2)?;
-    let (mut hour, mut minute, mut second, mut nanos) = (0, 0, 0, 0u32);
-    if p.i < b.len() && matches!(b[p.i], b'T' | b't' | b' ') {
-        p.i += 1;
-        hour = p.digits(2)?;
-        if p.peek() == Some(b':') {
-            p.i += 1;
-            minute = p.digits(2)?;
-            if p.peek() == Some(b':') {
-                p.i += 1;
-                second = p.digits(2)?;
-                if p.peek() == Some(b'.') || p.peek() == Some(b',') {
-                    p.i += 1;
-                    let start = p.i;
-                    while p.peek().is_some_and(|c| c.is_ascii_digit()) {
-                        p.i += 1;
-                    }
-                    let frac = &s[start..p.i];
-                    if frac.is_empty() {
-                        return None;
-                    }
-                    let mut n: u32 = 0;
-                    for (k, c) in frac.bytes().enumerate() {
-                        if k < 9 {
-                            n = n * 10 + u32::from(c - b'0');
-                        }
-                    }
-                    for _ in frac.len()..9 {
-                        n *= 10;
-                    }
-                    nanos = n;
-                }
-            }
-        }
-    }
-    let mut offset_secs: i64 = 0;
-    match p.peek() {
-        None => {}
-        Some(b'Z' | b'z') => p.i += 1,
-        Some(sign @ (b'+' | b'-')) => {
-            p.i += 1;
-            let oh = p.digits(2)?;
-            if p.peek() == Some(b':') {
-                p.i += 1;
-            }
-            let om = p.digits(2)?;
-            if oh > 23 || om > 59 {
-                return None;
-            }
-            offset_secs = oh * 3600 + om * 60;
-            if sign == b'-' {
-                offset_secs = -offset_secs;
-            }
-        }
-        Some(_) => return None,
-    }
-    if p.i != b.len() {
+    // Only the forms above: no bracketed time zone annotations, no weeks.
+    if !s.starts_with(|c: char| c.is_ascii_digit()) || s.contains('[') || s.len() < 10 || s.as_bytes()[4] != b'-' {
         return None;
     }
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return None;
-    }
-    // A leap second (:60) is accepted as the last second of the minute, as
-    // RFC 3339 allows; Unix time has no room for it.
-    if hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let second = second.min(59);
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    Some(Timestamp { seconds, nanos: nanos as i32 })
-}
-
-struct Cursor<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl Cursor<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-    fn expect(&mut self, c: u8) -> Option<()> {
-        (self.peek()? == c).then(|| self.i += 1)
-    }
-    fn digits(&mut self, n: usize) -> Option<i64> {
-        let s = self.b.get(self.i..self.i + n)?;
-        if !s.iter().all(u8::is_ascii_digit) {
+    // As Go reads them: offsets up to ±23:59, and fractions past the
+    // nanosecond cut rather than refused.
+    if let Some(pos) = s.rfind(['+', '-']).filter(|p| *p > 10) {
+        let hours: u32 = s.get(pos + 1..pos + 3)?.parse().ok()?;
+        if hours > 23 {
             return None;
         }
-        self.i += n;
-        Some(s.iter().fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0')))
     }
+    let s = cut_fraction(s);
+    let instant = match s.parse::<jiff::Timestamp>() {
+        Ok(t) => t,
+        Err(_) => s.parse::<jiff::civil::DateTime>().ok()?.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp(),
+    };
+    Some(Timestamp { seconds: instant.as_second(), nanos: instant.subsec_nanosecond() })
 }
 
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if is_leap(y) => 29,
-        2 => 28,
-        _ => 0,
+/// `s` with a fraction of a second cut to nine digits.
+fn cut_fraction(s: &str) -> std::borrow::Cow<'_, str> {
+    let Some(dot) = s.get(11..).and_then(|t| t.find(['.', ','])).map(|i| i + 11) else { return s.into() };
+    let digits = s[dot + 1..].bytes().take_while(u8::is_ascii_digit).count();
+    if digits <= 9 {
+        return s.into();
     }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01: (year, month 1–12, day 1–31).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    format!("{}{}", &s[..dot + 10], &s[dot + 1 + digits..]).into()
 }
 
 /// How timestamps are printed by the compact, dict and table printers
@@ -223,10 +113,10 @@ pub fn format_timestamp(ts: Option<&Timestamp>, format: TimeFormat) -> String {
     if !(-62_135_596_800..=253_402_300_799).contains(&ts.seconds) || !(0..1_000_000_000).contains(&ts.nanos) {
         return "N/A".to_owned();
     }
-    let days = ts.seconds.div_euclid(86_400);
-    let secs = ts.seconds.rem_euclid(86_400);
-    let (y, mo, d) = civil_from_days(days);
-    let (h, mi, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    let Ok(instant) = jiff::Timestamp::new(ts.seconds, ts.nanos) else { return "N/A".to_owned() };
+    let dt = jiff::tz::Offset::UTC.to_datetime(instant);
+    let (y, mo, d) = (dt.year(), i64::from(dt.month()), dt.day());
+    let (h, mi, s) = (dt.hour(), dt.minute(), dt.second());
     let nanos = ts.nanos as u32;
     let frac = |digits: usize| -> String {
         let full = format!("{nanos:09}");
@@ -329,14 +219,6 @@ mod tests {
         ] {
             let err = parse_time(bad, now).expect_err(bad);
             assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
-        }
-    }
-
-    #[test]
-    fn civil_round_trip() {
-        for days in [-800_000, -1, 0, 1, 365, 10_957, 19_000, 2_932_896] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
         }
     }
 

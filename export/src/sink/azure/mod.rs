@@ -20,7 +20,7 @@ pub mod identity;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
@@ -475,27 +475,17 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     if t.next().is_some() || h > 23 || m > 59 || sec > 60 || day == 0 || day > 31 || !(1970..=9999).contains(&year) {
         return None;
     }
-    let days = days_from_civil(year, month, day);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + sec;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's
-/// algorithm).
-fn days_from_civil(year: i64, month: usize, day: u32) -> i64 {
-    let (m, d) = (i64::try_from(month).unwrap_or(1), i64::from(day));
-    let y = if m <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let date = jiff::civil::Date::new(i16::try_from(year).ok()?, i8::try_from(month).ok()?, i8::try_from(day).ok()?).ok()?;
+    // A leap second (:60) counts as the minute's last second.
+    let time = jiff::civil::Time::new(i8::try_from(h).ok()?, i8::try_from(m).ok()?, i8::try_from(sec.min(59)).ok()?, 0).ok()?;
+    let at = date.to_datetime(time).to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp();
+    Some(SystemTime::from(at))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
