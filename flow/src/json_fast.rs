@@ -78,13 +78,32 @@ pub fn write_timestamp(out: &mut Vec<u8>, t: &prost_types::Timestamp) {
     out.push(b'"');
 }
 
+/// (year, month, day) of a day since 1970-01-01, by jiff; the last day
+/// asked is remembered per thread (the flows of a batch share their day).
+fn date_of_day(days: i64) -> (i64, i64, i64) {
+    thread_local! {
+        static LAST: std::cell::Cell<(i64, (i64, i64, i64))> = const { std::cell::Cell::new((0, (1970, 1, 1))) };
+    }
+    LAST.with(|last| {
+        let (cached, date) = last.get();
+        if cached == days {
+            return date;
+        }
+        let d = jiff::Timestamp::from_second(days * 86_400)
+            .map(|t| jiff::tz::Offset::UTC.to_datetime(t).date())
+            .unwrap_or_default();
+        let date = (i64::from(d.year()), i64::from(d.month()), i64::from(d.day()));
+        last.set((days, date));
+        date
+    })
+}
+
 /// Appends `seconds.nanos` since the Unix epoch as RFC 3339 UTC, unquoted.
 pub fn write_rfc3339(out: &mut Vec<u8>, seconds: i64, nanos: i32) {
     // jiff's calendar; times outside its years (±9999) are clamped to them.
     let seconds = seconds.clamp(jiff::Timestamp::MIN.as_second(), jiff::Timestamp::MAX.as_second());
     let secs_of_day = seconds.rem_euclid(86_400);
-    let date = jiff::Timestamp::from_second(seconds).map(|t| jiff::tz::Offset::UTC.to_datetime(t).date()).unwrap_or_default();
-    let (year, month, day) = (i64::from(date.year()), i64::from(date.month()), i64::from(date.day()));
+    let (year, month, day) = date_of_day(seconds.div_euclid(86_400));
     let two = |out: &mut Vec<u8>, v: i64| {
         out.push(b'0' + (v / 10 % 10) as u8);
         out.push(b'0' + (v % 10) as u8);
