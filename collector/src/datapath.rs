@@ -18,7 +18,7 @@ use crate::decoder::{Frontend, Metadata, PodMeta, ServiceMeta};
 use crate::loader::{LoaderError, Probes};
 use crate::policy::compiler::{NamedPort, PodInfo, PolicyInput, PolicyPlan, compile};
 use crate::policy::model::Protocol;
-use crate::state::{NodeState, TargetPort};
+use crate::state::NodeState;
 
 /// Why a desired state cannot be applied.
 #[derive(Debug, thiserror::Error)]
@@ -56,23 +56,18 @@ pub struct Plan {
     pub services: BTreeMap<ServiceKey, ServiceValue>,
 }
 
-/// The `SERVICES` entries of the cluster's services: backends are the pods
-/// of the service's namespace that its selector picks, in a stable order
-/// (namespace, name), at the target port (a named one resolved per pod,
-/// with the service port's protocol). Only TCP and UDP ports are
-/// load-balanced; SCTP would need its CRC32c recomputed on every packet.
+/// The `SERVICES` entries of the cluster's services: backends are the
+/// service's endpoints ([`crate::state::Service::backends`]: its
+/// EndpointSlices', or the pods its selector picks) that serve the service
+/// port (by its name and protocol), in address order. Only TCP and UDP
+/// ports are load-balanced; SCTP would need its CRC32c recomputed on every
+/// packet.
 fn plan_services(desired: &NodeState) -> Result<BTreeMap<ServiceKey, ServiceValue>, String> {
     let mut entries = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for svc in &desired.services {
         let name = format!("service {}/{}", svc.namespace, svc.name);
-        let mut pods: Vec<&crate::state::Pod> = desired
-            .pods
-            .iter()
-            .filter(|p| p.namespace == svc.namespace && !svc.selector.is_empty())
-            .filter(|p| svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
-            .collect();
-        pods.sort_by(|a, b| a.name.cmp(&b.name));
+        let endpoints = svc.backends(&desired.pods);
         for port in &svc.ports {
             let protocol = match port.protocol {
                 Protocol::Tcp => abi::IPPROTO_TCP,
@@ -82,18 +77,11 @@ fn plan_services(desired: &NodeState) -> Result<BTreeMap<ServiceKey, ServiceValu
             if !seen.insert((svc.cluster_ip, port.port, protocol)) {
                 return Err(format!("{name}: {}:{}/{} is used twice", svc.cluster_ip, port.port, port.protocol.as_str()));
             }
-            let backends: Vec<ServiceValue> = pods
+            let backends: Vec<ServiceValue> = endpoints
                 .iter()
-                .filter_map(|pod| {
-                    let target = match &port.target_port {
-                        TargetPort::Number(n) => *n,
-                        TargetPort::Name(wanted) => pod
-                            .ports
-                            .iter()
-                            .find(|c| c.name.as_deref() == Some(wanted.as_str()) && c.protocol == port.protocol)?
-                            .port,
-                    };
-                    Some(ServiceValue { addr: pod.ip.octets(), port: target, ..ServiceValue::default() })
+                .filter_map(|e| {
+                    let served = e.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol)?;
+                    Some(ServiceValue { addr: e.ip.octets(), port: served.port, ..ServiceValue::default() })
                 })
                 .collect();
             let count = u16::try_from(backends.len()).map_err(|_| format!("{name}: more than 65535 backends"))?;
@@ -624,7 +612,7 @@ mod tests {
 
     #[test]
     fn plans_service_backends_from_selected_pods() {
-        use crate::state::{ContainerPort, Pod, Service, ServicePort};
+        use crate::state::{ContainerPort, EndpointPort, Pod, Service, ServiceEndpoint, ServicePort, TargetPort};
         let pod = |ns: &str, name: &str, ip: [u8; 4], app: &str, named: Option<u16>| Pod {
             namespace: ns.into(),
             name: name.into(),
@@ -644,17 +632,23 @@ mod tests {
             pod("y", "web-9", [10, 244, 1, 19], "web", Some(8080)),
             pod("x", "db", [10, 244, 1, 20], "db", Some(8080)),
         ];
-        let port = |port: u16, protocol: Protocol, target_port: TargetPort| ServicePort { port, protocol, target_port };
+        let port = |name: &str, port: u16, protocol: Protocol, target_port: TargetPort| ServicePort {
+            name: Some(name.to_owned()),
+            port,
+            protocol,
+            target_port,
+        };
         s.services = vec![Service {
             namespace: "x".into(),
             name: "web".into(),
             cluster_ip: Ipv4Addr::new(10, 96, 0, 10),
             selector: BTreeMap::from([("app".to_owned(), "web".to_owned())]),
             ports: vec![
-                port(80, Protocol::Tcp, TargetPort::Name("http".into())),
-                port(53, Protocol::Udp, TargetPort::Number(5353)),
-                port(9, Protocol::Sctp, TargetPort::Number(9)),
+                port("http", 80, Protocol::Tcp, TargetPort::Name("http".into())),
+                port("dns", 53, Protocol::Udp, TargetPort::Number(5353)),
+                port("discard", 9, Protocol::Sctp, TargetPort::Number(9)),
             ],
+            endpoints: None,
         }];
         let p = plan(&s, |_| Ok(7), |_| Ok(1)).unwrap();
         let key = |port: u16, protocol: u8, slot: u16| ServiceKey { addr: [10, 96, 0, 10], port, protocol, _pad: 0, slot, _pad2: [0; 2] };
@@ -683,6 +677,18 @@ mod tests {
         assert_eq!(meta.frontends.get(&(Ipv4Addr::new(10, 96, 0, 10), 80)), Some(&2));
         assert_eq!(meta.frontends.get(&(Ipv4Addr::new(10, 96, 0, 10), 53)), Some(&1));
         assert_eq!(meta.frontends.len(), 2, "SCTP ports are not load-balanced: {:?}", meta.frontends);
+
+        // EndpointSlices' endpoints win over the selector; a port is served
+        // by the endpoints that list it by name.
+        let mut sliced = s.clone();
+        sliced.services[0].endpoints = Some(vec![ServiceEndpoint {
+            ip: Ipv4Addr::new(10, 244, 2, 50),
+            ports: vec![EndpointPort { name: Some("http".into()), port: 9000, protocol: Protocol::Tcp }],
+        }]);
+        let p = plan(&sliced, |_| Ok(7), |_| Ok(1)).unwrap();
+        assert_eq!(p.services[&key(80, abi::IPPROTO_TCP, 0)].count, 1);
+        assert_eq!(p.services[&key(80, abi::IPPROTO_TCP, 1)], value([10, 244, 2, 50], 9000, 2));
+        assert_eq!(p.services[&key(53, abi::IPPROTO_UDP, 0)].count, 0, "no endpoint serves dns");
 
         // An empty selector selects nothing: the service drops.
         s.services[0].selector.clear();

@@ -135,15 +135,86 @@ pub struct Service {
     pub name: String,
     pub cluster_ip: Ipv4Addr,
     /// Pods of the service's namespace with all these labels are its
-    /// backends; an empty selector selects none.
+    /// backends (through [`Service::endpoints`]); an empty selector selects
+    /// none.
     pub selector: BTreeMap<String, String>,
     pub ports: Vec<ServicePort>,
+    /// The backends, as the service's EndpointSlices list them (ready
+    /// endpoints only, in address order). `None`: derived from the
+    /// selector (see [`selected_endpoints`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<ServiceEndpoint>>,
+}
+
+/// One backend of a Service: an address and the ports it serves, each
+/// named as the service port it backs.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEndpoint {
+    pub ip: Ipv4Addr,
+    pub ports: Vec<EndpointPort>,
+}
+
+/// A port of a service endpoint (an EndpointSlice's `ports[]` entry).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointPort {
+    /// The service port's name (`None` for a service's one unnamed port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+impl Service {
+    /// The service's backends: its [`Service::endpoints`], or the ones its
+    /// selector picks among `pods`.
+    #[must_use]
+    pub fn backends(&self, pods: &[Pod]) -> Vec<ServiceEndpoint> {
+        self.endpoints.clone().unwrap_or_else(|| selected_endpoints(self, pods))
+    }
+}
+
+/// What the EndpointSlice controller makes of a service: every pod of its
+/// namespace that its selector picks (none for an empty selector), with
+/// each service port resolved on that pod (a numbered target port as is; a
+/// named one through the pod's container port of that name and protocol,
+/// left out when the pod has none), in address order. The lab's
+/// endpoints, and those of a state without EndpointSlices.
+#[must_use]
+pub fn selected_endpoints(svc: &Service, pods: &[Pod]) -> Vec<ServiceEndpoint> {
+    let mut out: Vec<ServiceEndpoint> = pods
+        .iter()
+        .filter(|p| p.namespace == svc.namespace && !svc.selector.is_empty())
+        .filter(|p| svc.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+        .map(|pod| {
+            let ports = svc
+                .ports
+                .iter()
+                .filter_map(|sp| {
+                    let port = match &sp.target_port {
+                        TargetPort::Number(n) => *n,
+                        TargetPort::Name(wanted) => {
+                            pod.ports.iter().find(|c| c.name.as_deref() == Some(wanted.as_str()) && c.protocol == sp.protocol)?.port
+                        }
+                    };
+                    Some(EndpointPort { name: sp.name.clone(), port, protocol: sp.protocol })
+                })
+                .collect();
+            ServiceEndpoint { ip: pod.ip, ports }
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// One port of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServicePort {
+    /// `spec.ports[].name` (required and unique when there are several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub port: u16,
     pub protocol: Protocol,
     /// The backend port: a number, or the name of a container port

@@ -194,6 +194,40 @@ async fn pods_added_changed_and_deleted_reach_the_state() {
 }
 
 #[tokio::test]
+async fn a_services_backends_are_its_ready_endpoint_slice_addresses() {
+    let api = ApiServer::start().await.unwrap();
+    seed(&api);
+    let (mut source, _dir) = start(&api).await;
+    let endpoints = |s: &NodeState| s.services.iter().find(|v| v.name == "db").and_then(|v| v.endpoints.clone());
+    let state = wait_state(&mut source, "the slice's endpoint", |s| endpoints(s).is_some_and(|e| e.len() == 1)).await;
+    let db = &endpoints(&state).unwrap()[0];
+    assert_eq!(db.ip.to_string(), "10.244.1.10");
+    assert_eq!(db.ports.len(), 1);
+    assert_eq!((db.ports[0].name.as_deref(), db.ports[0].port), (Some("http"), 8080));
+    assert_eq!(state.services[0].ports[0].name.as_deref(), Some("http"), "the service port's name, to match the slice's");
+
+    // A second slice with a not-ready endpoint and a ready one: only the
+    // ready one is a backend.
+    api.put(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "x", "name": "db-fghij", "labels": {"kubernetes.io/service-name": "db"}},
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["10.244.2.20"], "conditions": {"ready": false}},
+            {"addresses": ["10.244.2.21"], "conditions": {"ready": true}},
+        ],
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+    }))
+    .unwrap();
+    let state = wait_state(&mut source, "the second slice", |s| endpoints(s).is_some_and(|e| e.len() == 2)).await;
+    let ips: Vec<String> = endpoints(&state).unwrap().iter().map(|e| e.ip.to_string()).collect();
+    assert_eq!(ips, ["10.244.1.10", "10.244.2.21"]);
+    // The slice goes: its endpoints go with it.
+    api.delete("EndpointSlice", "x", "db-fghij").unwrap();
+    wait_state(&mut source, "the second slice deleted", |s| endpoints(s).is_some_and(|e| e.len() == 1)).await;
+}
+
+#[tokio::test]
 async fn an_expired_watch_makes_the_source_list_again() {
     let api = ApiServer::start().await.unwrap();
     seed(&api);

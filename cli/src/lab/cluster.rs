@@ -365,7 +365,7 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
         .iter()
         .map(|(labels, id)| Identity { id: *id, labels: labels.split(',').map(str::to_owned).collect() })
         .collect();
-    let pods = state
+    let pods: Vec<state::Pod> = state
         .pods
         .values()
         .map(|rt| {
@@ -388,6 +388,38 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
             }
         })
         .collect();
+    // The lab is the EndpointSlice controller: each service's endpoints
+    // are the pods its selector picks.
+    let services: Vec<state::Service> = state
+        .objects
+        .services
+        .values()
+        .filter_map(|svc| {
+            let cluster_ip = *state.service_ips.get(&pod_key(&svc.namespace, &svc.name))?;
+            let mut service = state::Service {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                cluster_ip,
+                selector: svc.selector.clone(),
+                ports: svc
+                    .ports
+                    .iter()
+                    .map(|p| state::ServicePort {
+                        name: p.name.clone(),
+                        port: p.port,
+                        protocol: p.protocol,
+                        target_port: match &p.target_port {
+                            TargetPort::Number(n) => state::TargetPort::Number(*n),
+                            TargetPort::Name(n) => state::TargetPort::Name(n.clone()),
+                        },
+                    })
+                    .collect(),
+                endpoints: None,
+            };
+            service.endpoints = Some(state::selected_endpoints(&service, &pods));
+            Some(service)
+        })
+        .collect();
     NodeState {
         node_name: node.name.clone(),
         pod_cidr: node.pod_cidr.clone(),
@@ -398,32 +430,7 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
         namespaces: state.objects.namespaces.iter().map(|(n, ns)| (n.clone(), ns.labels.clone())).collect(),
         pods,
         policies: state.objects.policies.values().cloned().collect(),
-        services: state
-            .objects
-            .services
-            .values()
-            .filter_map(|svc| {
-                let cluster_ip = *state.service_ips.get(&pod_key(&svc.namespace, &svc.name))?;
-                Some(state::Service {
-                    namespace: svc.namespace.clone(),
-                    name: svc.name.clone(),
-                    cluster_ip,
-                    selector: svc.selector.clone(),
-                    ports: svc
-                        .ports
-                        .iter()
-                        .map(|p| state::ServicePort {
-                            port: p.port,
-                            protocol: p.protocol,
-                            target_port: match &p.target_port {
-                                TargetPort::Number(n) => state::TargetPort::Number(*n),
-                                TargetPort::Name(n) => state::TargetPort::Name(n.clone()),
-                            },
-                        })
-                        .collect(),
-                })
-            })
-            .collect(),
+        services,
         policy_audit: state.policy_audit,
         tunnel: state.network.tunnel.map(|t| topology::tunnel_device(t.as_str())),
     }

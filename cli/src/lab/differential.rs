@@ -156,6 +156,27 @@ fn api_objects(text: &str, lab: &LabState) -> Objects {
             ..Default::default()
         }));
     }
+    // What the EndpointSlice controller would have written: per service,
+    // one slice per set of ports, its endpoints ready.
+    if let Some(first) = lab.nodes.first() {
+        for svc in cluster::node_state(lab, first).services {
+            let endpoints = svc.endpoints.clone().unwrap_or_default();
+            let mut by_ports: BTreeMap<Vec<sightline_collector::state::EndpointPort>, Vec<String>> = BTreeMap::new();
+            for e in endpoints {
+                by_ports.entry(e.ports).or_default().push(e.ip.to_string());
+            }
+            for (i, (ports, addresses)) in by_ports.into_iter().enumerate() {
+                let slice = serde_json::json!({
+                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                    "metadata": {"namespace": svc.namespace, "name": format!("{}-{i}", svc.name), "labels": {translate::SERVICE_NAME_LABEL: svc.name}},
+                    "addressType": "IPv4",
+                    "endpoints": addresses.iter().map(|a| serde_json::json!({"addresses": [a], "conditions": {"ready": true}})).collect::<Vec<_>>(),
+                    "ports": ports.iter().map(|p| serde_json::json!({"name": p.name.clone().unwrap_or_default(), "port": p.port, "protocol": p.protocol})).collect::<Vec<_>>(),
+                });
+                objects.slices.push(Arc::new(serde_json::from_value(slice).expect("an EndpointSlice")));
+            }
+        }
+    }
     for (i, node) in lab.nodes.iter().enumerate() {
         let mut addresses = vec![core::NodeAddress { type_: "InternalIP".into(), address: node.node_ip.to_string() }];
         if lab.nodes.len() > 1 {

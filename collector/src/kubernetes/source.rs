@@ -266,13 +266,13 @@ impl Stores {
         for p in self.pods.state().into_iter().chain(self.local_pods.state()) {
             pods.insert((p.metadata.namespace.clone(), p.metadata.name.clone()), p);
         }
-        let _ = &self.slices;
         Objects {
             pods: pods.into_values().collect(),
             namespaces: self.namespaces.state(),
             services: self.services.state(),
             policies: self.policies.state(),
             nodes: self.nodes.state(),
+            slices: self.slices.state(),
         }
     }
 }

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -303,12 +304,61 @@ pub fn service(svc: &Service) -> Result<Option<state::Service>, TranslateError> 
         let at = format!("spec.ports[{i}]");
         let port = port_number(i64::from(p.port)).map_err(|m| err(format!("{at}.port"), m))?;
         ports.push(state::ServicePort {
+            name: p.name.clone().filter(|n| !n.is_empty()),
             port,
             protocol: protocol(p.protocol.as_deref()).map_err(|m| err(format!("{at}.protocol"), m))?,
             target_port: target_port(port, p.target_port.as_ref()).map_err(|m| err(format!("{at}.targetPort"), m))?,
         });
     }
-    Ok(Some(state::Service { namespace, name, cluster_ip, selector: spec.selector.clone().unwrap_or_default(), ports }))
+    Ok(Some(state::Service { namespace, name, cluster_ip, selector: spec.selector.clone().unwrap_or_default(), ports, endpoints: None }))
+}
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The endpoints of service `namespace/name` as its IPv4 EndpointSlices
+/// list them: every address of an endpoint that is not marked not-ready
+/// (`conditions.ready` absent means ready, as kube-proxy reads it), with
+/// the slice's ports; an address in several slices gets their ports
+/// together. In address order; none without slices.
+///
+/// # Errors
+///
+/// A port the model cannot hold.
+pub fn slice_endpoints(namespace: &str, name: &str, slices: &[Arc<EndpointSlice>]) -> Result<Vec<state::ServiceEndpoint>, TranslateError> {
+    let mut by_ip: BTreeMap<Ipv4Addr, BTreeSet<state::EndpointPort>> = BTreeMap::new();
+    for slice in slices {
+        let meta = &slice.metadata;
+        if meta.namespace.as_deref() != Some(namespace)
+            || meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)).map(String::as_str) != Some(name)
+            || slice.address_type != "IPv4"
+        {
+            continue;
+        }
+        let object = format!("EndpointSlice {namespace}/{}", meta.name.as_deref().unwrap_or_default());
+        let mut ports = Vec::new();
+        for (i, p) in slice.ports.iter().flatten().enumerate() {
+            let err = |field: &str, message: String| TranslateError { object: object.clone(), field: format!("ports[{i}].{field}"), message };
+            // A port without a number: every port of the backend (not load-balanced here).
+            let Some(number) = p.port else { continue };
+            ports.push(state::EndpointPort {
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                port: port_number(i64::from(number)).map_err(|m| err("port", m))?,
+                protocol: protocol(p.protocol.as_deref()).map_err(|m| err("protocol", m))?,
+            });
+        }
+        for endpoint in &slice.endpoints {
+            if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                if let Ok(ip) = address.parse::<Ipv4Addr>() {
+                    by_ip.entry(ip).or_default().extend(ports.iter().cloned());
+                }
+            }
+        }
+    }
+    Ok(by_ip.into_iter().map(|(ip, ports)| state::ServiceEndpoint { ip, ports: ports.into_iter().collect() }).collect())
 }
 
 /// A pod's IPv4 address and node, when it has both and its own network
@@ -351,6 +401,8 @@ pub struct Objects {
     pub services: Vec<Arc<Service>>,
     pub policies: Vec<Arc<net::NetworkPolicy>>,
     pub nodes: Vec<Arc<Node>>,
+    /// Every EndpointSlice: the services' backends.
+    pub slices: Vec<Arc<EndpointSlice>>,
 }
 
 /// Every node's name and address: its first `InternalIP`, IPv4 before
@@ -449,7 +501,10 @@ pub fn node_state(node: &str, objects: &Objects) -> Result<NodeState, TranslateE
     policies.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let mut services = Vec::new();
     for svc in &objects.services {
-        services.extend(service(svc)?);
+        if let Some(mut s) = service(svc)? {
+            s.endpoints = Some(slice_endpoints(&s.namespace, &s.name, &objects.slices)?);
+            services.push(s);
+        }
     }
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(NodeState {
