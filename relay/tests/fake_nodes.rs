@@ -37,6 +37,37 @@ struct FakeNode {
     times: Vec<i64>,
     /// Follow streams currently open (they never end by themselves).
     following: Arc<AtomicUsize>,
+    /// When set, a follow stream sends these flows on a schedule instead:
+    /// (delay after the request, time in ms relative to its arrival).
+    script: Vec<(Duration, i64)>,
+}
+
+impl FakeNode {
+    /// The scripted follow stream (see [`FakeNode::script`]).
+    fn scripted(&self) -> BoxStream<GetFlowsResponse> {
+        let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (name, script) = (self.name.clone(), self.script.clone());
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            for (delay, offset_ms) in script {
+                tokio::time::sleep_until(start + delay).await;
+                let ms = base + offset_ms;
+                let time = Timestamp { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 };
+                let flow = GetFlowsResponse {
+                    response_types: Some(ResponseTypes::Flow(Flow { node_name: name.clone(), ..Flow::default() })),
+                    node_name: name.clone(),
+                    time: Some(time),
+                };
+                if tx.send(Ok(flow)).await.is_err() {
+                    return;
+                }
+            }
+            // Followed: the stream stays open.
+            std::future::pending::<()>().await;
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
 }
 
 /// Counts an open follow stream while it lives.
@@ -64,6 +95,9 @@ impl Observer for FakeNode {
     async fn get_flows(&self, request: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
         if !request.get_ref().whitelist.is_empty() {
             return Err(Status::invalid_argument("whitelist[0]: no such filter"));
+        }
+        if request.get_ref().follow && !self.script.is_empty() {
+            return Ok(Response::new(self.scripted()));
         }
         let items: Vec<Result<GetFlowsResponse, Status>> = self
             .times
@@ -616,74 +650,14 @@ async fn after_the_peer_service_drops_the_relay_keeps_its_peers_then_takes_the_r
     wait_for("node-b dropped after the replay", || peer_names(&relay) == ["node-a"]).await;
 }
 
-/// A collector whose follow stream sends its flows on a schedule: each
-/// (delay after the request, time relative to the request's arrival).
-#[derive(Clone)]
-struct ScriptedNode {
-    name: String,
-    script: Vec<(Duration, i64)>,
-}
-
-#[tonic::async_trait]
-impl Observer for ScriptedNode {
-    type GetFlowsStream = BoxStream<GetFlowsResponse>;
-    type GetAgentEventsStream = BoxStream<GetAgentEventsResponse>;
-    type GetDebugEventsStream = BoxStream<GetDebugEventsResponse>;
-
-    async fn get_flows(&self, _: Request<GetFlowsRequest>) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let (name, script) = (self.name.clone(), self.script.clone());
-        tokio::spawn(async move {
-            let start = tokio::time::Instant::now();
-            for (delay, offset_ms) in script {
-                tokio::time::sleep_until(start + delay).await;
-                let ms = base + offset_ms;
-                let time = Timestamp { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 };
-                let flow = GetFlowsResponse {
-                    response_types: Some(ResponseTypes::Flow(Flow { node_name: name.clone(), ..Flow::default() })),
-                    node_name: name.clone(),
-                    time: Some(time),
-                };
-                if tx.send(Ok(flow)).await.is_err() {
-                    return;
-                }
-            }
-            // Followed: the stream stays open.
-            std::future::pending::<()>().await;
-        });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
-    }
-
-    async fn get_agent_events(&self, _: Request<GetAgentEventsRequest>) -> Result<Response<Self::GetAgentEventsStream>, Status> {
-        Ok(Response::new(Box::pin(tokio_stream::iter(Vec::new()))))
-    }
-
-    async fn get_debug_events(&self, _: Request<GetDebugEventsRequest>) -> Result<Response<Self::GetDebugEventsStream>, Status> {
-        Err(Status::unimplemented("no"))
-    }
-
-    async fn get_nodes(&self, _: Request<GetNodesRequest>) -> Result<Response<GetNodesResponse>, Status> {
-        Err(Status::unimplemented("no"))
-    }
-
-    async fn get_namespaces(&self, _: Request<GetNamespacesRequest>) -> Result<Response<GetNamespacesResponse>, Status> {
-        Ok(Response::new(GetNamespacesResponse::default()))
-    }
-
-    async fn server_status(&self, _: Request<ServerStatusRequest>) -> Result<Response<ServerStatusResponse>, Status> {
-        Ok(Response::new(ServerStatusResponse::default()))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_gets_flows_that_arrive_out_of_order_within_the_window_in_time_order() {
     let ms = Duration::from_millis;
     // node-a sends its flows at once; node-b's, older, come later (within
     // the drain window): node-a's 300 and 500 must wait for node-b's 100
     // and 400. node-b's 200 comes last of all, still within the window.
-    let a = start(ScriptedNode { name: "node-a".into(), script: vec![(ms(0), 300), (ms(0), 500)] }).await;
-    let b = start(ScriptedNode { name: "node-b".into(), script: vec![(ms(150), 100), (ms(200), 400), (ms(300), 200)] }).await;
+    let a = start(FakeNode { name: "node-a".into(), script: vec![(ms(0), 300), (ms(0), 500)], ..FakeNode::default() }).await;
+    let b = start(FakeNode { name: "node-b".into(), script: vec![(ms(150), 100), (ms(200), 400), (ms(300), 200)], ..FakeNode::default() }).await;
     let mut config = Config::new("relay", vec![Peer { name: "node-a".into(), address: a.to_string() }, Peer { name: "node-b".into(), address: b.to_string() }]);
     config.dial_timeout = Duration::from_millis(500);
     config.drain_timeout = Duration::from_secs(2);
