@@ -165,18 +165,14 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-/// Parses `a.b.c.d/len` (a bare address is a /32).
+/// Parses `a.b.c.d/len` (a bare address is a /32): the policy model's
+/// parser, IPv4 only.
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u32), String> {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, l.parse::<u32>().map_err(|_| format!("{s:?} is not an IPv4 CIDR"))?),
-        None => (s, 32),
-    };
-    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?} is not an IPv4 CIDR"))?;
-    if len > 32 {
-        return Err(format!("{s:?} has a prefix longer than 32"));
+    let text = if s.contains('/') { std::borrow::Cow::Borrowed(s) } else { std::borrow::Cow::Owned(format!("{s}/32")) };
+    match crate::policy::model::parse_cidr(&text)? {
+        (std::net::IpAddr::V4(addr), len) => Ok((addr, u32::from(len))),
+        (std::net::IpAddr::V6(_), _) => Err(format!("{s:?} is not an IPv4 CIDR")),
     }
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    Ok((Ipv4Addr::from(u32::from(addr) & mask), len))
 }
 
 /// Validates `desired` and computes its entries. `ifindex` resolves a

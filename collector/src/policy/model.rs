@@ -265,7 +265,8 @@ impl IpBlock {
 }
 
 /// Parses `address/prefix` (IPv4 or IPv6); returns the network address (host bits cleared)
-/// and the prefix length. The error says what is wrong, for validation messages.
+/// and the prefix length. The error says what is wrong, for validation messages. The
+/// network arithmetic is `ipnet`'s; this is the project's one CIDR parser.
 pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
     let Some((addr, prefix)) = text.split_once('/') else {
         return Err(format!(
@@ -276,36 +277,19 @@ pub fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
         .parse()
         .map_err(|_| format!("{text:?} is not a CIDR: {addr:?} is not an IPv4 or IPv6 address"))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len =
-        (!prefix.is_empty() && prefix.len() <= 3 && prefix.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| prefix.parse::<u8>().ok())
-            .flatten()
-            .filter(|len| *len <= max)
-            .ok_or_else(|| {
-                format!("{text:?} is not a CIDR: the prefix length must be between 0 and {max}")
-            })?;
-    Ok((mask(ip, len), len))
+    let net = (!prefix.is_empty() && prefix.len() <= 3 && prefix.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| prefix.parse::<u8>().ok())
+        .flatten()
+        .and_then(|len| ipnet::IpNet::new(ip, len).ok())
+        .ok_or_else(|| format!("{text:?} is not a CIDR: the prefix length must be between 0 and {max}"))?;
+    Ok((net.network(), net.prefix_len()))
 }
 
 /// `ip` with every bit after the first `len` cleared (`len` beyond the address size keeps
 /// every bit).
 pub fn mask(ip: IpAddr, len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let keep = u32::MAX
-                .checked_shl(32_u32.saturating_sub(u32::from(len)))
-                .unwrap_or(0);
-            IpAddr::V4((bits & keep).into())
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let keep = u128::MAX
-                .checked_shl(128_u32.saturating_sub(u32::from(len)))
-                .unwrap_or(0);
-            IpAddr::V6((bits & keep).into())
-        }
-    }
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    ipnet::IpNet::new(ip, len.min(max)).map_or(ip, |n| n.network())
 }
 
 /// Whether the network `net` (as [`parse_cidr`] returns it) contains `ip`; never across
