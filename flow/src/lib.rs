@@ -25,6 +25,7 @@ pub mod duration;
 pub mod filter;
 pub mod json;
 pub mod json_fast;
+pub mod k8s_names;
 pub mod numbers;
 pub mod record;
 pub mod store;

@@ -191,12 +191,8 @@ pub struct LabState {
 
 /// Validates a lab name: it prefixes namespaces and paths.
 pub fn validate_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 20
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    // An RFC 1123 label short enough for the namespace and link names it prefixes.
+    if name.len() <= 20 && sightline_flow::k8s_names::is_dns_label(name) {
         Ok(())
     } else {
         bail!("invalid lab name {name:?}: use 1-20 lowercase letters, digits and '-', not starting or ending with '-'")

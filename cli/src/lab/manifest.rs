@@ -93,6 +93,7 @@ pub use sightline_collector::policy::model::{
 use sightline_collector::policy::model::{cidr_contains, parse_cidr};
 use sightline_collector::kubernetes::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString as K8sIntOrString;
 use sightline_collector::kubernetes::translate;
+use sightline_flow::k8s_names::{is_dns_label, is_dns_subdomain, is_dns1035_label};
 
 /// The label Kubernetes (and the lab) puts on every namespace, holding the namespace's name.
 pub use sightline_collector::policy::model::NAMESPACE_NAME_LABEL;
@@ -1691,45 +1692,8 @@ const DNS_SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain: at most 253 ch
 const DNS_1035_RULE: &str = "an RFC 1035 label: at most 63 characters, lowercase letters, \
      digits and '-', starting with a letter and ending with a letter or digit";
 
-/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?` without a length limit.
-fn is_label_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    !b.is_empty()
-        && b.first().is_some_and(ok)
-        && b.last().is_some_and(ok)
-        && b.iter().all(|c| ok(c) || *c == b'-')
-}
-
-fn is_dns_label(s: &str) -> bool {
-    s.len() <= 63 && is_label_part(s)
-}
-
-fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_label_part)
-}
-
-fn is_dns1035_label(s: &str) -> bool {
-    is_dns_label(s) && s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
-}
-
-/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63 characters.
-fn is_name_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    let ok = |c: &u8| c.is_ascii_alphanumeric();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.first().is_some_and(ok)
-        && b.last().is_some_and(ok)
-        && b.iter().all(|c| ok(c) || matches!(c, b'-' | b'_' | b'.'))
-}
-
 fn check_label_key(key: &str) -> Result<(), String> {
-    let valid = match key.split_once('/') {
-        Some((prefix, name)) => is_dns_subdomain(prefix) && is_name_part(name),
-        None => is_name_part(key),
-    };
-    if valid {
+    if sightline_flow::k8s_names::is_label_key(key) {
         Ok(())
     } else {
         Err(format!(
@@ -1741,7 +1705,7 @@ fn check_label_key(key: &str) -> Result<(), String> {
 }
 
 fn check_label_value(value: &str) -> Result<(), String> {
-    if value.is_empty() || is_name_part(value) {
+    if sightline_flow::k8s_names::is_label_value(value) {
         Ok(())
     } else {
         Err(format!(

@@ -137,11 +137,7 @@ impl NamespacePolicy {
 
 /// A Kubernetes namespace name (RFC 1123 label).
 fn valid_namespace(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 63
-        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !n.starts_with('-')
-        && !n.ends_with('-')
+    sightline_flow::k8s_names::is_dns_label(n)
 }
 
 #[cfg(test)]
