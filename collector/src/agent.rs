@@ -621,15 +621,15 @@ fn drain(shared: &Shared, pipeline: &mut Pipeline, ring: &mut RingBuf<MapData>) 
                 events += 1;
                 oldest_ns = oldest_ns.min(ev.ts_ns);
                 let flow = Arc::new(pipeline.builder.build(&ev, &meta));
-                if let Some(flow) = previous.replace(flow) {
-                    pipeline.finish(shared, flow);
-                }
                 if listeners {
-                    let record = Arc::new(Record::new(&ev, &meta));
+                    let record = Arc::new(Record::new(&ev, &flow, &meta.node_name));
                     if shared.opts.debug_events {
                         println!("{}", record.summary());
                     }
                     let _ = shared.events.send(record);
+                }
+                if let Some(flow) = previous.replace(flow) {
+                    pipeline.finish(shared, flow);
                 }
             }
             Err(err) => {

@@ -1,18 +1,20 @@
 //! Decodes raw ring-buffer bytes into typed records.
 //!
 //! `decode` checks size and ABI version and copies the bytes into an
-//! [`Event`]; [`Record::new`] turns an event into a self-describing record,
-//! enriched through [`Metadata`] lookups (a missing lookup leaves a field
-//! empty, it is never an error). Records are what `--debug-events` prints and
+//! [`Event`]; [`Record::new`] turns an event and the flow the flow builder
+//! made of it into a self-describing record: the flow's enrichment (pods,
+//! policies, interfaces, kernel reasons; a missing lookup leaves a field
+//! empty, it is never an error) with the event's datapath codes. Records are what `--debug-events` prints and
 //! what control-socket subscribers receive, as JSON lines.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sightline_abi as abi;
 use sightline_abi::Event;
+use sightline_flow::Flow;
 
 /// Why a ring-buffer record could not be decoded.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -202,13 +204,6 @@ fn protocol_name(p: u8) -> String {
     }
 }
 
-fn addr(ev: &Event, a: &[u8; 16]) -> IpAddr {
-    if ev.ip_version == 6 {
-        IpAddr::V6(Ipv6Addr::from(*a))
-    } else {
-        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-    }
-}
 
 /// Formats Unix nanoseconds as RFC 3339 UTC with nanoseconds
 /// (`2024-11-26T10:39:56.395123456Z`).
@@ -219,35 +214,32 @@ pub fn rfc3339(unix_ns: i64) -> String {
 }
 
 impl Record {
-    /// Builds the record of one event.
+    /// The record of one event: `flow` is what the flow builder made of it
+    /// (every name, pod, policy and interface comes from there: one
+    /// enrichment, not two that could disagree), `ev` adds the datapath's
+    /// own codes (trace point, drop code, conntrack state, endpoint,
+    /// length), `node` is this node's name.
     #[must_use]
-    pub fn new(ev: &Event, meta: &Metadata) -> Self {
-        let time_ns = ev.ts_ns as i64 + meta.mono_to_unix_ns;
-        let src = addr(ev, &ev.src_addr);
-        let dst = addr(ev, &ev.dst_addr);
-        let peer = |ip: IpAddr, port: u16, identity: u32| {
-            let pod = match ip {
-                IpAddr::V4(v4) => meta.pods.get(&v4),
-                IpAddr::V6(_) => None,
-            };
-            Peer {
-                ip: ip.to_string(),
-                port,
-                identity,
-                namespace: pod.map(|p| p.namespace.clone()),
-                pod: pod.map(|p| p.name.clone()),
-            }
+    pub fn new(ev: &Event, flow: &Flow, node: &str) -> Self {
+        let time_ns = flow.time_ns;
+        let peer = |side: &sightline_flow::Side, port: u16| Peer {
+            ip: side.ip.to_string(),
+            port,
+            identity: side.identity,
+            namespace: side.pod.as_ref().map(|p| p.namespace.clone()),
+            pod: side.pod.as_ref().map(|p| p.name.clone()),
         };
+        let names = |list: &Option<Arc<[String]>>| list.as_deref().map(<[String]>::to_vec).unwrap_or_default();
         let mut r = Self {
             time: rfc3339(time_ns),
             time_ns,
-            node: meta.node_name.clone(),
+            node: node.to_owned(),
             ifindex: ev.ifindex,
-            interface: if ev.kind == abi::EVENT_KERNEL_DROP { None } else { meta.interfaces.get(&ev.ifindex).cloned() },
+            interface: flow.interface.as_deref().map(str::to_owned),
             ip_version: ev.ip_version,
             protocol: protocol_name(ev.protocol),
-            source: peer(src, ev.src_port, ev.src_identity),
-            destination: peer(dst, ev.dst_port, ev.dst_identity),
+            source: peer(&flow.source, ev.src_port),
+            destination: peer(&flow.destination, ev.dst_port),
             tcp_flags: if ev.protocol == abi::IPPROTO_TCP { tcp_flag_names(ev.tcp_flags) } else { Vec::new() },
             ct_state: match ev.ct_state {
                 abi::CT_NEW => "new",
@@ -289,9 +281,7 @@ impl Record {
                 r.drop_reason = Some(u32::from(ev.sub_type));
                 r.drop_reason_name = Some(drop_reason_name(ev.sub_type).into());
                 r.verdict = Some("dropped".into());
-                if ev.sub_type == abi::DROP_POLICY_DENIED {
-                    r.denied_by = meta.selected_by.get(&(ev.endpoint_id, ev.direction)).cloned().unwrap_or_default();
-                }
+                r.denied_by = names(&flow.denied_by);
             }
             abi::EVENT_POLICY_VERDICT => {
                 r.kind = "policy-verdict".into();
@@ -304,11 +294,8 @@ impl Record {
                     }
                     .into(),
                 );
-                if ev.verdict == abi::VERDICT_FORWARDED {
-                    r.allowed_by = meta.policy_sets.get(&ev.reason).cloned().unwrap_or_default();
-                } else {
-                    r.denied_by = meta.selected_by.get(&(ev.endpoint_id, ev.direction)).cloned().unwrap_or_default();
-                }
+                r.allowed_by = names(&flow.allowed_by);
+                r.denied_by = names(&flow.denied_by);
                 r.match_type = Some(
                     match ev.match_type {
                         abi::MATCH_L3_ONLY => "l3-only",
@@ -323,9 +310,8 @@ impl Record {
             abi::EVENT_KERNEL_DROP => {
                 r.kind = "kernel-drop".into();
                 r.kernel_reason = Some(ev.reason);
-                r.kernel_reason_name = Some(
-                    meta.kernel_reasons.get(&ev.reason).cloned().unwrap_or_else(|| format!("UNKNOWN({})", ev.reason)),
-                );
+                r.kernel_reason_name =
+                    Some(flow.kernel_drop_reason_name.as_deref().map_or_else(|| format!("UNKNOWN({})", ev.reason), str::to_owned));
                 r.verdict = Some("dropped".into());
             }
             other => r.kind = format!("unknown({other})"),
@@ -410,7 +396,8 @@ mod tests {
             Ipv4Addr::new(10, 244, 1, 2),
             Arc::new(PodMeta { namespace: "x".into(), name: "a".into(), endpoint_id: 1, ..PodMeta::default() }),
         );
-        let r = Record::new(&decoded, &meta);
+        let flow = crate::flow::FlowBuilder::new().build(&decoded, &meta);
+        let r = Record::new(&decoded, &flow, &meta.node_name);
         assert_eq!(r.kind, "trace");
         assert_eq!(r.observation_point.as_deref(), Some("to-endpoint"));
         assert_eq!(r.observation_point_id, Some(101));
@@ -420,6 +407,30 @@ mod tests {
         assert_eq!(r.destination.pod, None);
         assert_eq!(r.destination.ip, "10.244.1.3");
         assert_eq!(r.time, "2023-11-14T22:13:20.000001000Z");
+    }
+
+    #[test]
+    fn records_carry_the_flows_policies_and_kernel_reasons() {
+        let mut meta = Metadata { node_name: "node-1".into(), ..Metadata::default() };
+        meta.policy_sets.insert(7, vec!["x/allow-web".into()]);
+        meta.selected_by.insert((3, abi::DIR_INGRESS), vec!["x/deny-all".into()]);
+        meta.kernel_reasons.insert(2, "NOT_SPECIFIED".into());
+        let mut builder = crate::flow::FlowBuilder::new();
+        let mut record = |ev: Event| {
+            let flow = builder.build(&ev, &meta);
+            let r = Record::new(&ev, &flow, "node-1");
+            (flow, r)
+        };
+        let base = Event { version: abi::ABI_VERSION, ip_version: 4, protocol: abi::IPPROTO_TCP, endpoint_id: 3, direction: abi::DIR_INGRESS, ..Event::default() };
+        let (flow, r) = record(Event { kind: abi::EVENT_POLICY_VERDICT, verdict: abi::VERDICT_FORWARDED, reason: 7, ..base });
+        assert_eq!(r.allowed_by, ["x/allow-web"]);
+        assert_eq!(flow.allowed_by.as_deref(), Some(&["x/allow-web".to_owned()][..]));
+        let (_, r) = record(Event { kind: abi::EVENT_DROP, sub_type: abi::DROP_POLICY_DENIED, ..base });
+        assert_eq!((r.kind.as_str(), r.denied_by.as_slice()), ("drop", &["x/deny-all".to_owned()][..]));
+        let (_, r) = record(Event { kind: abi::EVENT_KERNEL_DROP, reason: 2, ..base });
+        assert_eq!(r.kernel_reason_name.as_deref(), Some("NOT_SPECIFIED"));
+        let (_, r) = record(Event { kind: abi::EVENT_KERNEL_DROP, reason: 99, ..base });
+        assert_eq!(r.kernel_reason_name.as_deref(), Some("UNKNOWN(99)"));
     }
 
     #[test]

@@ -35,6 +35,6 @@ fuzz_target!(|data: &[u8]| {
     let meta = metadata();
     let flow = FlowBuilder::new().build(&ev, &meta);
     let _ = to_proto(&flow, &meta.node_name, None);
-    let record = Record::new(&ev, &meta);
+    let record = Record::new(&ev, &flow, &meta.node_name);
     let _ = record.summary();
 });
