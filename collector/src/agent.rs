@@ -22,7 +22,8 @@ use tokio::sync::broadcast;
 use crate::btf::KernelLayout;
 use crate::control::Status;
 use crate::datapath::{self, Plan};
-use crate::decoder::{self, Metadata, Record};
+use crate::decoder::{self, Record};
+use crate::metadata::Metadata;
 use crate::loader::{self, LoaderError, ProbeOptions, Probes};
 use crate::netns::netns_inode;
 use crate::agent_metrics::AgentMetrics;
@@ -596,7 +597,7 @@ struct Pipeline {
     flushed: Instant,
     /// Namespaces seen in this drain, with their newest flow time: handed
     /// to the observer once per drain (one lock), not once per flow.
-    namespaces: Vec<(Arc<crate::decoder::PodMeta>, i64)>,
+    namespaces: Vec<(Arc<crate::metadata::PodMeta>, i64)>,
     builder: FlowBuilder,
     metrics: crate::metrics::Recorder,
     policy: crate::agent_metrics::PolicyRecorder,

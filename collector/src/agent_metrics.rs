@@ -560,7 +560,7 @@ impl Drop for PolicyRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decoder::PodMeta;
+    use crate::metadata::PodMeta;
     use crate::flow::Side;
     use sightline_flow::testing::flow;
 

@@ -294,7 +294,7 @@ pub async fn stream_rate(flows: usize, repeat: u32, transports: &[Transport]) ->
     use sightline_proto::observer::observer_client::ObserverClient;
     use tokio_stream::StreamExt as _;
 
-    use crate::decoder::{Metadata, PodMeta};
+    use crate::metadata::{Metadata, PodMeta};
     use crate::flow::{FlowBuilder, Store};
     use crate::observer::{ObserverState, serve};
 

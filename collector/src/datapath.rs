@@ -14,7 +14,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use sightline_abi as abi;
 use sightline_abi::{EndpointInfo, EndpointKey, IpcacheKey, IpcacheValue, ServiceKey, ServiceValue};
 
-use crate::decoder::{Frontend, Metadata, PodMeta, ServiceMeta};
+use crate::metadata::{Frontend, Metadata, PodMeta, ServiceMeta};
 use crate::loader::{LoaderError, Probes};
 use crate::policy::compiler::{NamedPort, PodInfo, PolicyInput, PolicyPlan, compile};
 use crate::policy::model::Protocol;

@@ -7,8 +7,6 @@
 //! empty, it is never an error) with the event's datapath codes. Records are what `--debug-events` prints and
 //! what control-socket subscribers receive, as JSON lines.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -38,43 +36,6 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         return Err(DecodeError::Version { got: ev.version, expected: abi::ABI_VERSION });
     }
     Ok(ev)
-}
-
-/// What the decoder knows about the node, for enrichment.
-#[derive(Clone, Debug, Default)]
-pub struct Metadata {
-    pub node_name: String,
-    /// Pods by IP (shared: flows keep an `Arc` instead of a copy).
-    pub pods: BTreeMap<Ipv4Addr, Arc<PodMeta>>,
-    /// Identity → its labels (`k8s:key=value`, `reserved:host`, …).
-    pub identities: BTreeMap<u32, Arc<[String]>>,
-    /// Interface names by ifindex (node namespace).
-    pub interfaces: BTreeMap<u32, String>,
-    /// Kernel drop reason names.
-    pub kernel_reasons: BTreeMap<u32, String>,
-    /// Nanoseconds to add to a monotonic timestamp to get Unix time.
-    pub mono_to_unix_ns: i64,
-    /// Policy-set id → the policies in it (`namespace/name`).
-    pub policy_sets: BTreeMap<u32, Vec<String>>,
-    /// (endpoint id, direction) → the policies that select the endpoint.
-    pub selected_by: BTreeMap<(u16, u8), Vec<String>>,
-    /// Service ports (frontends) by their number (`Event::service_id`).
-    pub services: BTreeMap<u16, Frontend>,
-    /// Frontend numbers by address and port, a TCP port before a UDP one
-    /// (Hubble's lookup of a flow's address).
-    pub frontends: BTreeMap<(Ipv4Addr, u16), u16>,
-}
-
-pub use sightline_flow::{PodMeta, ServiceMeta};
-
-/// One service port as the datapath load-balances it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frontend {
-    /// The service, shared by its ports and by the flows that name it.
-    pub service: Arc<ServiceMeta>,
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    pub protocol: u8,
 }
 
 /// One side of a record.
@@ -364,6 +325,8 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::{Metadata, PodMeta};
+    use std::net::Ipv4Addr;
 
     fn bytes_of(ev: &Event) -> Vec<u8> {
         // SAFETY: Event is repr(C) plain data.

@@ -33,6 +33,7 @@ pub mod guard;
 pub mod kubernetes;
 pub mod kvstore;
 pub mod loader;
+pub mod metadata;
 pub mod metrics;
 pub mod netns;
 pub mod observer;

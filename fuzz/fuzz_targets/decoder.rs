@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use sightline_collector::decoder::{self, Metadata, Record};
+use sightline_collector::decoder::{self, Record};
+use sightline_collector::metadata::Metadata;
 use sightline_collector::flow::{FlowBuilder, to_proto};
 
 fn metadata() -> Metadata {

@@ -37,7 +37,8 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sightline_abi as abi;
 use sightline_abi::Event;
-use sightline_collector::decoder::{Metadata, PodMeta, decode};
+use sightline_collector::decoder::decode;
+use sightline_collector::metadata::{Metadata, PodMeta};
 use sightline_collector::flow::{FieldMask, Flow, FlowBuilder, Store, to_proto};
 
 /// Events per iteration (a ring-buffer drain of ~450 KiB).

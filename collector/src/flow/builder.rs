@@ -68,7 +68,7 @@ use sightline_abi::Event;
 use sightline_flow::ServiceMeta;
 
 use super::{Flow, Side};
-use crate::decoder::{Frontend, Metadata};
+use crate::metadata::{Frontend, Metadata};
 
 pub use sightline_flow::numbers::{
     MESSAGE_TYPE_DROP, MESSAGE_TYPE_POLICY_VERDICT, MESSAGE_TYPE_TRACE, MESSAGE_TYPE_UNSPEC, OBSERVATION_POINT_TO_ENDPOINT,
@@ -411,7 +411,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decoder::PodMeta;
+    use crate::metadata::PodMeta;
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
     const B: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
@@ -627,7 +627,7 @@ mod tests {
     /// `meta()` with service x/web: 10.96.0.10:80/TCP (number 7) and
     /// 10.96.0.10:53/UDP (number 8).
     fn meta_with_services() -> Metadata {
-        use crate::decoder::{Frontend, ServiceMeta};
+        use crate::metadata::{Frontend, ServiceMeta};
         let mut m = meta();
         let web = Arc::new(ServiceMeta { namespace: "x".into(), name: "web".into() });
         for (id, port, protocol) in [(7, 80, abi::IPPROTO_TCP), (8, 53, abi::IPPROTO_UDP)] {

@@ -6,7 +6,7 @@
 //! re-exported here; this module adds the collector's own stage:
 //!
 //! - [`builder`]: decoded [`sightline_abi::Event`] + the node's
-//!   [`Metadata`](crate::decoder::Metadata) → [`Flow`], with Hubble's
+//!   [`Metadata`](crate::metadata::Metadata) → [`Flow`], with Hubble's
 //!   numbering.
 
 pub mod builder;

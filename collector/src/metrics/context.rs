@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 
 use super::names;
 use super::options::{ContextId, ContextLabel};
-use crate::decoder::PodMeta;
+use crate::metadata::PodMeta;
 use crate::flow::Flow;
 
 /// A string built on the stack: at most `N` bytes, no heap.

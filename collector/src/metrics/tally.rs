@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::decoder::PodMeta;
+use crate::metadata::PodMeta;
 
 /// Where the counts of a signature go.
 #[derive(Clone, Debug)]

@@ -13,7 +13,7 @@ use sightline_abi as abi;
 use sightline_proto::flow::LostEventSource;
 
 use super::*;
-use crate::decoder::PodMeta;
+use crate::metadata::PodMeta;
 use crate::flow::Side;
 
 // ---------------------------------------------------------------------------
