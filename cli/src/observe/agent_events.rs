@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use sightline_proto::flow::{AgentEvent, AgentEventType, agent_event::Notification};
 use sightline_proto::observer::{GetAgentEventsRequest, GetAgentEventsResponse};
 
-use super::args::ConnectionArgs;
+use super::connection::ConnectionArgs;
 use super::client;
 use super::{is_broken_pipe, json, next_item};
 use super::request::{DEFAULT_LAST, RequestError};

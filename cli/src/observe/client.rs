@@ -11,7 +11,7 @@ use sightline_tls::{ClientTls, ClientTlsFiles};
 use tonic::codegen::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use super::args::ConnectionArgs;
+use super::connection::ConnectionArgs;
 
 /// hubble's default port (the relay's).
 pub const DEFAULT_PORT: u16 = 4245;

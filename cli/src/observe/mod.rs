@@ -22,6 +22,7 @@
 mod agent_events;
 mod args;
 mod client;
+mod connection;
 mod filters;
 use sightline_flow::json;
 mod printer;
@@ -511,9 +512,13 @@ mod tests {
     }
 
     /// An address nothing listens on.
-    async fn dead_addr() -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
-        listener.local_addr().expect("local addr")
+    /// A loopback address that refuses connections: a socket bound to it
+    /// and never listening, held (returned) so that no other test's
+    /// server can take the port meanwhile.
+    async fn dead_addr() -> (SocketAddr, tokio::net::TcpSocket) {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind loopback");
+        (socket.local_addr().expect("local addr"), socket)
     }
 
     fn now() -> SystemTime {
@@ -616,7 +621,8 @@ mod tests {
 
     #[tokio::test]
     async fn unreachable_server_names_the_address_and_the_fix() {
-        let addr = dead_addr().await.to_string();
+        let (addr, _held) = dead_addr().await;
+        let addr = addr.to_string();
         let (result, out, _) = run(&["--server", &addr, "--timeout", "2s"], None).await;
         let msg = format!("{:#}", result.expect_err("must fail"));
         assert!(msg.starts_with(&format!("cannot reach the flow API at {addr}: ")), "{msg}");
@@ -633,7 +639,8 @@ mod tests {
 
     #[tokio::test]
     async fn bad_values_fail_before_connecting() {
-        let addr = dead_addr().await.to_string();
+        let (addr, _held) = dead_addr().await;
+        let addr = addr.to_string();
         let (result, _, _) = run(&["--server", &addr, "--to-port", "70000"], None).await;
         assert_eq!(format!("{:#}", result.expect_err("must fail")), "--to-port \"70000\": a port is 0 to 65535");
         let (result, _, _) = run(&["--server", &addr, "--first", "1", "-f"], None).await;
@@ -653,7 +660,8 @@ mod tests {
 
     #[tokio::test]
     async fn print_raw_filters_does_not_connect() {
-        let addr = dead_addr().await.to_string();
+        let (addr, _held) = dead_addr().await;
+        let addr = addr.to_string();
         let (result, out, _) = run(&["--server", &addr, "--from-pod", "x/a", "--print-raw-filters"], None).await;
         result.expect("no connection needed");
         assert_eq!(out, "allowlist:\n    - '{\"source_pod\":[\"x/a\"]}'\n");
@@ -906,7 +914,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn follow_reconnects_to_a_server_that_comes_back_and_resumes_since_the_last_flow() {
-        let addr = dead_addr().await;
+        // A free port, for the server to take (and take again).
+        let (addr, held) = dead_addr().await;
+        drop(held);
         let first = Fake { flows: vec![flow(0, Verdict::Forwarded), flow(1, Verdict::Forwarded)], ..Fake::default() };
         let server = ServerProcess::start(first.clone(), addr);
         let (out, err) = (Shared::default(), Shared::default());
