@@ -1,0 +1,143 @@
+//! The pipeline task: drains the ring buffer (on wake-up and on a short
+//! timer), decodes, builds flows, runs the hooks (namespaces seen, metrics,
+//! policy accounting, debug records for control subscribers) and stores.
+
+use super::*;
+
+/// Drains the ring buffer: on wake-up, and on a short timer because the
+/// probes submit without waking the consumer until enough data is pending.
+pub(super) async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Result<(), AgentError> {
+    // Events the datapath wrote while no collector ran wait in the pinned
+    // ring buffer: decode them with the desired state's names, unless it
+    // takes too long to come (the ring buffer holds about 37,000 events).
+    let mut programmed = shared.programmed.subscribe();
+    if tokio::time::timeout(FIRST_APPLY_WAIT, programmed.wait_for(|p| *p)).await.is_err() {
+        log::warn!("no desired state within {} s: draining the ring buffer without it", FIRST_APPLY_WAIT.as_secs());
+    }
+    // SAFETY: the ring buffer owns its map's file descriptor, which stays
+    // open and unchanged for as long as the AsyncFd owns the ring buffer.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| AgentError::RingBuf(e.into()))?;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pipeline = Pipeline {
+        flushed: Instant::now(),
+        builder: FlowBuilder::new(),
+        namespaces: Vec::new(),
+        metrics: shared.metrics.recorder(),
+        policy: shared.own_metrics.policy_recorder(),
+    };
+    loop {
+        tokio::select! {
+            guard = fd.readable_mut() => {
+                let mut guard = guard.map_err(AgentError::RingBuf)?;
+                drain(&shared, &mut pipeline, guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = tick.tick() => drain(&shared, &mut pipeline, fd.get_mut()),
+        }
+    }
+}
+
+/// How long the consumer waits for the first desired state.
+const FIRST_APPLY_WAIT: Duration = Duration::from_secs(10);
+
+/// The pipeline thread's own state: flow building and the metrics hooks'
+/// per-thread counts (flushed after every drain).
+struct Pipeline {
+    /// When the recorders were last flushed.
+    flushed: Instant,
+    /// Namespaces seen in this drain, with their newest flow time: handed
+    /// to the observer once per drain (one lock), not once per flow.
+    namespaces: Vec<(Arc<crate::metadata::PodMeta>, i64)>,
+    builder: FlowBuilder,
+    metrics: crate::metrics::Recorder,
+    policy: crate::agent_metrics::PolicyRecorder,
+}
+
+/// The pipeline for everything pending: decode → build the flow → hooks
+/// (namespaces seen, debug records for control subscribers) → store.
+fn drain(shared: &Shared, pipeline: &mut Pipeline, ring: &mut RingBuf<MapData>) {
+    let listeners = shared.events.receiver_count() > 0 || shared.opts.debug_events;
+    let meta = Arc::clone(&shared.meta.read().expect("metadata lock"));
+    let started = Instant::now();
+    shared.last_drain_ns.store(monotonic_ns(), Ordering::Relaxed);
+    let (mut events, mut oldest_ns) = (0u64, u64::MAX);
+    // Each flow goes through the hooks and into the store one event late:
+    // by then the copy into its `Arc` has landed, and the hooks' reads of
+    // it do not stall on the stores that built it (measured: a third of
+    // the hooks' cost; docs/PERFORMANCE.md).
+    let mut previous: Option<Arc<Flow>> = None;
+    while let Some(item) = ring.next() {
+        match decoder::decode(&item) {
+            Ok(ev) => {
+                events += 1;
+                oldest_ns = oldest_ns.min(ev.ts_ns);
+                let flow = Arc::new(pipeline.builder.build(&ev, &meta));
+                if listeners {
+                    let record = Arc::new(Record::new(&ev, &flow, &meta.node_name));
+                    if shared.opts.debug_events {
+                        println!("{}", record.summary());
+                    }
+                    let _ = shared.events.send(record);
+                }
+                if let Some(flow) = previous.replace(flow) {
+                    pipeline.finish(shared, flow);
+                }
+            }
+            Err(err) => {
+                if shared.undecodable.fetch_add(1, Ordering::Relaxed) == 0 {
+                    log::warn!("undecodable event: {err}");
+                }
+            }
+        }
+    }
+    if let Some(flow) = previous.take() {
+        pipeline.finish(shared, flow);
+    }
+    pipeline.flush_namespaces(shared);
+    if pipeline.flushed.elapsed() >= FLUSH_INTERVAL {
+        pipeline.metrics.flush();
+        pipeline.policy.flush();
+        pipeline.flushed = Instant::now();
+    }
+    if events > 0 {
+        shared.decoded.fetch_add(events, Ordering::Relaxed);
+        let delay = Duration::from_nanos(monotonic_ns().saturating_sub(oldest_ns));
+        shared.own_metrics.observe_batch(events, started.elapsed(), delay);
+    }
+}
+
+/// How often the pipeline's metric counts reach `/metrics` at most: the
+/// recorders' pending counts are flushed at the end of the first drain
+/// after this (drains run at least every 10 ms).
+const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+
+impl Pipeline {
+    /// Hands the namespaces seen so far to the observer.
+    fn flush_namespaces(&mut self, shared: &Shared) {
+        for (pod, time) in self.namespaces.drain(..) {
+            shared.observer.saw_namespaces([pod.namespace.as_str()], time);
+        }
+    }
+
+    /// The hooks, then the store.
+    fn finish(&mut self, shared: &Shared, flow: Arc<Flow>) {
+        for pod in [&flow.source.pod, &flow.destination.pod].into_iter().flatten() {
+            // Pods share their metadata: comparing pointers finds a pod's
+            // namespace without comparing strings.
+            match self.namespaces.iter_mut().find(|(p, _)| Arc::ptr_eq(p, pod) || p.namespace == pod.namespace) {
+                Some((_, t)) => *t = (*t).max(flow.time_ns),
+                None => {
+                    if self.namespaces.len() >= 64 {
+                        self.flush_namespaces(shared);
+                    }
+                    self.namespaces.push((Arc::clone(pod), flow.time_ns));
+                }
+            }
+        }
+        self.metrics.record(&flow);
+        self.policy.record(&flow);
+        shared.observer.store.push(flow);
+    }
+}
