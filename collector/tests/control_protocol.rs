@@ -99,13 +99,18 @@ fn raw(socket: &Path, lines: &[&[u8]]) -> Vec<serde_json::Value> {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut answers = Vec::new();
     for line in lines {
-        stream.write_all(line).unwrap();
-        stream.write_all(b"\n").unwrap();
+        // The server may answer and close before it has read all of an
+        // over-long line: the rest of the write then fails, the answer is
+        // still there to read.
+        let written = stream.write_all(line).and_then(|()| stream.write_all(b"\n"));
         let mut answer = String::new();
-        if reader.read_line(&mut answer).unwrap() == 0 {
+        if reader.read_line(&mut answer).unwrap_or(0) == 0 {
             break;
         }
         answers.push(serde_json::from_str(&answer).unwrap());
+        if written.is_err() {
+            break;
+        }
     }
     answers
 }
