@@ -14,7 +14,7 @@ mod lab {
 }
 
 #[allow(dead_code, unused_imports)]
-#[path = "../../cli/src/lab/manifest.rs"]
+#[path = "../../cli/src/lab/manifest/mod.rs"]
 mod manifest;
 
 fuzz_target!(|data: &[u8]| {
