@@ -306,13 +306,24 @@ fn every_dashboard_query_returns_data_from_prometheus() {
     // Exact values, as Prometheus has them: every policy drop in this lab is
     // only-80's (x/b), so Hubble's drop counter, the per-policy counter and
     // the kernel's per-reason counter all equal what the datapath counted.
-    let kernel = prometheus.value("sum(sightline_datapath_policy_denied_packets_total)");
-    assert!(kernel >= 6.0, "6 denied probes, the datapath counted {kernel} packets");
-    for expr in [
+    // The counters are scraped from different sources (the pipeline's, the
+    // kernel's read every few seconds): polled until one scrape has them all
+    // in, then compared.
+    let exprs = [
         r#"sum(hubble_drop_total{reason="POLICY_DENIED"})"#,
         r#"sum(sightline_policy_dropped_packets_total{policy="only-80",namespace="x",endpoint="x/b"})"#,
         r#"sum(sightline_datapath_dropped_packets_total{reason="POLICY_DENIED",direction="ingress"})"#,
-    ] {
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kernel = loop {
+        let kernel = prometheus.value("sum(sightline_datapath_policy_denied_packets_total)");
+        if exprs.iter().all(|e| prometheus.value(e) == kernel) || Instant::now() > deadline {
+            break kernel;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(kernel >= 6.0, "6 denied probes, the datapath counted {kernel} packets");
+    for expr in exprs {
         assert_eq!(prometheus.value(expr), kernel, "{expr} equals what the datapath dropped");
     }
     // Every flow the relay saw was written to the flow log.
