@@ -1019,22 +1019,12 @@ fn peer_service_channel(
 ) -> anyhow::Result<tonic::transport::Channel> {
     let address = sightline_relay::discovery::peer_address(target)
         .ok_or_else(|| anyhow!("--peer-service {target:?}: expected HOST:PORT"))?;
-    let timeout = Duration::from_secs(5);
-    match tls {
-        Some(tls) => {
-            let name = args
-                .peer_service_server_name
-                .clone()
-                .unwrap_or_else(|| sightline_relay::server::peer_server_name("peer", &args.cluster_name));
-            let connector = sightline_tls::Connector::new(std::sync::Arc::clone(tls), Some(&name))
-                .map_err(|e| anyhow!("--peer-service-server-name {name:?}: {e}"))?;
-            connector.lazy_channel(&address, timeout).map_err(|e| anyhow!("--peer-service {target:?}: {e}"))
-        }
-        None => Ok(tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| anyhow!("--peer-service {target:?}: {e}"))?
-            .connect_timeout(timeout)
-            .connect_lazy()),
-    }
+    let name = args
+        .peer_service_server_name
+        .clone()
+        .unwrap_or_else(|| sightline_tls::hubble_server_name("peer", &args.cluster_name));
+    sightline_relay::server::dial(&address, tls, &name, Duration::from_secs(5))
+        .map_err(|e| anyhow!("--peer-service {target:?} (server name {name:?}): {e}"))
 }
 
 /// `sightline relay`: serves until SIGTERM or Ctrl-C.

@@ -85,13 +85,38 @@ impl Config {
     }
 }
 
-/// The name a node's certificate must carry (Hubble's):
-/// `<node>.<cluster>.hubble-grpc.cilium.io`, with the node's name without a
-/// `cluster/` prefix.
-#[must_use]
-pub fn peer_server_name(node: &str, cluster: &str) -> String {
-    let node = node.rsplit('/').next().unwrap_or(node);
-    format!("{node}.{cluster}.hubble-grpc.cilium.io")
+/// The name a node's certificate must carry (Hubble's).
+pub use sightline_tls::hubble_server_name as peer_server_name;
+
+/// A lazy channel to `address` (`host:port`; nothing is sent until first
+/// use): with `tls`, checking the server's certificate for `server_name`;
+/// else plaintext. The relay's one way of dialling a collector or the Peer
+/// service.
+///
+/// # Errors
+///
+/// [`DialError::ServerName`] for a name that cannot be checked,
+/// [`DialError::Address`] for an address that cannot be dialled.
+pub fn dial(address: &str, tls: Option<&Arc<sightline_tls::ClientTls>>, server_name: &str, timeout: Duration) -> Result<Channel, DialError> {
+    match tls {
+        Some(tls) => {
+            let connector = sightline_tls::Connector::new(Arc::clone(tls), Some(server_name)).map_err(DialError::ServerName)?;
+            connector.lazy_channel(address, timeout).map_err(|e| DialError::Address(e.to_string()))
+        }
+        None => Ok(Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| DialError::Address(e.to_string()))?
+            .connect_timeout(timeout)
+            .connect_lazy()),
+    }
+}
+
+/// Why [`dial`] could not make a channel.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("server name: {0}")]
+    ServerName(#[source] sightline_tls::TlsError),
+    #[error("address: {0}")]
+    Address(String),
 }
 
 /// Why the relay could not start or stopped.
@@ -145,21 +170,15 @@ fn connect(config: &Config, peer: &Peer, server_name: Option<&str>) -> Result<Co
     if peer.name.is_empty() || !peer.address.contains(':') || peer.address.contains('/') {
         return Err(bad());
     }
-    let (channel, server_name) = match &config.tls {
-        Some(tls) => {
-            let name = server_name.map_or_else(|| peer_server_name(&peer.name, &config.cluster), str::to_owned);
-            let connector = sightline_tls::Connector::new(Arc::clone(tls), Some(&name))
-                .map_err(|source| RelayError::PeerServerName { name: peer.name.clone(), source })?;
-            (connector.lazy_channel(&peer.address, config.dial_timeout).map_err(|_| bad())?, Some(name))
-        }
-        None => {
-            let channel = Endpoint::from_shared(format!("http://{}", peer.address))
-                .map_err(|_| bad())?
-                .connect_timeout(config.dial_timeout)
-                .connect_lazy();
-            (channel, None)
-        }
-    };
+    let server_name = config
+        .tls
+        .as_ref()
+        .map(|_| server_name.map_or_else(|| peer_server_name(&peer.name, &config.cluster), str::to_owned));
+    let channel = dial(&peer.address, config.tls.as_ref(), server_name.as_deref().unwrap_or_default(), config.dial_timeout)
+        .map_err(|e| match e {
+            DialError::ServerName(source) => RelayError::PeerServerName { name: peer.name.clone(), source },
+            DialError::Address(_) => bad(),
+        })?;
     Ok(Connected { peer: peer.clone(), channel, server_name })
 }
 

@@ -27,6 +27,15 @@ use std::sync::Arc;
 pub use client::{ClientTls, ClientTlsFiles, Connector};
 pub use server::{ServerTls, ServerTlsFiles};
 
+/// The name a node's collector certificate carries and clients check
+/// (Hubble's): `<node>.<cluster>.hubble-grpc.cilium.io`, with the node's
+/// name without a `cluster/` prefix.
+#[must_use]
+pub fn hubble_server_name(node: &str, cluster: &str) -> String {
+    let node = node.rsplit('/').next().unwrap_or(node);
+    format!("{node}.{cluster}.hubble-grpc.cilium.io")
+}
+
 /// The ring crypto provider, the only one Sightline uses.
 #[must_use]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -71,7 +71,7 @@ pub struct LabTls {
 /// The name a node's collector certificate carries and clients check.
 #[must_use]
 pub fn collector_server_name(node: &str) -> String {
-    format!("{node}.{CLUSTER}.hubble-grpc.cilium.io")
+    sightline_tls::hubble_server_name(node, CLUSTER)
 }
 
 struct Ca {

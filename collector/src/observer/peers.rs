@@ -28,13 +28,8 @@ pub struct Announced {
 /// Node name → its collector.
 pub type Directory = BTreeMap<String, Announced>;
 
-/// The name a collector's certificate carries (Hubble's):
-/// `<node>.<cluster>.hubble-grpc.cilium.io`.
-#[must_use]
-pub fn tls_server_name(node: &str, cluster: &str) -> String {
-    let node = node.rsplit('/').next().unwrap_or(node);
-    format!("{node}.{cluster}.hubble-grpc.cilium.io")
-}
+/// The name a collector's certificate carries (Hubble's).
+pub use sightline_tls::hubble_server_name as tls_server_name;
 
 /// The directory of a cluster whose nodes have these addresses, every
 /// collector listening on `port` (with TLS when `tls`).
