@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 
-use crate::lab::cluster::{self, LabState};
+use sightline_lab::cluster::{self, LabState};
 
 pub mod export;
 
@@ -72,10 +72,10 @@ pub fn observe(args: &ObserveArgs) -> anyhow::Result<()> {
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned());
     let dir = std::env::temp_dir().join(format!("sightline-bench-tls-{}", std::process::id()));
-    let pki = crate::lab::pki::create("bench", &dir, &["node-1".to_owned()]).context("making the benchmark's certificates")?;
+    let pki = sightline_lab::pki::create("bench", &dir, &["node-1".to_owned()]).context("making the benchmark's certificates")?;
     let transports = (|| -> anyhow::Result<Vec<Transport>> {
         let (cert, key) = pki.collectors.get("node-1").cloned().context("the node's certificate")?;
-        let name = crate::lab::pki::collector_server_name("node-1");
+        let name = sightline_lab::pki::collector_server_name("node-1");
         let server = |client_ca: Vec<PathBuf>| {
             sightline_tls::ServerTls::new("bench server", sightline_tls::ServerTlsFiles { cert: cert.clone(), key: key.clone(), client_ca })
                 .map(Arc::new)
@@ -382,7 +382,7 @@ fn run_case(setup: &Setup, seconds: u32, repeat: u32) -> anyhow::Result<Figures>
                 applied?;
             }
             Setup::Iptables(rules) => {
-                let node = crate::lab::topology::node_netns(LAB, "node-1");
+                let node = sightline_lab::topology::node_netns(LAB, "node-1");
                 let mut child = Command::new("ip")
                     .args(["netns", "exec", &node, "iptables-restore"])
                     .stdin(std::process::Stdio::piped())

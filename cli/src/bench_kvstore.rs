@@ -18,7 +18,7 @@ use etcd_client::{Client, GetOptions, WatchOptions};
 use sightline_collector::kvstore::{self, KvstoreMetrics, KvstoreOptions, LocalEndpoint};
 use tokio::sync::Mutex;
 
-use crate::lab::cluster;
+use sightline_lab::cluster;
 
 #[derive(Args)]
 pub struct EndpointSlicesArgs {

@@ -28,7 +28,7 @@ use sightline_collector::control;
 use sightline_collector::pins::Reload;
 
 use crate::bench::{median, write_section};
-use crate::lab::cluster::{self, LabState};
+use sightline_lab::cluster::{self, LabState};
 
 const LAB: &str = "slrestart";
 const UDP_PORT: u16 = 9000;

@@ -10,87 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::lab::cluster::{self, LabState};
-use crate::lab::types::Protocol;
+use sightline_lab::cluster::{self, LabState};
+use sightline_lab::types::Protocol;
 use crate::observe::{PrintOptions, Printer};
 
-/// The sample application.
-pub const SAMPLE_APP: &str = r"# Sightline demo: a shop, its payments backend, and a DNS server.
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: shop
-  labels: {team: web}
----
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: payments
-  labels: {team: finance}
----
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: infra
----
-apiVersion: v1
-kind: Pod
-metadata: {name: frontend, namespace: shop, labels: {app: frontend, tier: web}}
-spec:
-  containers:
-  - name: web
-    ports: [{containerPort: 80}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: cart, namespace: shop, labels: {app: cart, tier: api}}
-spec:
-  containers:
-  - name: cart
-    ports: [{containerPort: 8080, name: http}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: api, namespace: payments, labels: {app: payments-api}}
-spec:
-  containers:
-  - name: api
-    ports: [{containerPort: 8443}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: db, namespace: payments, labels: {app: postgres}}
-spec:
-  containers:
-  - name: db
-    ports: [{containerPort: 5432}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: dns, namespace: infra, labels: {app: dns}}
-spec:
-  containers:
-  - name: dns
-    ports: [{containerPort: 53, protocol: UDP}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: dns, namespace: infra}
-spec:
-  selector: {app: dns}
-  ports: [{port: 53, protocol: UDP}]
----
-# Only the payments API may reach the database.
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: db-only-from-api, namespace: payments}
-spec:
-  podSelector: {matchLabels: {app: postgres}}
-  policyTypes: [Ingress]
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: payments-api}}}]
-    ports: [{port: 5432}]
-";
 
 /// The demo's traffic: (from, to, port, protocol); `svc/…` goes through a
 /// service, load-balanced by the datapath. The cart going straight to the
@@ -164,7 +87,7 @@ pub fn run(name: &str, aggregation: &str, duration: Option<Duration>, export: Ex
     let dir = tempdir()?;
     let _remove_dir = RemoveDir(dir.clone());
     let manifest = dir.join("sample-app.yaml");
-    std::fs::write(&manifest, SAMPLE_APP).with_context(|| format!("writing {}", manifest.display()))?;
+    std::fs::write(&manifest, sightline_lab::sample::DEMO_APP).with_context(|| format!("writing {}", manifest.display()))?;
     let (export_config, flow_log) = match &export {
         Export::Config(path) => (path.clone(), None),
         Export::FlowLog(log) => {
@@ -295,7 +218,7 @@ fn generate_traffic(state: &LabState, stop: &AtomicBool) {
         };
         if let (Ok(netns), Some(dst)) = (state.pod_netns(from), dst) {
             let target = std::net::SocketAddrV4::new(dst, port);
-            let _ = rt.block_on(crate::lab::probe::probe(&netns, target, proto, Duration::from_millis(500)));
+            let _ = rt.block_on(sightline_lab::probe::probe(&netns, target, proto, Duration::from_millis(500)));
         }
         std::thread::sleep(Duration::from_millis(250));
     }

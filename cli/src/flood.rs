@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 
-use crate::lab::cluster::{self, LabState};
+use sightline_lab::cluster::{self, LabState};
 
 const LAB: &str = "bench-flood";
 

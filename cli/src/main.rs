@@ -1,7 +1,7 @@
 //! `sightline`: the lab, the demo, the collector process, and benchmarks.
 //!
 //! This binary is a thin shell: argument parsing and output. The lab's logic
-//! lives in `lab::*`, the node agent in the `sightline-collector` crate.
+//! lives in the `sightline-lab` crate, the node agent in the `sightline-collector` crate.
 
 mod bench;
 mod bench_kvstore;
@@ -9,9 +9,7 @@ mod bench_restart;
 mod demo;
 mod flood;
 mod interrupt;
-mod lab;
 mod observe;
-mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,8 +19,8 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sightline_collector::agent::{self, AgentOptions, Aggregation, CtTimeouts};
 
-use lab::cluster::{self, DEFAULT_NAME, LabState};
-use lab::types::Protocol;
+use sightline_lab::cluster::{self, DEFAULT_NAME, LabState};
+use sightline_lab::types::Protocol;
 
 #[derive(Parser)]
 #[command(name = "sightline", version, about = "eBPF datapath and flow telemetry for pod networks")]
@@ -141,7 +139,7 @@ enum LabCommand {
         #[arg(long)]
         no_supervisor: bool,
         #[command(flatten)]
-        network: lab::network::NetworkArgs,
+        network: sightline_lab::network::NetworkArgs,
         /// Also run an etcd (Debian's etcd-server, loopback only) in which
         /// every collector publishes its endpoints as endpoint slices and
         /// reads the other nodes' (docs/LAB.md, *The kvstore*).
@@ -850,8 +848,8 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
         LabCommand::Status { output, name } => {
             let state = LabState::load(&name.name)?;
             match output {
-                Output::Json => say(format_args!("{}\n", serde_json::to_string_pretty(&lab::status::json(&state))?))?,
-                Output::Table => say(format_args!("{}", lab::status::table(&state)))?,
+                Output::Json => say(format_args!("{}\n", serde_json::to_string_pretty(&sightline_lab::status::json(&state))?))?,
+                Output::Table => say(format_args!("{}", sightline_lab::status::table(&state)))?,
             }
         }
         LabCommand::Exec { pod, name, command } => {
@@ -888,16 +886,16 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|(k, p)| Ok((k.clone(), state.pod_netns(k)?, p.ip)))
                 .collect::<anyhow::Result<_>>()?;
-            let entries = runtime()?.block_on(lab::probe::matrix(&pods, port, protocol, Duration::from_millis(timeout_ms)))?;
+            let entries = runtime()?.block_on(sightline_lab::probe::matrix(&pods, port, protocol, Duration::from_millis(timeout_ms)))?;
             match output {
-                Output::Json => say(format_args!("{}\n", lab::probe::render_json(&entries, port, protocol)))?,
-                Output::Table => say(format_args!("{}", lab::probe::render_table(&entries)))?,
+                Output::Json => say(format_args!("{}\n", sightline_lab::probe::render_json(&entries, port, protocol)))?,
+                Output::Table => say(format_args!("{}", sightline_lab::probe::render_table(&entries)))?,
             }
         }
         LabCommand::Events { node, output, duration, name } => {
             let state = LabState::load(&name.name)?;
             let n = state.nodes.iter().find(|n| n.name == node).ok_or_else(|| anyhow!("lab {} has no node {node}", name.name))?;
-            lab::events::stream(&n.control_socket, matches!(output, Some(Output::Json)), duration)?;
+            sightline_lab::events::stream(&n.control_socket, matches!(output, Some(Output::Json)), duration)?;
         }
         LabCommand::Restart { what: RestartTarget::Relay, node: None, name, .. } => {
             let relay = cluster::restart_relay(&name.name)?;
@@ -921,7 +919,7 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             slices.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             match output {
                 Output::Json => say(format_args!("{}\n", serde_json::to_string_pretty(&serde_json::json!({"items": slices}))?))?,
-                Output::Table => say(format_args!("{}", lab::status::endpointslices_table(&slices)))?,
+                Output::Table => say(format_args!("{}", sightline_lab::status::endpointslices_table(&slices)))?,
             }
         }
         LabCommand::Restart { what: RestartTarget::Relay, node: Some(node), .. } => {
@@ -941,14 +939,14 @@ fn lab_command(command: LabCommand) -> anyhow::Result<ExitCode> {
             ))?;
             print_behind(&name.name, &r.converged);
         }
-        LabCommand::Supervise { name } => lab::supervisor::run(&name.name)?,
+        LabCommand::Supervise { name } => sightline_lab::supervisor::run(&name.name)?,
         LabCommand::Down { name } => {
             cluster::down(&name.name)?;
             say(format_args!("lab {} is down\n", name.name))?;
         }
         LabCommand::Responder { text, ports } => {
             let ports = ports.iter().map(|p| parse_port(p)).collect::<anyhow::Result<Vec<_>>>()?;
-            let responder = lab::responder::bind(&lab::responder::ResponderConfig { text: text.clone(), ports })?;
+            let responder = sightline_lab::responder::bind(&sightline_lab::responder::ResponderConfig { text: text.clone(), ports })?;
             log::info!("answering {text:?} on {:?}", responder.ports());
             {
                 use std::io::Write as _;
@@ -982,7 +980,7 @@ fn probe(name: &str, from: &str, to: &str, port: u16, protocol: Protocol, timeou
         bail!("{to:?} is neither a pod (namespace/name) of lab {name}, a service (svc/namespace/name), nor an IPv4 address")
     };
     let target = std::net::SocketAddrV4::new(ip, port);
-    Ok(runtime()?.block_on(lab::probe::probe(&from_netns, target, protocol, Duration::from_millis(timeout_ms)))?)
+    Ok(runtime()?.block_on(sightline_lab::probe::probe(&from_netns, target, protocol, Duration::from_millis(timeout_ms)))?)
 }
 
 /// What `apply`, `delete` and restarts could not program yet.
@@ -997,7 +995,7 @@ fn print_behind(lab: &str, converged: &cluster::Converged) {
     }
 }
 
-fn print_report(report: &lab::manifest::ApplyReport) {
+fn print_report(report: &sightline_lab::manifest::ApplyReport) {
     for (verb, items) in [
         ("created", &report.created),
         ("configured", &report.updated),

@@ -60,7 +60,7 @@ pub fn server_address(conn: &ConnectionArgs) -> (String, String) {
     if let Some(s) = &conn.server {
         return (s.clone(), s.clone());
     }
-    match crate::lab::cluster::default_server_named(&conn.lab) {
+    match sightline_lab::cluster::default_server_named(&conn.lab) {
         Some((addr, what)) => {
             let label = format!("{addr} (the {what} of lab {:?})", conn.lab);
             (addr, label)
@@ -197,7 +197,7 @@ fn tls_for(conn: &ConnectionArgs, addr: &str, target: &Target) -> Result<Option<
     let explicit_plain = addr.trim().starts_with("http://");
     if !conn.tls && !uses_tls_flags(conn) && !target.tls && !explicit_plain {
         let hostport = target.uri.trim_start_matches("http://");
-        if let Some(lab) = crate::lab::cluster::client_tls_for(&conn.lab, hostport) {
+        if let Some(lab) = sightline_lab::cluster::client_tls_for(&conn.lab, hostport) {
             let files = ClientTlsFiles { ca: vec![lab.ca], cert: Some(lab.cert), key: Some(lab.key) };
             return Ok(Some((files, Some(lab.server_name))));
         }
@@ -258,7 +258,7 @@ pub async fn connect_to(conn: &ConnectionArgs, addr: &str, label: &str) -> Resul
 
 /// A channel to a lab's server at `addr`, with the lab's TLS files when it
 /// has them (the demo's client).
-pub async fn lab_channel(state: &crate::lab::cluster::LabState, addr: &str) -> Result<Channel, ClientError> {
+pub async fn lab_channel(state: &sightline_lab::cluster::LabState, addr: &str) -> Result<Channel, ClientError> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| ClientError::Address { addr: addr.to_owned(), reason: e.to_string() })?
         .connect_timeout(Duration::from_secs(5));

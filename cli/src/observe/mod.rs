@@ -15,7 +15,7 @@
 //! Every argument is checked before anything is sent; any failure is an
 //! error (exit status 1) that names the flag or the server address. The
 //! server is `--server`, else the collector of the lab named by `--lab`
-//! (`crate::lab::cluster::default_server`), else `localhost:4245`.
+//! (`sightline_lab::cluster::default_server`), else `localhost:4245`.
 //!
 //! This module reads flows; it never changes the lab or the datapath.
 

@@ -342,7 +342,7 @@ fn join_with_cutoff(elems: &[String], sep: &str, target: usize) -> String {
 
 /// Go's `tabwriter` with hubble's settings (minimum width 2, padding 3).
 pub fn render_table(rows: &[Vec<String>]) -> String {
-    crate::table::render(rows)
+    sightline_lab::table::render(rows)
 }
 
 fn ports(f: &Flow) -> (u32, u32) {

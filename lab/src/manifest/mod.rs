@@ -83,7 +83,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::lab::types::Protocol;
+use crate::types::Protocol;
 // The NetworkPolicy model lives in the collector, which compiles it; this module parses and
 // validates it.
 pub use sightline_collector::policy::model::{

@@ -321,26 +321,26 @@ fn literals(source: &str) -> Vec<String> {
 }
 
 const E2E_SOURCES: &[(&str, &str)] = &[
-    ("tests/src/lib.rs", include_str!("../../../tests/src/lib.rs")),
-    ("tests/tests/control.rs", include_str!("../../../tests/tests/control.rs")),
-    ("tests/tests/demo.rs", include_str!("../../../tests/tests/demo.rs")),
-    ("tests/tests/endpointslices.rs", include_str!("../../../tests/tests/endpointslices.rs")),
-    ("tests/tests/events.rs", include_str!("../../../tests/tests/events.rs")),
-    ("tests/tests/export.rs", include_str!("../../../tests/tests/export.rs")),
-    ("tests/tests/flows.rs", include_str!("../../../tests/tests/flows.rs")),
-    ("tests/tests/hubble_compat.rs", include_str!("../../../tests/tests/hubble_compat.rs")),
-    ("tests/tests/lab.rs", include_str!("../../../tests/tests/lab.rs")),
-    ("tests/tests/metrics.rs", include_str!("../../../tests/tests/metrics.rs")),
-    ("tests/tests/multinode.rs", include_str!("../../../tests/tests/multinode.rs")),
-    ("tests/tests/netpol.rs", include_str!("../../../tests/tests/netpol.rs")),
-    ("tests/tests/network_models.rs", include_str!("../../../tests/tests/network_models.rs")),
-    ("tests/tests/policy.rs", include_str!("../../../tests/tests/policy.rs")),
-    ("tests/tests/relay.rs", include_str!("../../../tests/tests/relay.rs")),
-    ("tests/tests/restart.rs", include_str!("../../../tests/tests/restart.rs")),
-    ("tests/tests/services.rs", include_str!("../../../tests/tests/services.rs")),
-    ("tests/tests/supervision.rs", include_str!("../../../tests/tests/supervision.rs")),
-    ("tests/tests/tls.rs", include_str!("../../../tests/tests/tls.rs")),
-    ("tests/tests/tunnel.rs", include_str!("../../../tests/tests/tunnel.rs")),
+    ("tests/src/lib.rs", include_str!("../../tests/src/lib.rs")),
+    ("tests/tests/control.rs", include_str!("../../tests/tests/control.rs")),
+    ("tests/tests/demo.rs", include_str!("../../tests/tests/demo.rs")),
+    ("tests/tests/endpointslices.rs", include_str!("../../tests/tests/endpointslices.rs")),
+    ("tests/tests/events.rs", include_str!("../../tests/tests/events.rs")),
+    ("tests/tests/export.rs", include_str!("../../tests/tests/export.rs")),
+    ("tests/tests/flows.rs", include_str!("../../tests/tests/flows.rs")),
+    ("tests/tests/hubble_compat.rs", include_str!("../../tests/tests/hubble_compat.rs")),
+    ("tests/tests/lab.rs", include_str!("../../tests/tests/lab.rs")),
+    ("tests/tests/metrics.rs", include_str!("../../tests/tests/metrics.rs")),
+    ("tests/tests/multinode.rs", include_str!("../../tests/tests/multinode.rs")),
+    ("tests/tests/netpol.rs", include_str!("../../tests/tests/netpol.rs")),
+    ("tests/tests/network_models.rs", include_str!("../../tests/tests/network_models.rs")),
+    ("tests/tests/policy.rs", include_str!("../../tests/tests/policy.rs")),
+    ("tests/tests/relay.rs", include_str!("../../tests/tests/relay.rs")),
+    ("tests/tests/restart.rs", include_str!("../../tests/tests/restart.rs")),
+    ("tests/tests/services.rs", include_str!("../../tests/tests/services.rs")),
+    ("tests/tests/supervision.rs", include_str!("../../tests/tests/supervision.rs")),
+    ("tests/tests/tls.rs", include_str!("../../tests/tests/tls.rs")),
+    ("tests/tests/tunnel.rs", include_str!("../../tests/tests/tunnel.rs")),
 ];
 
 /// The xyz fixture of `tests/src/lib.rs` (`xyz_manifests_on`), rendered
@@ -398,7 +398,7 @@ fn netpol_policies(source: &str) -> Vec<(String, String, String)> {
 fn the_kubernetes_source_builds_the_labs_state_from_the_same_objects() {
     let mut checked = 0;
     // The demo's sample app.
-    check("the demo's sample app", crate::demo::SAMPLE_APP, 1);
+    check("the demo's sample app", crate::sample::DEMO_APP, 1);
     checked += 1;
     // The xyz fixture, on one node and on three.
     let lib = E2E_SOURCES[0].1;

@@ -530,7 +530,7 @@ pub(super) fn append(path: &Path, line: &str) -> std::io::Result<()> {
 }
 
 pub(super) fn self_exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("locating the sightline binary")
+    crate::programs::sightline()
 }
 
 /// Starts a node's collector; returns its pid and its arguments.
@@ -676,7 +676,7 @@ fn start_responder(lab: &str, rt: &PodRuntime) -> anyhow::Result<u32> {
     wait_ready(child, &log, &format!("the responder of pod {}/{}", rt.namespace, rt.name), Duration::from_secs(20))
 }
 
-pub(crate) fn kill(pid: u32) {
+pub fn kill(pid: u32) {
     if pid == 0 {
         return;
     }
@@ -1552,7 +1552,7 @@ fn start_prometheus(state: &LabState) -> anyhow::Result<Prometheus> {
 }
 
 /// Whether `GET path` on a loopback address answers 200.
-pub(crate) fn http_ok(address: &str, path: &str) -> bool {
+pub fn http_ok(address: &str, path: &str) -> bool {
     use std::io::Write as _;
     let Ok(mut s) = std::net::TcpStream::connect(address) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
@@ -1566,7 +1566,7 @@ pub(crate) fn http_ok(address: &str, path: &str) -> bool {
 /// A loopback address with a port that is free now (the collector binds it
 /// right after; the default 4244 is kept for a real node agent, and labs side
 /// by side need their own).
-pub(crate) fn free_loopback_port() -> anyhow::Result<String> {
+pub fn free_loopback_port() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free loopback port")?;
     Ok(listener.local_addr()?.to_string())
 }

@@ -147,7 +147,7 @@ pub fn log_path(name: &str) -> PathBuf {
 }
 
 fn log_line(path: &Path, message: &str) {
-    let line = format!("{} {message}\n", crate::observe::rfc3339_now());
+    let line = format!("{} {message}\n", format_args!("{:.3}", jiff::Timestamp::now()));
     // Nowhere else to report a failed write.
     let _ = cluster::append(path, &line);
 }

@@ -743,22 +743,22 @@ pub(crate) mod tests {
             if let Err(e) = destroy_lab(&self.0) {
                 eprintln!("cleaning up lab {}: {e}", self.0);
             }
-            let _ = std::fs::remove_dir_all(crate::lab::cluster::lab_dir(&self.0));
+            let _ = std::fs::remove_dir_all(crate::cluster::lab_dir(&self.0));
         }
     }
 
     /// Writes `node-1`'s conflist: 10.244.1.0/24, gateway 10.244.1.1, no
     /// collector.
     pub(crate) fn node_1_conflist(lab: &str) {
-        let conf = crate::lab::cni::NodeConf {
+        let conf = crate::cni::NodeConf {
             gateway: Ipv4Addr::new(10, 244, 1, 1),
             mtu: 1500,
             control_socket: None,
             ranges: vec!["10.244.1.0/24".parse().unwrap()],
             exclude: vec![],
-            data_dir: crate::lab::cni::store_dir(lab, "node-1"),
+            data_dir: crate::cni::store_dir(lab, "node-1"),
         };
-        crate::lab::cni::write_conflist(lab, "node-1", &conf).unwrap();
+        crate::cni::write_conflist(lab, "node-1", &conf).unwrap();
     }
 
     /// Builds `node-1` (10.244.1.1) with pods x/a, x/b and y/c, plugged in
@@ -773,7 +773,7 @@ pub(crate) mod tests {
         ];
         pods.iter()
             .map(|&(ns, pod, ip)| {
-                crate::lab::cni::plug_pod(lab, "node-1", ns, pod, ip).unwrap();
+                crate::cni::plug_pod(lab, "node-1", ns, pod, ip).unwrap();
                 (pod_netns(lab, ns, pod), ip)
             })
             .collect()
@@ -917,7 +917,7 @@ pub(crate) mod tests {
         assert_eq!(sysctl(&node_ns, "net.ipv4.conf.default.rp_filter"), "0");
         assert!(ip_ok(&["-n", &node_ns, "addr", "show", "dev", "lo"]).contains("10.244.1.1/32"));
         // The plugin's veth, as the CNI suite checks it in detail.
-        let c_host = sightline_cni::host_ifname(&crate::lab::cni::container_id(&lab, "y", "c"), "eth0");
+        let c_host = sightline_cni::host_ifname(&crate::cni::container_id(&lab, "y", "c"), "eth0");
         let lxc = ip_ok(&["-n", &node_ns, "link", "show", "dev", &c_host]);
         assert!(lxc.contains("06:00:0a:f4:01:0c") && lxc.contains(",UP"), "{lxc}");
         let routes = ip_ok(&["-n", &node_ns, "route", "show"]);
@@ -931,7 +931,7 @@ pub(crate) mod tests {
 
         // A pod whose address is taken fails (the plugin's store refuses
         // it) and leaves nothing behind.
-        let err = crate::lab::cni::plug_pod(&lab, "node-1", "y", "d", Ipv4Addr::new(10, 244, 1, 12)).unwrap_err();
+        let err = crate::cni::plug_pod(&lab, "node-1", "y", "d", Ipv4Addr::new(10, 244, 1, 12)).unwrap_err();
         assert!(format!("{err:#}").contains("error 100"), "{err:#}");
         assert!(!netns_path(&pod_netns(&lab, "y", "d")).exists());
         // The same pod twice is refused.
@@ -954,7 +954,7 @@ pub(crate) mod tests {
             !netns_pids(&pod_ns).unwrap().is_empty(),
             "sleep did not start"
         );
-        crate::lab::cni::unplug_pod(&lab, "node-1", "y", "c").unwrap();
+        crate::cni::unplug_pod(&lab, "node-1", "y", "c").unwrap();
         assert!(
             sleeper.wait().unwrap().code().is_none(),
             "killed by a signal"
@@ -967,8 +967,8 @@ pub(crate) mod tests {
         ));
         // Unplugging again is fine (DEL is idempotent); the address is
         // free again.
-        crate::lab::cni::unplug_pod(&lab, "node-1", "y", "c").unwrap();
-        crate::lab::cni::plug_pod(&lab, "node-1", "y", "c", Ipv4Addr::new(10, 244, 1, 12)).unwrap();
+        crate::cni::unplug_pod(&lab, "node-1", "y", "c").unwrap();
+        crate::cni::plug_pod(&lab, "node-1", "y", "c", Ipv4Addr::new(10, 244, 1, 12)).unwrap();
 
         // destroy_lab kills processes in every namespace and removes all.
         let mut sleepers: Vec<_> = [node_ns.clone(), pod_netns(&lab, "x", "a")]

@@ -74,24 +74,9 @@ pub fn write_conflist(lab: &str, node: &str, conf: &NodeConf) -> anyhow::Result<
     Ok(path)
 }
 
-/// Where the plugin is: `$SIGHTLINE_CNI`, else next to this program (or
-/// next to the folder of a test binary in `target/*/deps`).
+/// Where the plugin is: `$SIGHTLINE_CNI`, else next to this program.
 pub fn plugin_path() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os(PLUGIN_ENV) {
-        let p = PathBuf::from(p);
-        return if p.is_file() { Ok(p) } else { Err(anyhow!("{PLUGIN_ENV}={}: no such file", p.display())) };
-    }
-    let exe = std::env::current_exe().context("finding this program")?;
-    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let p = dir.join(PLUGIN);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        bail!("the CNI plugin {PLUGIN} is not next to {} (build it with `cargo build --workspace`, or name it in {PLUGIN_ENV})", exe.display())
-    }
+    crate::programs::find(PLUGIN, PLUGIN_ENV)
 }
 
 /// Plugs pod `ns/pod` (whose namespace exists) into node `node` with
