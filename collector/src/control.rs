@@ -207,14 +207,17 @@ impl Subscription {
         }
     }
 
-    /// Collects every record arriving within `window`.
-    pub fn collect_for(&mut self, window: Duration) -> Result<Vec<Record>, ClientError> {
-        let deadline = std::time::Instant::now() + window;
+    /// Collects records until `done` holds for those collected so far, or
+    /// until `within` has passed: then it returns what it has, so that the
+    /// caller's checks name what never came. Fails if the collector
+    /// reports that this subscriber lost events.
+    pub fn collect_until(&mut self, within: Duration, done: impl Fn(&[Record]) -> bool) -> Result<Vec<Record>, ClientError> {
+        let deadline = std::time::Instant::now() + within;
         let mut out = Vec::new();
-        loop {
+        while !done(&out) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return Ok(out);
+                break;
             }
             match self.next_timeout(left)? {
                 Some(StreamItem::Record(r)) => out.push(*r),
@@ -224,6 +227,7 @@ impl Subscription {
                 None => {}
             }
         }
+        Ok(out)
     }
 }
 

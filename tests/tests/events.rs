@@ -17,6 +17,14 @@ fn conversation<'a>(events: &'a [Record], a: &str, b: &str, port: u16) -> Vec<&'
         .collect()
 }
 
+/// A TCP segment that closes its connection.
+fn closes(r: &Record) -> bool {
+    r.tcp_flags.iter().any(|f| f == "FIN" || f == "RST")
+}
+
+/// Long enough for any event of a finished exchange to reach a subscriber.
+const EVENTS_WITHIN: Duration = Duration::from_secs(10);
+
 fn find<'a>(events: &[&'a Record], what: &str, pred: impl Fn(&Record) -> bool) -> &'a Record {
     events.iter().copied().find(|r| pred(r)).unwrap_or_else(|| {
         let all: Vec<String> = events.iter().map(|r| r.summary()).collect();
@@ -38,7 +46,14 @@ fn tcp_connection_and_udp_exchange_field_by_field() {
 
     assert!(lab.probe("t/a", "t/b", 80, "TCP"));
     assert!(lab.probe("t/a", "t/b", 80, "UDP"));
-    let events = sub.collect_for(Duration::from_millis(1500)).unwrap();
+    // Until the TCP connection is closed and the UDP reply has reached a.
+    let events = sub
+        .collect_until(EVENTS_WITHIN, |events| {
+            let of = conversation(events, &ip_a, &ip_b, 80);
+            of.iter().any(|r| r.protocol == "TCP" && closes(r))
+                && of.iter().any(|r| r.protocol == "UDP" && r.is_reply && r.observation_point.as_deref() == Some("to-endpoint"))
+        })
+        .unwrap();
     for r in &events {
         assert_eq!(r.node, "node-1");
         assert!(r.time.ends_with('Z') && r.time_ns > 1_600_000_000_000_000_000, "{}", r.time);
@@ -127,7 +142,9 @@ fn kernel_drops_carry_the_kernel_reason() {
     let mut sub = lab.subscribe();
     // Nobody listens on 9999 in t/b: its kernel drops the SYN (and answers RST).
     assert!(!lab.probe("t/a", "t/b", 9999, "TCP"));
-    let events = sub.collect_for(Duration::from_millis(1500)).unwrap();
+    let events = sub
+        .collect_until(EVENTS_WITHIN, |events| events.iter().any(|r| r.kind == "kernel-drop" && r.destination.port == 9999))
+        .unwrap();
     let drops: Vec<&Record> = events.iter().filter(|r| r.kind == "kernel-drop").collect();
     let drop = find(&drops, "kernel drop of the SYN to 9999", |r| r.destination.ip == ip_b && r.destination.port == 9999);
     assert_eq!(drop.kernel_reason_name.as_deref(), Some("NO_SOCKET"), "{drop:?}");
@@ -155,7 +172,15 @@ fn long_transfer(aggregation: &str, lab_name: &str) -> (Vec<Record>, String, Str
     let mut sub = lab.subscribe();
     let client = lab.exec("t/a", &["iperf3", "-c", &ip_b, "-p", "5201", "-n", "30M"]);
     assert!(client.status.success(), "iperf3 client: {}", String::from_utf8_lossy(&client.stdout));
-    let events = sub.collect_for(Duration::from_millis(1000)).unwrap();
+    // Until both connections iperf3 opens (control and data) are closed.
+    let events = sub
+        .collect_until(EVENTS_WITHIN, |events| {
+            let of = conversation(events, &ip_a, &ip_b, 5201);
+            let opened: Vec<u16> = of.iter().filter(|r| r.tcp_flags == ["SYN"]).map(|r| r.source.port).collect();
+            opened.len() >= 2
+                && opened.iter().all(|port| of.iter().any(|r| (r.source.port == *port || r.destination.port == *port) && closes(r)))
+        })
+        .unwrap();
     let events = conversation(&events, &ip_a, &ip_b, 5201).into_iter().cloned().collect();
     (events, ip_a, ip_b)
 }
@@ -204,10 +229,11 @@ fn icmp_echo_is_tracked_and_connections_expire() {
     let mut sub = lab.subscribe();
     let out = lab.exec("t/a", &["ping", "-c", "2", "-i", "0.2", "-W", "1", &ip_b]);
     assert!(out.status.success(), "ping: {}", String::from_utf8_lossy(&out.stdout));
-    let events = sub.collect_for(Duration::from_millis(500)).unwrap();
+    let from_endpoint_icmp = |r: &Record| r.protocol == "ICMPv4" && r.kind == "trace" && r.observation_point.as_deref() == Some("from-endpoint");
+    let events = sub.collect_until(EVENTS_WITHIN, |events| events.iter().filter(|r| from_endpoint_icmp(r)).count() >= 4).unwrap();
     let icmp: Vec<&Record> = events
         .iter()
-        .filter(|r| r.protocol == "ICMPv4" && r.kind == "trace" && r.observation_point.as_deref() == Some("from-endpoint"))
+        .filter(|r| from_endpoint_icmp(r))
         .collect();
     let states: Vec<(Option<u8>, &str, &str)> = icmp.iter().map(|r| (r.icmp_type, r.ct_state.as_str(), r.source.ip.as_str())).collect();
     assert_eq!(
@@ -231,11 +257,9 @@ fn icmp_echo_is_tracked_and_connections_expire() {
     let mut sub = lab.subscribe();
     let out = lab.exec("t/a", &["ping", "-c", "2", "-i", "1.6", "-W", "1", &ip_b]);
     assert!(out.status.success());
-    let events = sub.collect_for(Duration::from_millis(300)).unwrap();
-    let requests: Vec<&Record> = events
-        .iter()
-        .filter(|r| r.protocol == "ICMPv4" && r.icmp_type == Some(8) && r.observation_point.as_deref() == Some("from-endpoint"))
-        .collect();
+    let request = |r: &Record| r.protocol == "ICMPv4" && r.icmp_type == Some(8) && r.observation_point.as_deref() == Some("from-endpoint");
+    let events = sub.collect_until(EVENTS_WITHIN, |events| events.iter().filter(|r| request(r)).count() >= 2).unwrap();
+    let requests: Vec<&Record> = events.iter().filter(|r| request(r)).collect();
     assert_eq!(requests.len(), 2);
     assert!(requests.iter().all(|r| r.ct_state == "new" && r.counters.fwd_packets == 1), "{requests:?}");
 }
@@ -250,7 +274,11 @@ fn medium_aggregation_reports_the_first_packet_of_each_direction() {
     let (ip_a, ip_b) = (lab.pod_ip("t/a"), lab.pod_ip("t/b"));
     let mut sub = lab.subscribe();
     assert!(lab.probe("t/a", "t/b", 80, "UDP"));
-    let events = sub.collect_for(Duration::from_millis(800)).unwrap();
+    let events = sub
+        .collect_until(EVENTS_WITHIN, |events| {
+            conversation(events, &ip_a, &ip_b, 80).iter().any(|r| r.kind == "trace" && r.ct_state == "reply")
+        })
+        .unwrap();
     let udp: Vec<&Record> = conversation(&events, &ip_a, &ip_b, 80).into_iter().filter(|r| r.kind == "trace").collect();
     let seen: Vec<(&str, &str)> = udp.iter().map(|r| (r.observation_point.as_deref().unwrap(), r.ct_state.as_str())).collect();
     assert_eq!(seen, [("to-endpoint", "new"), ("to-endpoint", "reply")], "{udp:?}");

@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 use sightline_collector::decoder::Record;
 use sightline_e2e::{Lab, require_root, sightline, write_temp, xyz_manifests};
 
+/// Long enough for any event of a finished exchange to reach a subscriber.
+const EVENTS_WITHIN: Duration = Duration::from_secs(10);
+
+/// A TCP segment that closes its connection.
+fn closes(r: &Record) -> bool {
+    r.tcp_flags.iter().any(|f| f == "FIN" || f == "RST")
+}
+
 fn apply(lab: &Lab, file: &str, manifest: &str) {
     let path = write_temp(file, manifest);
     let out = sightline(&["lab", "apply", "--name", &lab.name, "-f", path.to_str().unwrap()]);
@@ -44,7 +52,13 @@ fn verdicts_name_their_policies_and_denials_are_drops() {
     assert!(lab.probe("x/a", "x/b", 80, "TCP"));
     assert!(!lab.probe("x/a", "x/b", 81, "TCP"));
     assert!(lab.probe("x/c", "x/b", 81, "TCP"));
-    let events = sub.collect_for(Duration::from_millis(800)).unwrap();
+    // The probes ran one after the other: once c's connection is closed,
+    // the events of a's attempts are in.
+    let events = sub
+        .collect_until(EVENTS_WITHIN, |events| {
+            events.iter().any(|r| r.kind == "trace" && r.destination.ip == ip_c && r.source.port == 81 && closes(r))
+        })
+        .unwrap();
 
     let allowed = events
         .iter()
@@ -109,7 +123,10 @@ fn audit_mode_reports_without_dropping() {
     let ip_a = lab.pod_ip("x/a");
     let mut sub = lab.subscribe();
     assert!(lab.probe("x/a", "x/b", 81, "TCP"), "audit mode drops nothing");
-    let events = sub.collect_for(Duration::from_millis(500)).unwrap();
+    // Until the connection is closed (its SYN's verdict came before).
+    let events = sub
+        .collect_until(EVENTS_WITHIN, |events| events.iter().any(|r| r.kind == "trace" && r.source.port == 81 && closes(r)))
+        .unwrap();
     let v = events
         .iter()
         .find(|r| r.kind == "policy-verdict" && r.direction == "ingress" && r.source.ip == ip_a)
@@ -208,8 +225,14 @@ fn policy_changes_under_traffic_give_no_wrong_verdict() {
     for i in intervals {
         assert!(i["sum"]["bytes"].as_u64().unwrap() > 0, "a stalled interval: {i}");
     }
-    // And no packet of traffic allowed by both was dropped by policy.
-    let events = sub.collect_for(Duration::from_millis(300)).unwrap();
+    // And no packet of traffic allowed by both was dropped by policy. A
+    // marker sent after all of it (UDP to 9, denied: a drop event) comes
+    // after every event of that traffic.
+    assert!(!lab.probe("x/a", "x/b", 9, "UDP"));
+    let events = sub
+        .collect_until(EVENTS_WITHIN, |events| events.iter().any(|r| r.kind == "drop" && r.destination.port == 9))
+        .unwrap();
+    assert!(events.iter().any(|r| r.kind == "drop" && r.destination.port == 9), "the marker's drop never came");
     let wrong: Vec<String> = events
         .iter()
         .filter(|r| r.kind == "drop" && r.drop_reason == Some(133))
@@ -248,10 +271,11 @@ fn a_policy_change_cuts_connections_it_now_denies() {
     let changed_at = Instant::now();
     apply(&lab, "deny.yaml", &policy_b("cut", &[80], &[]));
     let out = iperf.join().unwrap();
-    let events = sub.collect_for(Duration::from_millis(300)).unwrap();
+    let cut_drop = |r: &Record| r.kind == "drop" && r.drop_reason == Some(133) && r.source.pod.as_deref() == Some("c") && r.destination.port == 5201;
+    let events = sub.collect_until(EVENTS_WITHIN, |events| events.iter().any(|r| cut_drop(r))).unwrap();
     let cut: Vec<&Record> = events
         .iter()
-        .filter(|r| r.kind == "drop" && r.drop_reason == Some(133) && r.source.pod.as_deref() == Some("c") && r.destination.port == 5201)
+        .filter(|r| cut_drop(r))
         .collect();
     assert!(!cut.is_empty(), "the established connection's packets are dropped after the change");
     assert!(cut.iter().all(|r| r.denied_by == ["x/cut"]));
