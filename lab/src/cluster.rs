@@ -21,7 +21,7 @@ use sightline_collector::control;
 use sightline_collector::netns::netns_path;
 use sightline_collector::state::{self, Endpoint, Identity, IpcacheEntry, NodeState};
 
-use super::manifest::{self, Object, ObjectStore, Pod, TargetPort};
+use super::manifest::{self, Document, Named as _, ObjectStore, Pod};
 use super::network::{Model, Network, NetworkOptions};
 use super::pki::{self, LabTls};
 use super::cni;
@@ -274,9 +274,9 @@ impl LabState {
 /// translation, which the Kubernetes source uses too.
 pub fn identity_labels(store: &ObjectStore, pod: &Pod) -> Vec<String> {
     sightline_collector::kubernetes::translate::identity_labels(
-        &pod.namespace,
-        &pod.labels,
-        store.namespaces.get(&pod.namespace).map(|ns| &ns.labels),
+        pod.namespace(),
+        pod.labels(),
+        store.namespaces.get(pod.namespace()).map(manifest::namespace_labels).as_ref(),
     )
 }
 
@@ -291,7 +291,7 @@ pub(crate) fn allocate_identity(state: &mut LabState, labels: &[String]) -> u32 
 }
 
 fn pod_ports(pod: &Pod) -> Vec<String> {
-    let mut ports: Vec<String> = pod.ports.iter().map(|p| format!("{}/{}", p.port, p.protocol)).collect();
+    let mut ports: Vec<String> = manifest::container_ports(pod).iter().map(|p| format!("{}/{}", p.port, p.protocol)).collect();
     ports.sort();
     ports.dedup();
     ports
@@ -319,7 +319,7 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
             .objects
             .pods
             .get(&(rt.namespace.clone(), rt.name.clone()))
-            .map(|p| p.labels.clone())
+            .map(|p| p.labels().clone())
             .unwrap_or_default();
         endpoints.push(Endpoint {
             id: rt.endpoint_id,
@@ -372,15 +372,8 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
                 ip: rt.ip,
                 node: rt.node.clone(),
                 identity: rt.identity,
-                labels: spec.map(|p| p.labels.clone()).unwrap_or_default(),
-                ports: spec
-                    .map(|p| {
-                        p.ports
-                            .iter()
-                            .map(|c| state::ContainerPort { name: c.name.clone(), port: c.port, protocol: c.protocol })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                labels: spec.map(|p| p.labels().clone()).unwrap_or_default(),
+                ports: spec.map(manifest::container_ports).unwrap_or_default(),
             }
         })
         .collect();
@@ -391,27 +384,8 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
         .services
         .values()
         .filter_map(|svc| {
-            let cluster_ip = *state.service_ips.get(&pod_key(&svc.namespace, &svc.name))?;
-            let mut service = state::Service {
-                namespace: svc.namespace.clone(),
-                name: svc.name.clone(),
-                cluster_ip,
-                selector: svc.selector.clone(),
-                ports: svc
-                    .ports
-                    .iter()
-                    .map(|p| state::ServicePort {
-                        name: p.name.clone(),
-                        port: p.port,
-                        protocol: p.protocol,
-                        target_port: match &p.target_port {
-                            TargetPort::Number(n) => state::TargetPort::Number(*n),
-                            TargetPort::Name(n) => state::TargetPort::Name(n.clone()),
-                        },
-                    })
-                    .collect(),
-                endpoints: None,
-            };
+            let cluster_ip = *state.service_ips.get(&pod_key(svc.namespace(), svc.name()))?;
+            let mut service = manifest::service_state(svc, cluster_ip);
             service.endpoints = Some(state::selected_endpoints(&service, &pods));
             Some(service)
         })
@@ -423,9 +397,18 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
         endpoints,
         identities,
         ipcache,
-        namespaces: state.objects.namespaces.iter().map(|(n, ns)| (n.clone(), ns.labels.clone())).collect(),
+        namespaces: state.objects.namespaces.iter().map(|(n, ns)| (n.clone(), manifest::namespace_labels(ns))).collect(),
         pods,
-        policies: state.objects.policies.values().cloned().collect(),
+        policies: state
+            .objects
+            .policies
+            .values()
+            .filter_map(|p| {
+                manifest::policy_model(p)
+                    .inspect_err(|e| log::error!("left out of node {}'s state: {e}", node.name))
+                    .ok()
+            })
+            .collect(),
         services,
         policy_audit: state.policy_audit,
         tunnel: state.network.tunnel.map(|t| topology::tunnel_device(t.as_str())),
@@ -433,7 +416,7 @@ pub fn node_state(state: &LabState, node: &Node) -> NodeState {
 }
 
 /// Reads and parses manifest files; the first error names the file.
-pub fn read_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<Object>> {
+pub fn read_manifests(files: &[PathBuf]) -> anyhow::Result<Vec<Document>> {
     let mut objects = Vec::new();
     for file in files {
         let text = if file.as_os_str() == "-" {
@@ -936,10 +919,10 @@ pub fn up(opts: &UpOptions) -> anyhow::Result<LabState> {
 
 fn check_nodes(store: &ObjectStore, nodes: u32) -> anyhow::Result<()> {
     for pod in store.pods.values() {
-        if let Some(n) = &pod.node_name {
+        if let Some(n) = manifest::node_name(pod) {
             let ok = n.strip_prefix("node-").and_then(|i| i.parse::<u32>().ok()).is_some_and(|i| (1..=nodes).contains(&i));
             if !ok {
-                bail!("pod {}/{}: spec.nodeName {n:?} is not a node of this lab (it has node-1..node-{nodes})", pod.namespace, pod.name);
+                bail!("pod {}/{}: spec.nodeName {n:?} is not a node of this lab (it has node-1..node-{nodes})", pod.namespace(), pod.name());
             }
         }
     }
@@ -1047,7 +1030,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
     let mut pending = Vec::new();
     let old_state = state.clone();
     let old_keys: BTreeSet<String> = state.pods.keys().cloned().collect();
-    let new_keys: BTreeSet<String> = store.pods.values().map(|p| pod_key(&p.namespace, &p.name)).collect();
+    let new_keys: BTreeSet<String> = store.pods.values().map(|p| pod_key(p.namespace(), p.name())).collect();
 
     // Allocate addresses and endpoint ids for new pods.
     let mut created: Vec<String> = Vec::new();
@@ -1059,7 +1042,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
     let mut tmp = state.clone();
     tmp.identities = identities.clone();
     for pod in store.pods.values() {
-        let key = pod_key(&pod.namespace, &pod.name);
+        let key = pod_key(pod.namespace(), pod.name());
         let labels = identity_labels(&store, pod);
         let identity = allocate_identity(&mut tmp, &labels);
         let ports = pod_ports(pod);
@@ -1071,7 +1054,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
             next_pods.insert(key, rt);
             continue;
         }
-        let node = pod.node_name.clone().unwrap_or_else(|| state.nodes[0].name.clone());
+        let node = manifest::node_name(pod).map_or_else(|| state.nodes[0].name.clone(), str::to_owned);
         let n = state.node(&node).ok_or_else(|| anyhow!("pod {key}: node {node} does not exist"))?;
         if behind.contains(&node) {
             pending.push(key);
@@ -1086,7 +1069,7 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
         used_ids.insert((node.clone(), endpoint_id));
         next_pods.insert(
             key.clone(),
-            PodRuntime { namespace: pod.namespace.clone(), name: pod.name.clone(), node, ip, endpoint_id, host_ifname: String::new(), identity, responder_pid: 0, ports },
+            PodRuntime { namespace: pod.namespace().to_owned(), name: pod.name().to_owned(), node, ip, endpoint_id, host_ifname: String::new(), identity, responder_pid: 0, ports },
         );
         created.push(key);
     }
@@ -1095,10 +1078,10 @@ fn converge(state: &mut LabState, store: ObjectStore) -> anyhow::Result<Converge
 
     // Service cluster IPs (allocated now; load balancing comes later).
     let mut service_ips = BTreeMap::new();
-    let mut used_svc: BTreeSet<Ipv4Addr> = store.services.values().filter_map(|s| s.cluster_ip).collect();
+    let mut used_svc: BTreeSet<Ipv4Addr> = store.services.values().filter_map(manifest::requested_cluster_ip).collect();
     for svc in store.services.values() {
-        let key = pod_key(&svc.namespace, &svc.name);
-        let ip = match svc.cluster_ip.or_else(|| state.service_ips.get(&key).copied()) {
+        let key = pod_key(svc.namespace(), svc.name());
+        let ip = match manifest::requested_cluster_ip(svc).or_else(|| state.service_ips.get(&key).copied()) {
             Some(ip) => ip,
             None => {
                 let ip = (10..65_000u32)

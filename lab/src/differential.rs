@@ -21,7 +21,7 @@ use sightline_collector::kubernetes::translate::{self, Objects};
 use sightline_collector::state::{NodeState, TargetPort};
 
 use super::cluster::{self, LabState, Node, PodRuntime};
-use super::manifest::{self, ObjectStore};
+use super::manifest::{self, Named as _, ObjectStore};
 use super::network::{Network, NetworkOptions};
 
 /// The lab as `lab up --nodes N` + `lab apply` would leave it, without
@@ -72,21 +72,21 @@ fn lab_state(text: &str, nodes: u32) -> Result<LabState, String> {
     for pod in store.pods.values() {
         let labels = cluster::identity_labels(&store, pod);
         let identity = cluster::allocate_identity(&mut state, &labels);
-        let node_name = pod.node_name.clone().unwrap_or_else(|| "node-1".into());
+        let node_name = manifest::node_name(pod).unwrap_or("node-1").to_owned();
         let node = state.nodes.iter().find(|n| n.name == node_name).ok_or(format!("no node {node_name}"))?.clone();
         let ip = cluster::allocate_ip(&mut network, &node, nodes, &used).ok_or("no address")?;
         used.insert(ip);
         let id = ids.entry(node_name.clone()).or_default();
         *id += 1;
         state.pods.insert(
-            format!("{}/{}", pod.namespace, pod.name),
+            format!("{}/{}", pod.namespace(), pod.name()),
             PodRuntime {
-                namespace: pod.namespace.clone(),
-                name: pod.name.clone(),
+                namespace: pod.namespace().to_owned(),
+                name: pod.name().to_owned(),
                 node: node_name,
                 ip,
                 endpoint_id: *id,
-                host_ifname: sightline_cni::host_ifname(&format!("{}.{}", pod.namespace, pod.name), "eth0"),
+                host_ifname: sightline_cni::host_ifname(&format!("{}.{}", pod.namespace(), pod.name()), "eth0"),
                 identity,
                 responder_pid: 0,
                 ports: Vec::new(),
@@ -96,11 +96,11 @@ fn lab_state(text: &str, nodes: u32) -> Result<LabState, String> {
     state.network = network;
     let mut next = 10u32;
     for svc in store.services.values() {
-        let ip = svc.cluster_ip.unwrap_or_else(|| {
+        let ip = manifest::requested_cluster_ip(svc).unwrap_or_else(|| {
             next += 1;
             Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + next)
         });
-        state.service_ips.insert(format!("{}/{}", svc.namespace, svc.name), ip);
+        state.service_ips.insert(format!("{}/{}", svc.namespace(), svc.name()), ip);
     }
     Ok(state)
 }
@@ -423,7 +423,7 @@ fn the_kubernetes_source_builds_the_labs_state_from_the_same_objects() {
                 continue;
             }
             // Manifests that name pods of xyz or policies go on top of xyz.
-            let only_policies = objects.iter().all(|o| matches!(o, manifest::Object::NetworkPolicy(_)));
+            let only_policies = objects.iter().all(|o| matches!(o.object, manifest::Object::NetworkPolicy(_)));
             let text = if only_policies { format!("{}---\n{text}", xyz(3)) } else { text };
             let nodes = if text.contains("node-3") { 3 } else if text.contains("node-2") { 2 } else { 1 };
             if lab_state(&text, nodes).is_err() {

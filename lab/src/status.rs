@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use sightline_collector::control;
 
 use super::cluster::LabState;
+use super::manifest::{self, Named as _};
 
 /// The `lab status -o json` object.
 pub fn json(state: &LabState) -> Value {
@@ -45,17 +46,17 @@ pub fn json(state: &LabState) -> Value {
         .services
         .values()
         .map(|s| {
-            let key = format!("{}/{}", s.namespace, s.name);
-            json!({"namespace": s.namespace, "name": s.name,
+            let key = format!("{}/{}", s.namespace(), s.name());
+            json!({"namespace": s.namespace(), "name": s.name(),
                    "cluster_ip": state.service_ips.get(&key).map(ToString::to_string),
-                   "ports": s.ports.iter().map(|p| p.port).collect::<Vec<_>>()})
+                   "ports": manifest::service_ports(s).iter().map(|p| p.port).collect::<Vec<_>>()})
         })
         .collect();
     let policies: Vec<Value> = state
         .objects
         .policies
         .values()
-        .map(|p| json!({"namespace": p.namespace, "name": p.name}))
+        .map(|p| json!({"namespace": p.namespace(), "name": p.name()}))
         .collect();
     json!({
         "name": state.name,
@@ -207,9 +208,9 @@ pub fn table(state: &LabState) -> String {
     if !state.objects.services.is_empty() {
         let mut rows = vec![cells(&["SERVICE", "CLUSTER IP", "PORTS"])];
         for s in state.objects.services.values() {
-            let key = format!("{}/{}", s.namespace, s.name);
+            let key = format!("{}/{}", s.namespace(), s.name());
             let ip = state.service_ips.get(&key).map(ToString::to_string).unwrap_or_default();
-            let ports: Vec<String> = s.ports.iter().map(|p| p.port.to_string()).collect();
+            let ports: Vec<String> = manifest::service_ports(s).iter().map(|p| p.port.to_string()).collect();
             rows.push(vec![key, ip, ports.join(",")]);
         }
         let _ = write!(out, "\n{}", crate::table::render(&rows));
@@ -217,7 +218,7 @@ pub fn table(state: &LabState) -> String {
     if !state.objects.policies.is_empty() {
         let _ = writeln!(out, "\nNETWORK POLICY");
         for p in state.objects.policies.values() {
-            let _ = writeln!(out, "{}/{}", p.namespace, p.name);
+            let _ = writeln!(out, "{}/{}", p.namespace(), p.name());
         }
     }
     out

@@ -1,8 +1,9 @@
 //! Kubernetes objects (k8s-openapi types) → the collector's model: the one
 //! place that decides identity labels, identity numbers, NetworkPolicy
-//! conversion and service ports. The lab calls [`identity_labels`],
-//! [`default_policy_types`] and [`target_port`] for its own manifests, so
-//! both sources decide these the same way.
+//! conversion and service ports. The lab keeps its manifests as these same
+//! types and reads them through these functions ([`namespace_labels`],
+//! [`container_ports`], [`service_ports`], [`network_policy`],
+//! [`identity_labels`]), so both sources decide everything the same way.
 //!
 //! Pure functions: no I/O, no watcher, no clock.
 
@@ -10,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1 as net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
@@ -142,7 +143,9 @@ fn protocol(text: Option<&str>) -> Result<Protocol, String> {
     text.map_or(Ok(Protocol::Tcp), str::parse)
 }
 
-fn labels_of(m: &meta::ObjectMeta) -> BTreeMap<String, String> {
+/// An object's labels (none when absent).
+#[must_use]
+pub fn labels_of(m: &meta::ObjectMeta) -> BTreeMap<String, String> {
     m.labels.clone().unwrap_or_default()
 }
 
@@ -299,6 +302,17 @@ pub fn service(svc: &Service) -> Result<Option<state::Service>, TranslateError> 
     let Some(cluster_ip) = spec.cluster_ip.as_deref().and_then(|ip| ip.parse::<Ipv4Addr>().ok()) else {
         return Ok(None);
     };
+    let ports = service_ports(spec, &err)?;
+    Ok(Some(state::Service { namespace, name, cluster_ip, selector: spec.selector.clone().unwrap_or_default(), ports, endpoints: None }))
+}
+
+/// A service's ports in the model: `targetPort` defaulted to the port,
+/// protocol to TCP.
+///
+/// # Errors
+///
+/// A port or protocol the model cannot hold (names the field).
+pub fn service_ports(spec: &ServiceSpec, err: &dyn Fn(String, String) -> TranslateError) -> Result<Vec<state::ServicePort>, TranslateError> {
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let at = format!("spec.ports[{i}]");
@@ -310,7 +324,7 @@ pub fn service(svc: &Service) -> Result<Option<state::Service>, TranslateError> 
             target_port: target_port(port, p.target_port.as_ref()).map_err(|m| err(format!("{at}.targetPort"), m))?,
         });
     }
-    Ok(Some(state::Service { namespace, name, cluster_ip, selector: spec.selector.clone().unwrap_or_default(), ports, endpoints: None }))
+    Ok(ports)
 }
 
 /// The label that ties an EndpointSlice to its Service.
@@ -376,7 +390,13 @@ fn pod_placement(pod: &Pod) -> Option<(Ipv4Addr, String)> {
     Some((ip, spec.node_name.clone().filter(|n| !n.is_empty())?))
 }
 
-fn container_ports(pod: &Pod) -> Result<Vec<state::ContainerPort>, TranslateError> {
+/// A pod's container ports (the ports of every container, in container
+/// order then port order), named as Kubernetes resolves named ports.
+///
+/// # Errors
+///
+/// A port number or protocol the model cannot hold (names the field).
+pub fn container_ports(pod: &Pod) -> Result<Vec<state::ContainerPort>, TranslateError> {
     let mut out = Vec::new();
     let key = format!("Pod {}/{}", pod.metadata.namespace.as_deref().unwrap_or_default(), pod.metadata.name.as_deref().unwrap_or_default());
     for (c, container) in pod.spec.iter().flat_map(|s| s.containers.iter()).enumerate() {

@@ -116,6 +116,17 @@ pub enum PolicyType {
     Egress,
 }
 
+impl PolicyType {
+    /// As Kubernetes writes it: `Ingress` or `Egress`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "Ingress",
+            Self::Egress => "Egress",
+        }
+    }
+}
+
 /// One ingress or egress rule. Traffic matches the rule when it matches one of `peers` (or
 /// `peers` is empty) **and** one of `ports` (or `ports` is empty).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

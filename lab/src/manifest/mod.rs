@@ -1,16 +1,21 @@
 //! Kubernetes manifests for the lab: parsing, validation and the lab's object store.
 //!
 //! `sightline lab up|apply|delete -f FILE` take multi-document YAML the way `kubectl apply -f`
-//! does. [`parse_manifests`] turns one file into typed [`Object`]s, filling in the defaults the
-//! Kubernetes API server fills in and rejecting what the API server rejects; [`ObjectStore`]
-//! holds the lab's objects and applies or deletes a batch all-or-nothing.
+//! does. [`parse_manifests`] turns one file into [`Object`]s — the Kubernetes API's own types
+//! (k8s-openapi), the same the collector's Kubernetes source watches — filling in the defaults
+//! the API server fills in and rejecting what the API server rejects; [`ObjectStore`] holds the
+//! lab's objects and applies or deletes a batch all-or-nothing. The lab reads them through the
+//! collector's translation (`sightline_collector::kubernetes::translate`: namespace labels,
+//! container ports, service ports, NetworkPolicy), so the lab and a real cluster are read by
+//! one piece of code.
 //!
 //! Parsing happens in two passes over the text. The first reads every document into a generic
 //! YAML value, which catches malformed YAML (with its line and column) and tells us each
 //! document's `kind`, `metadata.name` and `metadata.namespace` for error messages. The second
 //! deserializes the same document into raw structs that mirror the Kubernetes fields (camelCase),
-//! so serde_yaml reports the field path of a wrong type or an unknown field; the raw structs are
-//! then converted, with validation, into the public types.
+//! so serde_yaml reports the field path of a wrong type or an unknown field (k8s-openapi's types
+//! ignore unknown fields, which `kubectl apply --validate=strict` does not); the raw structs are
+//! then converted, with validation, into the API's objects.
 //!
 //! # What is accepted
 //!
@@ -48,16 +53,17 @@
 //!
 //! # Policy semantics kept exact
 //!
-//! The NetworkPolicy types are the collector's model (`sightline_collector::policy::model`),
-//! re-exported here; this module fills them in and validates them.
+//! A NetworkPolicy is validated into the collector's model (`sightline_collector::policy::model`)
+//! and stored as the API's object; parsing checks that the collector's translation reads the
+//! object back as exactly the validated model ([`policy_model`]).
 //!
-//! * [`Rule::peers`] empty means `from`/`to` was omitted or empty: the rule matches **all**
+//! * [`model::Rule::peers`] empty means `from`/`to` was omitted or empty: the rule matches **all**
 //!   sources/destinations. A non-empty list matches any of its peers. (An empty peer `{}` is
 //!   rejected, as the API server does, so a present peer always selects something specific.)
-//! * [`Rule::ports`] empty means every port and protocol.
-//! * [`NetworkPolicy::ingress`] empty with `Ingress` in [`NetworkPolicy::policy_types`] means
+//! * [`model::Rule::ports`] empty means every port and protocol.
+//! * [`model::NetworkPolicy::ingress`] empty with `Ingress` in [`model::NetworkPolicy::policy_types`] means
 //!   all ingress to the selected pods is denied; likewise for egress.
-//! * [`Peer::pod_selector`] / [`Peer::namespace_selector`]: `None` means the selector was absent,
+//! * [`model::Peer::pod_selector`] / [`model::Peer::namespace_selector`]: `None` means the selector was absent,
 //!   `Some(empty)` means "all". podSelector alone selects pods in the policy's namespace,
 //!   namespaceSelector alone all pods in the matching namespaces, both together the matching pods
 //!   in the matching namespaces.
@@ -71,9 +77,9 @@
 //! Every error names the source, the 1-based document number and, when known, the object
 //! (`Kind namespace/name`), then the field path:
 //! `deny.yaml: document 2 (NetworkPolicy x/deny-all): spec.ingress[0].from[1].ipBlock.except[0]:
-//! 10.1.0.0/16 is not inside 192.168.0.0/16`. Objects keep where they came from in their
-//! `origin` field so [`ObjectStore::apply`] and [`ObjectStore::delete`] can name the document too;
-//! the store itself keeps objects with `origin: None`.
+//! 10.1.0.0/16 is not inside 192.168.0.0/16`. Parsed objects come as [`Document`]s, which keep
+//! where each came from so [`ObjectStore::apply`] and [`ObjectStore::delete`] can name the
+//! document too; the store keeps the objects alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -84,15 +90,22 @@ use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::types::Protocol;
-// The NetworkPolicy model lives in the collector, which compiles it; this module parses and
-// validates it.
-pub use sightline_collector::policy::model::{
-    IpBlock, LabelSelector, NetworkPolicy, Operator, Origin, Peer, PolicyPort, PolicyType, PortRef,
-    Requirement, Rule,
+/// The Kubernetes API types the lab's objects are (the same crate and version the collector's
+/// Kubernetes source uses).
+pub use sightline_collector::kubernetes::k8s_openapi;
+pub use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+pub use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString as K8sIntOrString;
+// The NetworkPolicy model lives in the collector, which compiles it; this module validates
+// policies into it, and stores them as the API's objects.
+pub use sightline_collector::policy::model::{self, Origin};
+use sightline_collector::policy::model::{
+    IpBlock, LabelSelector, Operator, Peer, PolicyPort, PolicyType, PortRef, Requirement, Rule,
+    cidr_contains, parse_cidr,
 };
-use sightline_collector::policy::model::{cidr_contains, parse_cidr};
-use sightline_collector::kubernetes::k8s_openapi::apimachinery::pkg::util::intstr::IntOrString as K8sIntOrString;
 use sightline_collector::kubernetes::translate;
+use sightline_collector::state;
 use sightline_flow::k8s_names::{is_dns_label, is_dns_subdomain, is_dns1035_label};
 
 /// The label Kubernetes (and the lab) puts on every namespace, holding the namespace's name.
@@ -143,7 +156,7 @@ pub const POD_SPEC_IGNORED: &[&str] = &[
     "volumes",
 ];
 
-/// Container fields that are accepted and ignored (everything but `ports`).
+/// Container fields that are accepted and ignored (everything but `name` and `ports`).
 pub const CONTAINER_IGNORED: &[&str] = &[
     "args",
     "command",
@@ -153,7 +166,6 @@ pub const CONTAINER_IGNORED: &[&str] = &[
     "imagePullPolicy",
     "lifecycle",
     "livenessProbe",
-    "name",
     "readinessProbe",
     "resizePolicy",
     "resources",
@@ -208,85 +220,25 @@ const SERVICE_OTHER_TYPE_FIELDS: &[&str] = &[
 // Public types
 // ---------------------------------------------------------------------------------------------
 
-/// A Kubernetes Namespace.
+/// One object of a manifest, as the Kubernetes API's own type (k8s-openapi's, the types the
+/// Kubernetes source watches), validated and defaulted as the API server would: names and
+/// namespaces set, `kubernetes.io/metadata.name` on namespaces, protocols, `targetPort`s and
+/// `policyTypes` filled in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Namespace {
-    pub name: String,
-    /// The namespace's labels, always including `kubernetes.io/metadata.name=<name>`.
-    pub labels: BTreeMap<String, String>,
-    /// Where the object was parsed from; `None` for objects in the [`ObjectStore`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<Origin>,
-}
-
-/// A Kubernetes Pod, reduced to what the lab's networking uses.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Pod {
-    pub namespace: String,
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-    /// `spec.nodeName`: the lab node the pod is pinned to (`None`: the lab chooses).
-    pub node_name: Option<String>,
-    /// The ports of all containers, in container order then port order.
-    pub ports: Vec<ContainerPort>,
-    /// Where the object was parsed from; `None` for objects in the [`ObjectStore`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<Origin>,
-}
-
-/// One `spec.containers[].ports[]` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerPort {
-    /// `containerPort`.
-    pub port: u16,
-    /// `protocol`, TCP by default.
-    pub protocol: Protocol,
-    /// `name`, an IANA service name usable as a named port.
-    pub name: Option<String>,
-}
-
-/// A ClusterIP Service.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Service {
-    pub namespace: String,
-    pub name: String,
-    /// `spec.selector`; empty selects no pods (as in Kubernetes, endpoints are then manual).
-    pub selector: BTreeMap<String, String>,
-    /// At least one port.
-    pub ports: Vec<ServicePort>,
-    /// The requested `spec.clusterIP`; `None` lets the lab allocate one.
-    pub cluster_ip: Option<Ipv4Addr>,
-    /// Where the object was parsed from; `None` for objects in the [`ObjectStore`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub origin: Option<Origin>,
-}
-
-/// One `spec.ports[]` entry of a Service.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServicePort {
-    /// Required (and unique) when the service has more than one port.
-    pub name: Option<String>,
-    pub port: u16,
-    /// `targetPort`; defaults to `port`.
-    pub target_port: TargetPort,
-    pub protocol: Protocol,
-}
-
-/// A Service port's `targetPort`: a number or the name of a container port.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TargetPort {
-    Number(u16),
-    Name(String),
-}
-
-/// One object of a manifest.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[expect(clippy::large_enum_variant, reason = "objects are made once per document parsed; a box buys nothing")]
 pub enum Object {
     Namespace(Namespace),
     Pod(Pod),
     Service(Service),
     NetworkPolicy(NetworkPolicy),
+}
+
+/// An object and where it was parsed from (`None` when it was not parsed, e.g. built by a
+/// caller).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    pub object: Object,
+    pub origin: Option<Origin>,
 }
 
 /// What an [`ObjectStore::apply`] or [`ObjectStore::delete`] did, in input order. Entries look
@@ -387,6 +339,93 @@ impl fmt::Display for Location {
 // Behaviour of the public types
 // ---------------------------------------------------------------------------------------------
 
+/// What the lab reads of every object's metadata. k8s-openapi keeps each field optional;
+/// parsing always sets the name, and the namespace of a namespaced object.
+pub trait Named {
+    /// `metadata.name`.
+    fn name(&self) -> &str;
+    /// `metadata.namespace` (empty for a Namespace).
+    fn namespace(&self) -> &str;
+    /// `metadata.labels` (none when absent).
+    fn labels(&self) -> &BTreeMap<String, String>;
+}
+
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
+impl<T: k8s_openapi::Metadata<Ty = ObjectMeta>> Named for T {
+    fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+    fn namespace(&self) -> &str {
+        self.metadata().namespace.as_deref().unwrap_or_default()
+    }
+    fn labels(&self) -> &BTreeMap<String, String> {
+        self.metadata().labels.as_ref().unwrap_or(&NO_LABELS)
+    }
+}
+
+/// A pod's `spec.nodeName`: the lab node it is pinned to (`None`: the lab chooses).
+#[must_use]
+pub fn node_name(pod: &Pod) -> Option<&str> {
+    pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+}
+
+/// A pod's container ports, read as the Kubernetes source reads them.
+#[must_use]
+pub fn container_ports(pod: &Pod) -> Vec<state::ContainerPort> {
+    // Parsing checked every port: a stored pod always translates.
+    translate::container_ports(pod).unwrap_or_default()
+}
+
+/// A namespace's labels, with `kubernetes.io/metadata.name`.
+#[must_use]
+pub fn namespace_labels(ns: &Namespace) -> BTreeMap<String, String> {
+    translate::namespace_labels(ns)
+}
+
+/// A service's `spec.selector` (none when absent).
+#[must_use]
+pub fn selector(svc: &Service) -> BTreeMap<String, String> {
+    svc.spec.as_ref().and_then(|s| s.selector.clone()).unwrap_or_default()
+}
+
+/// The cluster IP a service asks for (`None`: the lab allocates one).
+#[must_use]
+pub fn requested_cluster_ip(svc: &Service) -> Option<Ipv4Addr> {
+    svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse().ok())
+}
+
+/// A service's ports in the collector's model (`targetPort` and protocol defaulted).
+#[must_use]
+pub fn service_ports(svc: &Service) -> Vec<state::ServicePort> {
+    let no_error = |field: String, message: String| translate::TranslateError { object: String::new(), field, message };
+    // Parsing checked every port: a stored service always translates.
+    svc.spec.as_ref().map(|spec| translate::service_ports(spec, &no_error).unwrap_or_default()).unwrap_or_default()
+}
+
+/// A service in the collector's model at `cluster_ip`, as the Kubernetes source translates it
+/// (without endpoints).
+#[must_use]
+pub fn service_state(svc: &Service, cluster_ip: Ipv4Addr) -> state::Service {
+    state::Service {
+        namespace: svc.namespace().to_owned(),
+        name: svc.name().to_owned(),
+        cluster_ip,
+        selector: selector(svc),
+        ports: service_ports(svc),
+        endpoints: None,
+    }
+}
+
+/// A NetworkPolicy in the collector's model, as the Kubernetes source translates it.
+///
+/// # Errors
+///
+/// What the translation refuses; parsing refuses it first, so stored policies always translate.
+pub fn policy_model(np: &NetworkPolicy) -> Result<model::NetworkPolicy, translate::TranslateError> {
+    translate::network_policy(np)
+}
+
 impl Object {
     /// The Kubernetes kind: `Namespace`, `Pod`, `Service` or `NetworkPolicy`.
     pub fn kind(&self) -> &'static str {
@@ -402,29 +441,19 @@ impl Object {
     pub fn namespace(&self) -> Option<&str> {
         match self {
             Self::Namespace(_) => None,
-            Self::Pod(p) => Some(&p.namespace),
-            Self::Service(s) => Some(&s.namespace),
-            Self::NetworkPolicy(p) => Some(&p.namespace),
+            Self::Pod(p) => Some(p.namespace()),
+            Self::Service(s) => Some(s.namespace()),
+            Self::NetworkPolicy(p) => Some(p.namespace()),
         }
     }
 
     /// The object's name.
     pub fn name(&self) -> &str {
         match self {
-            Self::Namespace(n) => &n.name,
-            Self::Pod(p) => &p.name,
-            Self::Service(s) => &s.name,
-            Self::NetworkPolicy(p) => &p.name,
-        }
-    }
-
-    /// Where the object was parsed from, if it was.
-    pub fn origin(&self) -> Option<&Origin> {
-        match self {
-            Self::Namespace(n) => n.origin.as_ref(),
-            Self::Pod(p) => p.origin.as_ref(),
-            Self::Service(s) => s.origin.as_ref(),
-            Self::NetworkPolicy(p) => p.origin.as_ref(),
+            Self::Namespace(n) => n.name(),
+            Self::Pod(p) => p.name(),
+            Self::Service(s) => s.name(),
+            Self::NetworkPolicy(p) => p.name(),
         }
     }
 
@@ -445,11 +474,6 @@ impl Object {
         }
     }
 
-    /// The error location of this object.
-    pub fn location(&self) -> Location {
-        Location::new(self.origin(), Some(self.label()))
-    }
-
     fn key(&self) -> (&'static str, String, String) {
         (
             self.kind(),
@@ -459,23 +483,27 @@ impl Object {
     }
 }
 
-impl Pod {
-    /// The number of the container port called `name` with `protocol`, as Kubernetes resolves
-    /// a named port (first match in container order).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "for Services' named targetPorts; NetworkPolicy resolves named ports in the \
-                      collector's compiler (PodInfo::named_ports)"
-        )
-    )]
-    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
-        self.ports
-            .iter()
-            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
-            .map(|p| p.port)
+impl Document {
+    /// The error location of this object.
+    pub fn location(&self) -> Location {
+        Location::new(self.origin.as_ref(), Some(self.object.label()))
     }
+}
+
+impl From<Object> for Document {
+    fn from(object: Object) -> Self {
+        Self { object, origin: None }
+    }
+}
+
+/// The number of the container port called `name` with `protocol`, as Kubernetes resolves a
+/// named port (first match in container order).
+#[must_use]
+pub fn named_port(pod: &Pod, name: &str, protocol: Protocol) -> Option<u16> {
+    container_ports(pod)
+        .into_iter()
+        .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+        .map(|p| p.port)
 }
 
 mod parse;
@@ -489,8 +517,36 @@ pub use store::ObjectStore;
 mod tests {
     use super::*;
     use super::store::*;
+    use sightline_collector::state::{ContainerPort, ServicePort, TargetPort};
 
-    fn parse(text: &str) -> Vec<Object> {
+    /// What the tests check of a pod: the lab's reading of the API object.
+    #[derive(Debug)]
+    struct PodView {
+        object: Pod,
+        namespace: String,
+        name: String,
+        labels: BTreeMap<String, String>,
+        node_name: Option<String>,
+        ports: Vec<ContainerPort>,
+    }
+
+    /// What the tests check of a service.
+    #[derive(Debug)]
+    struct ServiceView {
+        namespace: String,
+        name: String,
+        selector: BTreeMap<String, String>,
+        ports: Vec<ServicePort>,
+        cluster_ip: Option<Ipv4Addr>,
+    }
+
+    impl PodView {
+        fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+            named_port(&self.object, name, protocol)
+        }
+    }
+
+    fn parse(text: &str) -> Vec<Document> {
         match parse_manifests("test.yaml", text) {
             Ok(objects) => objects,
             Err(err) => panic!("unexpected error: {err}"),
@@ -522,23 +578,42 @@ mod tests {
             .collect()
     }
 
-    fn one_pod(text: &str) -> Pod {
-        match parse(text).as_slice() {
-            [Object::Pod(pod)] => pod.clone(),
+    /// The objects alone.
+    fn objects_of(text: &str) -> Vec<Object> {
+        parse(text).into_iter().map(|d| d.object).collect()
+    }
+
+    fn one_pod(text: &str) -> PodView {
+        match objects_of(text).as_slice() {
+            [Object::Pod(pod)] => PodView {
+                object: pod.clone(),
+                namespace: pod.namespace().to_owned(),
+                name: pod.name().to_owned(),
+                labels: pod.labels().clone(),
+                node_name: node_name(pod).map(str::to_owned),
+                ports: container_ports(pod),
+            },
             other => panic!("expected one pod, got {other:?}"),
         }
     }
 
-    fn one_service(text: &str) -> Service {
-        match parse(text).as_slice() {
-            [Object::Service(svc)] => svc.clone(),
+    fn one_service(text: &str) -> ServiceView {
+        match objects_of(text).as_slice() {
+            [Object::Service(svc)] => ServiceView {
+                namespace: svc.namespace().to_owned(),
+                name: svc.name().to_owned(),
+                selector: selector(svc),
+                ports: service_ports(svc),
+                cluster_ip: requested_cluster_ip(svc),
+            },
             other => panic!("expected one service, got {other:?}"),
         }
     }
 
-    fn one_policy(text: &str) -> NetworkPolicy {
-        match parse(text).as_slice() {
-            [Object::NetworkPolicy(p)] => p.clone(),
+    /// The policy in the collector's model, as the Kubernetes source reads the stored object.
+    fn one_policy(text: &str) -> model::NetworkPolicy {
+        match objects_of(text).as_slice() {
+            [Object::NetworkPolicy(p)] => policy_model(p).unwrap_or_else(|e| panic!("{e}")),
             other => panic!("expected one policy, got {other:?}"),
         }
     }
@@ -559,19 +634,18 @@ mod tests {
 
     #[test]
     fn namespace_gets_its_name_label() {
-        let objects = parse(
-            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    team: blue\n",
-        );
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    team: blue\n";
+        let objects = objects_of(text);
         let [Object::Namespace(ns)] = objects.as_slice() else {
             panic!("{objects:?}")
         };
-        assert_eq!(ns.name, "x");
+        assert_eq!(ns.name(), "x");
         assert_eq!(
-            ns.labels,
+            *ns.labels(),
             labels(&[("team", "blue"), (NAMESPACE_NAME_LABEL, "x")])
         );
         assert_eq!(
-            ns.origin,
+            parse(text)[0].origin,
             Some(Origin {
                 source: "test.yaml".into(),
                 document: 1
@@ -584,15 +658,64 @@ mod tests {
     }
 
     #[test]
+    fn objects_are_the_apis_own_with_the_api_servers_defaults() {
+        let objects = objects_of(
+            "apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec:
+  containers: [{ports: [{containerPort: 80, name: http}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {}
+  egress: [{to: [{ipBlock: {cidr: 10.0.0.0/8}}]}]
+",
+        );
+        let json: Vec<serde_json::Value> = objects
+            .iter()
+            .map(|o| match o {
+                Object::Pod(p) => serde_json::to_value(p),
+                Object::Service(s) => serde_json::to_value(s),
+                Object::NetworkPolicy(p) => serde_json::to_value(p),
+                Object::Namespace(n) => serde_json::to_value(n),
+            })
+            .collect::<Result<_, _>>()
+            .unwrap_or_default();
+        // The Kubernetes JSON of each object, as the API server would hand it to a watcher.
+        assert_eq!(json[0]["metadata"]["namespace"], "x");
+        assert_eq!(json[0]["spec"]["containers"][0]["name"], "container-0");
+        assert_eq!(json[0]["spec"]["containers"][0]["ports"][0], serde_json::json!({"containerPort": 80, "name": "http", "protocol": "TCP"}));
+        assert_eq!(json[1]["metadata"]["namespace"], "default");
+        assert_eq!(json[1]["spec"]["type"], "ClusterIP");
+        assert_eq!(json[1]["spec"]["ports"][0], serde_json::json!({"port": 80, "protocol": "TCP", "targetPort": 80}));
+        assert_eq!(json[2]["spec"]["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+        // And the collector's translation reads them as the lab validated them.
+        let Object::NetworkPolicy(p) = &objects[2] else { panic!("{objects:?}") };
+        let model = policy_model(p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(model.policy_types, vec![PolicyType::Ingress, PolicyType::Egress]);
+        assert_eq!(model.egress[0].peers[0].ip_block.as_ref().map(|b| b.cidr.as_str()), Some("10.0.0.0/8"));
+    }
+
+    #[test]
     fn namespace_label_cannot_be_overridden() {
-        let objects = parse(
+        let objects = objects_of(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: x\n  labels:\n    \
              kubernetes.io/metadata.name: other\n",
         );
         let [Object::Namespace(ns)] = objects.as_slice() else {
             panic!("{objects:?}")
         };
-        assert_eq!(ns.labels, labels(&[(NAMESPACE_NAME_LABEL, "x")]));
+        assert_eq!(*ns.labels(), labels(&[(NAMESPACE_NAME_LABEL, "x")]));
     }
 
     #[test]
@@ -846,11 +969,7 @@ spec:
         assert!(policy.ingress.is_empty() && policy.egress.is_empty());
         assert!(policy.isolates_ingress() && !policy.isolates_egress());
         // No spec at all: the same as the API server's zero value plus defaulting.
-        let objects =
-            parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\n");
-        let [Object::NetworkPolicy(p)] = objects.as_slice() else {
-            panic!("{objects:?}")
-        };
+        let p = one_policy("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\n");
         assert_eq!(p.namespace, "default");
         assert_eq!(p.policy_types, vec![PolicyType::Ingress]);
     }
@@ -928,12 +1047,12 @@ metadata: {name: b, namespace: x}
 ---
 ";
         let objects = parse(text);
-        let names: Vec<String> = objects.iter().map(Object::entry).collect();
+        let names: Vec<String> = objects.iter().map(|d| d.object.entry()).collect();
         assert_eq!(names, ["namespace/x", "pod/x/a", "pod/x/b"]);
         // Empty documents still count, so numbers are positions in the file.
         let documents: Vec<usize> = objects
             .iter()
-            .map(|o| o.origin().map_or(0, |o| o.document))
+            .map(|d| d.origin.as_ref().map_or(0, |o| o.document))
             .collect();
         assert_eq!(documents, [1, 4, 5]);
         assert!(parse("").is_empty());
@@ -1752,7 +1871,7 @@ metadata: {name: c}
         let store = ObjectStore::new();
         assert_eq!(store, ObjectStore::default());
         assert_eq!(
-            store.namespaces.get("default").map(|n| n.labels.clone()),
+            store.namespaces.get("default").map(|n| n.labels().clone()),
             Some(labels(&[(NAMESPACE_NAME_LABEL, "default")]))
         );
         assert!(store.pods.is_empty() && store.services.is_empty() && store.policies.is_empty());
@@ -1774,12 +1893,7 @@ metadata: {name: c}
         assert!(
             report.updated.is_empty() && report.unchanged.is_empty() && report.deleted.is_empty()
         );
-        let pod = store.pods.get(&("x".to_owned(), "a".to_owned())).cloned();
-        assert_eq!(
-            pod.as_ref().map(|p| p.origin.clone()),
-            Some(None),
-            "stored objects carry no origin"
-        );
+        assert!(store.pods.contains_key(&("x".to_owned(), "a".to_owned())));
 
         // The same objects from another file: unchanged (origins do not matter).
         let again = store.apply(parse_manifests("other.yaml", SETUP).unwrap_or_default());
@@ -1818,7 +1932,7 @@ metadata: {name: x}
             store
                 .pods
                 .get(&("x".to_owned(), "a".to_owned()))
-                .map(|p| p.labels.len()),
+                .map(|p| p.labels().len()),
             Some(2)
         );
     }
@@ -2029,8 +2143,8 @@ metadata: {name: x}
             value["pods"].is_array() && value["namespaces"].is_object(),
             "{json}"
         );
-        // Objects round-trip too, origin included.
-        let objects = parse(SETUP);
+        // Objects round-trip too.
+        let objects = objects_of(SETUP);
         let json = serde_json::to_string(&objects).unwrap_or_default();
         let back: Result<Vec<Object>, _> = serde_json::from_str(&json);
         assert_eq!(back.ok(), Some(objects));
@@ -2040,15 +2154,11 @@ metadata: {name: x}
     fn objects_constructed_in_code_have_locations_without_documents() {
         let mut store = ObjectStore::new();
         let pod = Pod {
-            namespace: "nope".into(),
-            name: "a".into(),
-            labels: BTreeMap::new(),
-            node_name: None,
-            ports: vec![],
-            origin: None,
+            metadata: ObjectMeta { namespace: Some("nope".into()), name: Some("a".into()), ..ObjectMeta::default() },
+            ..Pod::default()
         };
         let message = store
-            .apply(vec![Object::Pod(pod)])
+            .apply(vec![Document::from(Object::Pod(pod))])
             .err()
             .map(|e| e.to_string());
         assert_eq!(

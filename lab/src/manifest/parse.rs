@@ -1,6 +1,7 @@
 //! Parsing manifests: YAML documents into raw structs mirroring the
 //! Kubernetes fields (serde reports wrong types and unknown fields with
-//! their path), then handed to `validate`.
+//! their path, which k8s-openapi's types, tolerant of unknown fields, would
+//! not), then handed to `validate`, which makes the API's objects.
 
 use super::*;
 use super::validate::*;
@@ -13,7 +14,7 @@ use super::validate::*;
 /// Parses multi-document YAML (as `kubectl apply -f` takes it) into validated objects, in
 /// document order. `source` names the text in errors (usually the file path). Empty documents
 /// are skipped. The first problem found is returned.
-pub fn parse_manifests(source: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
+pub fn parse_manifests(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
     // Pass 1: well-formedness, and what each document says it is.
     let mut values = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -61,7 +62,7 @@ pub(super) fn parse_document(
     origin: Origin,
     value: &serde_yaml::Value,
     document: serde_yaml::Deserializer<'_>,
-) -> Result<Option<Object>, ManifestError> {
+) -> Result<Option<Document>, ManifestError> {
     use serde_yaml::Value;
 
     let map = match value {
@@ -145,25 +146,25 @@ pub(super) fn parse_document(
         "Namespace" => {
             let raw =
                 RawDocument::<IgnoredAny>::deserialize(document).map_err(|e| ck.schema(&e))?;
-            Object::Namespace(convert_namespace(&ck, raw, origin)?)
+            Object::Namespace(convert_namespace(&ck, raw)?)
         }
         "Pod" => {
             let raw =
                 RawDocument::<RawPodSpec>::deserialize(document).map_err(|e| ck.schema(&e))?;
-            Object::Pod(convert_pod(&ck, raw, origin)?)
+            Object::Pod(convert_pod(&ck, raw)?)
         }
         "Service" => {
             let raw =
                 RawDocument::<RawServiceSpec>::deserialize(document).map_err(|e| ck.schema(&e))?;
-            Object::Service(convert_service(&ck, raw, origin)?)
+            Object::Service(convert_service(&ck, raw)?)
         }
         _ => {
             let raw =
                 RawDocument::<RawPolicySpec>::deserialize(document).map_err(|e| ck.schema(&e))?;
-            Object::NetworkPolicy(convert_policy(&ck, raw, origin)?)
+            Object::NetworkPolicy(convert_policy(&ck, raw)?)
         }
     };
-    Ok(Some(object))
+    Ok(Some(Document { object, origin: Some(origin) }))
 }
 
 /// Builds errors for one document.
@@ -312,6 +313,7 @@ impl<'de> Deserialize<'de> for RawPodSpec {
 
 #[derive(Default)]
 pub(super) struct RawContainer {
+    pub(super) name: Option<StrictString>,
     pub(super) ports: Option<Vec<RawContainerPort>>,
 }
 
@@ -320,6 +322,7 @@ impl FieldReader for RawContainer {
     const WHAT: &'static str = "container";
     fn take<'de, A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<bool, A::Error> {
         match key {
+            "name" => self.name = map.next_value()?,
             "ports" => self.ports = map.next_value()?,
             _ => return Ok(false),
         }

@@ -8,8 +8,8 @@ use super::*;
 // The object store
 // ---------------------------------------------------------------------------------------------
 
-/// The lab's objects. Serializes (serde_json) with `namespaces` as a map by name and the
-/// namespaced kinds as lists, and round-trips exactly. Stored objects have `origin: None`.
+/// The lab's objects, as the API's types. Serializes (serde_json) with `namespaces` as a map by
+/// name and the namespaced kinds as lists, and round-trips exactly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ObjectStore {
     /// By name; always contains `default`.
@@ -57,21 +57,9 @@ mod keyed {
     }
 }
 
-impl keyed::Keyed for Pod {
+impl<T: Named> keyed::Keyed for T {
     fn key(&self) -> (String, String) {
-        (self.namespace.clone(), self.name.clone())
-    }
-}
-
-impl keyed::Keyed for Service {
-    fn key(&self) -> (String, String) {
-        (self.namespace.clone(), self.name.clone())
-    }
-}
-
-impl keyed::Keyed for NetworkPolicy {
-    fn key(&self) -> (String, String) {
-        (self.namespace.clone(), self.name.clone())
+        (self.namespace().to_owned(), self.name().to_owned())
     }
 }
 
@@ -109,9 +97,12 @@ impl ObjectStore {
         namespaces.insert(
             DEFAULT_NAMESPACE.to_owned(),
             Namespace {
-                name: DEFAULT_NAMESPACE.to_owned(),
-                labels,
-                origin: None,
+                metadata: ObjectMeta {
+                    name: Some(DEFAULT_NAMESPACE.to_owned()),
+                    labels: Some(labels),
+                    ..ObjectMeta::default()
+                },
+                ..Namespace::default()
             },
         );
         Self {
@@ -130,14 +121,14 @@ impl ObjectStore {
     /// document; the same (kind, namespace, name) twice in `objects` is an error naming both
     /// documents; changing an existing pod's `spec.nodeName` is an error, as is changing a
     /// service's requested clusterIP; two services requesting the same clusterIP is an error.
-    /// Cluster IPs the lab allocates itself (for `cluster_ip: None`) are not known here.
+    /// Cluster IPs the lab allocates itself (for no `spec.clusterIP`) are not known here.
     /// All-or-nothing: on error `self` is unchanged.
-    pub fn apply(&mut self, objects: Vec<Object>) -> Result<ApplyReport, ManifestError> {
+    pub fn apply(&mut self, objects: Vec<Document>) -> Result<ApplyReport, ManifestError> {
         check_duplicates(&objects)?;
         let created_namespaces: BTreeSet<String> = objects
             .iter()
-            .filter_map(|o| match o {
-                Object::Namespace(ns) => Some(ns.name.clone()),
+            .filter_map(|d| match &d.object {
+                Object::Namespace(ns) => Some(ns.name().to_owned()),
                 _ => None,
             })
             .collect();
@@ -147,8 +138,9 @@ impl ObjectStore {
         // Services with a requested cluster IP, for the collision check on the final state.
         let mut requested_ips: Vec<((String, String), Ipv4Addr, Location)> = Vec::new();
 
-        for object in objects {
-            let at = object.location();
+        for document in objects {
+            let at = document.location();
+            let object = document.object;
             let entry = object.entry();
             let missing = object.namespace().filter(|ns| {
                 !self.namespaces.contains_key(*ns) && !created_namespaces.contains(*ns)
@@ -164,22 +156,19 @@ impl ObjectStore {
             }
             let change = match object {
                 Object::Namespace(mut ns) => {
-                    ns.origin = None;
-                    ns.labels
-                        .insert(NAMESPACE_NAME_LABEL.to_owned(), ns.name.clone());
-                    upsert(&mut next.namespaces, ns.name.clone(), ns)
+                    let name = ns.name().to_owned();
+                    ns.metadata.labels.get_or_insert_default().insert(NAMESPACE_NAME_LABEL.to_owned(), name.clone());
+                    upsert(&mut next.namespaces, name, ns)
                 }
-                Object::Pod(mut pod) => {
-                    pod.origin = None;
-                    let key = (pod.namespace.clone(), pod.name.clone());
+                Object::Pod(pod) => {
+                    let key = (pod.namespace().to_owned(), pod.name().to_owned());
                     let moved = next
                         .pods
                         .get(&key)
-                        .filter(|old| old.node_name != pod.node_name);
+                        .filter(|old| node_name(old) != node_name(&pod));
                     if let Some(old) = moved {
-                        let show = |n: &Option<String>| {
-                            n.as_deref()
-                                .map_or_else(|| "unset".to_owned(), |n| format!("{n:?}"))
+                        let show = |n: Option<&str>| {
+                            n.map_or_else(|| "unset".to_owned(), |n| format!("{n:?}"))
                         };
                         return Err(ManifestError::Invalid {
                             at,
@@ -187,14 +176,14 @@ impl ObjectStore {
                             message: format!(
                                 "cannot change from {} to {}: delete the pod and create it again \
                                  to move it",
-                                show(&old.node_name),
-                                show(&pod.node_name)
+                                show(node_name(old)),
+                                show(node_name(&pod))
                             ),
                         });
                     }
                     // Like Kubernetes, a pod's containers are immutable: only
                     // its labels (and other metadata) may change in place.
-                    let reported = next.pods.get(&key).filter(|old| old.ports != pod.ports);
+                    let reported = next.pods.get(&key).filter(|old| container_ports(old) != container_ports(&pod));
                     if reported.is_some() {
                         return Err(ManifestError::Invalid {
                             at,
@@ -206,11 +195,10 @@ impl ObjectStore {
                     }
                     upsert(&mut next.pods, key, pod)
                 }
-                Object::Service(mut svc) => {
-                    svc.origin = None;
-                    let key = (svc.namespace.clone(), svc.name.clone());
-                    let old_ip = next.services.get(&key).and_then(|s| s.cluster_ip);
-                    match (old_ip, svc.cluster_ip) {
+                Object::Service(svc) => {
+                    let key = (svc.namespace().to_owned(), svc.name().to_owned());
+                    let old_ip = next.services.get(&key).and_then(requested_cluster_ip);
+                    match (old_ip, requested_cluster_ip(&svc)) {
                         (Some(old), Some(new)) if old != new => {
                             return Err(ManifestError::Invalid {
                                 at,
@@ -222,14 +210,13 @@ impl ObjectStore {
                         }
                         _ => {}
                     }
-                    if let Some(ip) = svc.cluster_ip {
+                    if let Some(ip) = requested_cluster_ip(&svc) {
                         requested_ips.push((key.clone(), ip, at));
                     }
                     upsert(&mut next.services, key, svc)
                 }
-                Object::NetworkPolicy(mut policy) => {
-                    policy.origin = None;
-                    let key = (policy.namespace.clone(), policy.name.clone());
+                Object::NetworkPolicy(policy) => {
+                    let key = (policy.namespace().to_owned(), policy.name().to_owned());
                     upsert(&mut next.policies, key, policy)
                 }
             };
@@ -244,7 +231,7 @@ impl ObjectStore {
             let clash = next
                 .services
                 .iter()
-                .find(|(other, svc)| *other != key && svc.cluster_ip == Some(*ip));
+                .find(|(other, svc)| *other != key && requested_cluster_ip(svc) == Some(*ip));
             if let Some(((ns, name), _)) = clash {
                 let other_place = requested_ips
                     .iter()
@@ -270,33 +257,28 @@ impl ObjectStore {
     /// after the objects named). Deleting `default` is an error; so is deleting an object the
     /// lab does not have (like kubectl without `--ignore-not-found`) — an object that is present
     /// may be named together with its namespace. All-or-nothing: on error `self` is unchanged.
-    pub fn delete(&mut self, objects: &[Object]) -> Result<ApplyReport, ManifestError> {
+    pub fn delete(&mut self, objects: &[Document]) -> Result<ApplyReport, ManifestError> {
         check_duplicates(objects)?;
-        for object in objects {
-            let exists = match object {
+        for document in objects {
+            let key = |o: &dyn Named| (o.namespace().to_owned(), o.name().to_owned());
+            let exists = match &document.object {
                 Object::Namespace(ns) => {
-                    if ns.name == DEFAULT_NAMESPACE {
+                    if ns.name() == DEFAULT_NAMESPACE {
                         return Err(ManifestError::Invalid {
-                            at: object.location(),
+                            at: document.location(),
                             field: "metadata.name".to_owned(),
                             message: "the namespace default cannot be deleted".to_owned(),
                         });
                     }
-                    self.namespaces.contains_key(&ns.name)
+                    self.namespaces.contains_key(ns.name())
                 }
-                Object::Pod(p) => self
-                    .pods
-                    .contains_key(&(p.namespace.clone(), p.name.clone())),
-                Object::Service(s) => self
-                    .services
-                    .contains_key(&(s.namespace.clone(), s.name.clone())),
-                Object::NetworkPolicy(p) => self
-                    .policies
-                    .contains_key(&(p.namespace.clone(), p.name.clone())),
+                Object::Pod(p) => self.pods.contains_key(&key(p)),
+                Object::Service(s) => self.services.contains_key(&key(s)),
+                Object::NetworkPolicy(p) => self.policies.contains_key(&key(p)),
             };
             if !exists {
                 return Err(ManifestError::NotFound {
-                    at: object.location(),
+                    at: document.location(),
                 });
             }
         }
@@ -304,20 +286,22 @@ impl ObjectStore {
         let mut next = self.clone();
         let mut report = ApplyReport::default();
         let mut gone_namespaces = Vec::new();
-        for object in objects {
+        for document in objects {
+            let object = &document.object;
+            let key = (object.namespace().unwrap_or_default().to_owned(), object.name().to_owned());
             match object {
                 Object::Namespace(ns) => {
-                    next.namespaces.remove(&ns.name);
-                    gone_namespaces.push(ns.name.clone());
+                    next.namespaces.remove(ns.name());
+                    gone_namespaces.push(ns.name().to_owned());
                 }
-                Object::Pod(p) => {
-                    next.pods.remove(&(p.namespace.clone(), p.name.clone()));
+                Object::Pod(_) => {
+                    next.pods.remove(&key);
                 }
-                Object::Service(s) => {
-                    next.services.remove(&(s.namespace.clone(), s.name.clone()));
+                Object::Service(_) => {
+                    next.services.remove(&key);
                 }
-                Object::NetworkPolicy(p) => {
-                    next.policies.remove(&(p.namespace.clone(), p.name.clone()));
+                Object::NetworkPolicy(_) => {
+                    next.policies.remove(&key);
                 }
             }
             report.deleted.push(object.entry());
@@ -351,10 +335,10 @@ pub(super) fn remove_namespace<V>(map: &mut BTreeMap<(String, String), V>, ns: &
 }
 
 /// The same (kind, namespace, name) twice in one batch is an error naming both places.
-pub(super) fn check_duplicates(objects: &[Object]) -> Result<(), ManifestError> {
-    let mut seen: BTreeMap<(&'static str, String, String), &Object> = BTreeMap::new();
+pub(super) fn check_duplicates(objects: &[Document]) -> Result<(), ManifestError> {
+    let mut seen: BTreeMap<(&'static str, String, String), &Document> = BTreeMap::new();
     for object in objects {
-        if let Some(first) = seen.insert(object.key(), object) {
+        if let Some(first) = seen.insert(object.object.key(), object) {
             return Err(ManifestError::Duplicate {
                 at: object.location(),
                 first: Box::new(first.location()),

@@ -1,6 +1,10 @@
-//! Conversion with validation: raw structs into the public types, with
-//! the API server's defaults and its refusals, and the field formats
-//! apimachinery defines.
+//! Conversion with validation: raw structs into the API's objects
+//! (k8s-openapi), with the API server's defaults and its refusals, and the
+//! field formats apimachinery defines.
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as net;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 
 use super::*;
 use super::parse::*;
@@ -69,6 +73,18 @@ pub(super) fn convert_meta(ck: &Checker, raw: Option<RawMeta>, rule: NameRule) -
     })
 }
 
+impl Meta {
+    /// The object's metadata; `namespaced` sets its namespace.
+    fn object_meta(self, namespaced: bool) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(self.name),
+            namespace: namespaced.then_some(self.namespace),
+            labels: (!self.labels.is_empty()).then_some(self.labels),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
 pub(super) fn check_labels(
     ck: &Checker,
     path: &str,
@@ -88,23 +104,19 @@ pub(super) fn check_labels(
 pub(super) fn convert_namespace(
     ck: &Checker,
     raw: RawDocument<IgnoredAny>,
-    origin: Origin,
 ) -> Result<Namespace, ManifestError> {
     // metadata.namespace means nothing on a cluster-scoped object; the API server ignores it.
-    let meta = convert_meta(ck, raw.metadata, NameRule::Label)?;
-    let mut labels = meta.labels;
-    labels.insert(NAMESPACE_NAME_LABEL.to_owned(), meta.name.clone());
+    let mut meta = convert_meta(ck, raw.metadata, NameRule::Label)?;
+    meta.labels.insert(NAMESPACE_NAME_LABEL.to_owned(), meta.name.clone());
     Ok(Namespace {
-        name: meta.name,
-        labels,
-        origin: Some(origin),
+        metadata: meta.object_meta(false),
+        ..Namespace::default()
     })
 }
 
 pub(super) fn convert_pod(
     ck: &Checker,
     raw: RawDocument<RawPodSpec>,
-    origin: Origin,
 ) -> Result<Pod, ManifestError> {
     let meta = convert_meta(ck, raw.metadata, NameRule::Subdomain)?;
     let spec = raw.spec.unwrap_or_default();
@@ -123,8 +135,9 @@ pub(super) fn convert_pod(
         }
         other => other,
     };
-    let mut ports = Vec::new();
+    let mut containers = Vec::new();
     for (c, container) in spec.containers.unwrap_or_default().into_iter().enumerate() {
+        let mut ports = Vec::new();
         let mut names = BTreeSet::new();
         for (p, raw_port) in container.ports.unwrap_or_default().into_iter().enumerate() {
             let path = format!("spec.containers[{c}].ports[{p}]");
@@ -152,27 +165,31 @@ pub(super) fn convert_pod(
                     ));
                 }
             }
-            ports.push(ContainerPort {
-                port,
-                protocol: raw_port.protocol.unwrap_or(Protocol::Tcp),
+            ports.push(core::ContainerPort {
+                container_port: i32::from(port),
+                protocol: Some(raw_port.protocol.unwrap_or(Protocol::Tcp).to_string()),
                 name,
+                ..core::ContainerPort::default()
             });
         }
+        // The API server requires a name; the lab names a nameless container by its place.
+        let name = container.name.map(|n| n.0).filter(|n| !n.is_empty()).unwrap_or_else(|| format!("container-{c}"));
+        containers.push(core::Container {
+            name,
+            ports: (!ports.is_empty()).then_some(ports),
+            ..core::Container::default()
+        });
     }
     Ok(Pod {
-        namespace: meta.namespace,
-        name: meta.name,
-        labels: meta.labels,
-        node_name,
-        ports,
-        origin: Some(origin),
+        metadata: meta.object_meta(true),
+        spec: Some(core::PodSpec { node_name, containers, ..core::PodSpec::default() }),
+        status: None,
     })
 }
 
 pub(super) fn convert_service(
     ck: &Checker,
     raw: RawDocument<RawServiceSpec>,
-    origin: Origin,
 ) -> Result<Service, ManifestError> {
     const CLUSTER_IP_ONLY: &str = "the lab supports only ClusterIP services";
     let meta = convert_meta(ck, raw.metadata, NameRule::Label1035)?;
@@ -393,34 +410,38 @@ pub(super) fn convert_service(
                 Some(K8sIntOrString::String(s))
             }
         };
+        // The API server's defaulting: targetPort is the port when absent, 0 or "".
         let target_port = match translate::target_port(port, target.as_ref())
             .map_err(|m| ck.fail(format!("{path}.targetPort"), m))?
         {
-            sightline_collector::state::TargetPort::Number(n) => TargetPort::Number(n),
-            sightline_collector::state::TargetPort::Name(n) => TargetPort::Name(n),
+            state::TargetPort::Number(n) => K8sIntOrString::Int(i32::from(n)),
+            state::TargetPort::Name(n) => K8sIntOrString::String(n),
         };
-        ports.push(ServicePort {
+        ports.push(core::ServicePort {
             name,
-            port,
-            target_port,
-            protocol,
+            port: i32::from(port),
+            target_port: Some(target_port),
+            protocol: Some(protocol.to_string()),
+            ..core::ServicePort::default()
         });
     }
 
     Ok(Service {
-        namespace: meta.namespace,
-        name: meta.name,
-        selector,
-        ports,
-        cluster_ip,
-        origin: Some(origin),
+        metadata: meta.object_meta(true),
+        spec: Some(core::ServiceSpec {
+            type_: Some("ClusterIP".to_owned()),
+            cluster_ip: cluster_ip.map(|ip| ip.to_string()),
+            selector: (!selector.is_empty()).then_some(selector),
+            ports: Some(ports),
+            ..core::ServiceSpec::default()
+        }),
+        status: None,
     })
 }
 
 pub(super) fn convert_policy(
     ck: &Checker,
     raw: RawDocument<RawPolicySpec>,
-    origin: Origin,
 ) -> Result<NetworkPolicy, ManifestError> {
     let meta = convert_meta(ck, raw.metadata, NameRule::Subdomain)?;
     let spec = raw.spec.unwrap_or_default();
@@ -465,15 +486,84 @@ pub(super) fn convert_policy(
     // Kubernetes source decides it.
     let policy_types = translate::default_policy_types(&policy_types, !egress.is_empty());
 
-    Ok(NetworkPolicy {
-        namespace: meta.namespace,
-        name: meta.name,
+    let validated = model::NetworkPolicy {
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone(),
         pod_selector,
         policy_types,
         ingress,
         egress,
-        origin: Some(origin),
-    })
+        origin: None,
+    };
+    let object = policy_object(meta.object_meta(true), &validated);
+    // The object is what the lab stores and what the collector's translation reads: it must
+    // read back as exactly what was validated here.
+    match translate::network_policy(&object) {
+        Ok(read) if read == validated => Ok(object),
+        Ok(read) => Err(ck.fail("spec", format!("reads back as {read:?}, not as validated ({validated:?})"))),
+        Err(e) => Err(ck.fail(e.field, e.message)),
+    }
+}
+
+/// The API's object for a validated policy (policy types defaulted, as the API server stores
+/// them).
+fn policy_object(metadata: ObjectMeta, p: &model::NetworkPolicy) -> NetworkPolicy {
+    let selector = |s: &LabelSelector| meta::LabelSelector {
+        match_labels: (!s.match_labels.is_empty()).then(|| s.match_labels.clone()),
+        match_expressions: (!s.match_expressions.is_empty()).then(|| {
+            s.match_expressions
+                .iter()
+                .map(|r| meta::LabelSelectorRequirement {
+                    key: r.key.clone(),
+                    operator: r.operator.as_str().to_owned(),
+                    values: (!r.values.is_empty()).then(|| r.values.clone()),
+                })
+                .collect()
+        }),
+    };
+    let peers = |r: &Rule| -> Option<Vec<net::NetworkPolicyPeer>> {
+        (!r.peers.is_empty()).then(|| {
+            r.peers
+                .iter()
+                .map(|p| net::NetworkPolicyPeer {
+                    pod_selector: p.pod_selector.as_ref().map(selector),
+                    namespace_selector: p.namespace_selector.as_ref().map(selector),
+                    ip_block: p.ip_block.as_ref().map(|b| net::IPBlock {
+                        cidr: b.cidr.clone(),
+                        except: (!b.except.is_empty()).then(|| b.except.clone()),
+                    }),
+                })
+                .collect()
+        })
+    };
+    let ports = |r: &Rule| -> Option<Vec<net::NetworkPolicyPort>> {
+        (!r.ports.is_empty()).then(|| {
+            r.ports
+                .iter()
+                .map(|p| net::NetworkPolicyPort {
+                    protocol: Some(p.protocol.to_string()),
+                    port: p.port.as_ref().map(|port| match port {
+                        PortRef::Number(n) => K8sIntOrString::Int(i32::from(*n)),
+                        PortRef::Name(n) => K8sIntOrString::String(n.clone()),
+                    }),
+                    end_port: p.end_port.map(i32::from),
+                })
+                .collect()
+        })
+    };
+    NetworkPolicy {
+        metadata,
+        spec: Some(net::NetworkPolicySpec {
+            pod_selector: Some(selector(&p.pod_selector)),
+            policy_types: Some(p.policy_types.iter().map(|t| t.as_str().to_owned()).collect()),
+            ingress: (!p.ingress.is_empty()).then(|| {
+                p.ingress.iter().map(|r| net::NetworkPolicyIngressRule { from: peers(r), ports: ports(r) }).collect()
+            }),
+            egress: (!p.egress.is_empty()).then(|| {
+                p.egress.iter().map(|r| net::NetworkPolicyEgressRule { to: peers(r), ports: ports(r) }).collect()
+            }),
+        }),
+    }
 }
 
 pub(super) fn convert_rule(
