@@ -8,9 +8,11 @@
 //! For each run the collector's own figures are read before and after:
 //!
 //! - **agent CPU per event**: the CPU time of every thread of the collector
-//!   process (`/proc/PID/task/*/schedstat`) divided by the events it
-//!   decoded — draining the ring buffer, wake-ups, decoding, building flows,
-//!   metrics, the store, timers, everything;
+//!   process (`/proc/PID/task/*/schedstat`), from just before the first
+//!   datagram until /metrics first shows the final event counts, divided
+//!   by the events it decoded — draining the ring buffer, wake-ups,
+//!   decoding, building flows, metrics, the store, timers, conntrack
+//!   garbage collection at its default interval, everything;
 //! - **events generated vs delivered**: what the probes wrote plus what they
 //!   could not write (ring buffer full), against what the collector decoded;
 //! - ring-buffer losses, flow-store overwrites, the collector's RSS, and the
@@ -33,7 +35,7 @@ use sightline_lab::cluster::{self, LabState};
 const LAB: &str = "bench-flood";
 
 /// `sightline bench flood`.
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct FloodArgs {
     /// Datagrams per run.
     #[arg(long, default_value_t = 50_000)]
@@ -309,19 +311,24 @@ fn one_run(state: &LabState, args: &FloodArgs, rate: u64, first_port: u16) -> an
     let counters = |text: &str| {
         (metric(text, "sightline_pipeline_events_decoded_total"), metric(text, "sightline_ringbuf_events_written_total"))
     };
+    // The run's CPU ends at the first reading that shows the final counts
+    // (within the second /metrics takes to refresh them): the quiet time
+    // spent making sure nothing more comes is not the run's.
     let mut last = counters(&scrape(&metrics));
+    let mut cpu_after = cpu_ns(pid);
     let mut still_since = Instant::now();
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(250));
         let now = counters(&scrape(&metrics));
+        let cpu_now = cpu_ns(pid);
         if now != last {
             still_since = Instant::now();
             last = now;
+            cpu_after = cpu_now;
         } else if still_since.elapsed() >= Duration::from_millis(2500) {
             break;
         }
     }
-    let cpu_after = cpu_ns(pid);
     let last = status(state)?;
     let m_after = scrape(&metrics);
     let lost = |s: &sightline_collector::control::Status| s.events_lost_per_cpu.iter().sum::<u64>();
@@ -374,9 +381,11 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
         aggregation: args.aggregation.clone(),
         debug_events: false,
         datapath: true,
-        // Short-lived connections, so that every run's tuples are new again.
+        // Short-lived connections, so that every run's tuples are new
+        // again; garbage collection at the collector's default interval,
+        // as users run it.
         ct_timeouts: "other=1s".into(),
-        ct_gc_interval: "1s".into(),
+        ct_gc_interval: "5s".into(),
         policy_audit: false,
         flow_capacity: 4095,
         metrics: Vec::new(),
@@ -392,6 +401,11 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let state = up?;
     let result = (|| -> anyhow::Result<Vec<Run>> {
+        // A short unmeasured run first: the flow store's first fill, the
+        // allocator's growth and the first map readings are start-up costs,
+        // not the steady per-event cost the runs measure.
+        eprintln!("bench: warming up …");
+        one_run(&state, &FloodArgs { datagrams: args.datagrams.min(20_000), ..args.clone() }, 0, 30_000)?;
         let mut runs = Vec::new();
         for (i, &rate) in args.rates.iter().enumerate() {
             eprintln!("bench: {} datagrams at {} …", args.datagrams, if rate == 0 { "full speed".to_owned() } else { format!("{rate}/s") });
@@ -432,7 +446,7 @@ pub fn flood(args: &FloodArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.write {
         let rates = args.rates.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
         let section = format!(
-            "<!-- bench:flood:start -->\nMeasured by `sightline bench flood --datagrams {} --rates {rates} --aggregation {} --vary {}` ({} CPUs, Linux {}): one node, one UDP datagram per new tuple from x/a to x/b (the {} port varies), {} datagrams per run. Agent CPU is every thread of the collector process (`/proc/PID/task/*/schedstat`) over the run, divided by the events it decoded.\n\n{table}<!-- bench:flood:end -->",
+            "<!-- bench:flood:start -->\nMeasured by `sightline bench flood --datagrams {} --rates {rates} --aggregation {} --vary {}` ({} CPUs, Linux {}): one node, one UDP datagram per new tuple from x/a to x/b (the {} port varies), {} datagrams per run. Agent CPU is every thread of the collector process (`/proc/PID/task/*/schedstat`) from just before the first datagram to the first reading of the final event counts on /metrics (refreshed every second), divided by the events it decoded, after an unmeasured warm-up run; the collector runs with its default conntrack garbage-collection interval (5 s) and a 1 s UDP lifetime, so that each run's tuples are new.\n\n{table}<!-- bench:flood:end -->",
             args.datagrams,
             args.aggregation,
             if args.vary == Vary::Source { "source" } else { "destination" },

@@ -58,12 +58,6 @@ fn use_color(when: ColorWhen, is_terminal: bool) -> bool {
     }
 }
 
-/// Now as RFC 3339 in UTC, to the millisecond (for log lines).
-#[must_use]
-pub fn rfc3339_now() -> String {
-    time::format_timestamp(Some(&time::system_time_to_timestamp(SystemTime::now())), time::TimeFormat::Rfc3339Milli)
-}
-
 /// `sightline observe`: prints flows until the selection is exhausted (or,
 /// with `--follow`, until Ctrl-C).
 pub fn observe(args: ObserveArgs) -> anyhow::Result<()> {

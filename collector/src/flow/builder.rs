@@ -59,6 +59,7 @@
 //! nor know about protobuf: that is `convert`'s job.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -66,6 +67,8 @@ use std::sync::Arc;
 use sightline_abi as abi;
 use sightline_abi::Event;
 use sightline_flow::ServiceMeta;
+
+use crate::metrics::tally::Seeded;
 
 use super::{Flow, Side};
 use crate::metadata::{Frontend, Metadata};
@@ -373,15 +376,21 @@ fn cache_limit(metadata_len: usize) -> usize {
 }
 
 /// A cache of `Arc`s made from values that `Metadata` holds by value, so
-/// that flows share one allocation per distinct value.
-#[derive(Debug)]
+/// that flows share one allocation per distinct value. Keyed by small
+/// integers, hashed per event: the metrics' word hasher, not SipHash.
 struct Shared<K, T: ?Sized> {
-    map: HashMap<K, Arc<T>>,
+    map: HashMap<K, Arc<T>, Seeded>,
+}
+
+impl<K: fmt::Debug, T: ?Sized + fmt::Debug> fmt::Debug for Shared<K, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.map.iter()).finish()
+    }
 }
 
 impl<K, T: ?Sized> Default for Shared<K, T> {
     fn default() -> Self {
-        Self { map: HashMap::new() }
+        Self { map: HashMap::with_hasher(Seeded::new()) }
     }
 }
 

@@ -249,7 +249,7 @@ impl<K: Hash + Eq + Copy + Default> Index<K> {
 pub(crate) struct Seeded(u64);
 
 impl Seeded {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(std::collections::hash_map::RandomState::new().hash_one(0x5167_6874_6c69_6e65_u64))
     }
 }
