@@ -1,20 +1,19 @@
-//! NetworkPolicy in the datapath: verdict events, policy names, audit mode,
-//! and policy changes under traffic.
+//! NetworkPolicy in the datapath: verdicts, policy names, audit mode, and
+//! policy changes under traffic — checked on the flows of the Observer API
+//! (`observe -o jsonpb`), what users get; the changes-under-traffic test
+//! reads the collector's event stream instead, which hands a subscriber
+//! every event or reports the loss, where the flow store may overwrite.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sightline_collector::decoder::Record;
+use serde_json::Value;
 use sightline_e2e::{Lab, require_root, sightline, write_temp, xyz_manifests};
 
 /// Long enough for any event of a finished exchange to reach a subscriber.
 const EVENTS_WITHIN: Duration = Duration::from_secs(10);
-
-/// A TCP segment that closes its connection.
-fn closes(r: &Record) -> bool {
-    r.tcp_flags.iter().any(|f| f == "FIN" || f == "RST")
-}
 
 fn apply(lab: &Lab, file: &str, manifest: &str) {
     let path = write_temp(file, manifest);
@@ -39,75 +38,71 @@ fn policy_b(name: &str, a_ports: &[u16], c_ports: &[u16]) -> String {
     )
 }
 
+/// The flow of an `observe -o jsonpb` line.
+fn flow(line: &Value) -> &Value {
+    &line["flow"]
+}
+
+/// The policies a flow names in `field` (`ingress_denied_by`, …) as
+/// `namespace/name`.
+fn policies(line: &Value, field: &str) -> Vec<String> {
+    flow(line)[field]
+        .as_array()
+        .map(|a| a.iter().map(|p| format!("{}/{}", p["namespace"].as_str().unwrap_or(""), p["name"].as_str().unwrap_or(""))).collect())
+        .unwrap_or_default()
+}
+
+fn ingress(line: &Value) -> bool {
+    flow(line)["traffic_direction"] == "INGRESS"
+}
+
 #[test]
 #[cfg_attr(not(sightline_root), ignore = "needs root: network namespaces and eBPF")]
 fn verdicts_name_their_policies_and_denials_are_drops() {
     if !require_root() {
         return;
     }
+    // What users get: the flows of the Observer API (`observe -o jsonpb`).
     let lab = Lab::up("e2e-pol-ev", &xyz_manifests(), &["--aggregation", "none"]);
     apply(&lab, "pol.yaml", &policy_b("allow-b", &[80], &[81]));
-    let (ip_a, ip_b, ip_c) = (lab.pod_ip("x/a"), lab.pod_ip("x/b"), lab.pod_ip("x/c"));
-    let mut sub = lab.subscribe();
     assert!(lab.probe("x/a", "x/b", 80, "TCP"));
     assert!(!lab.probe("x/a", "x/b", 81, "TCP"));
     assert!(lab.probe("x/c", "x/b", 81, "TCP"));
-    // The probes ran one after the other: once c's connection is closed,
-    // the events of a's attempts are in.
-    let events = sub
-        .collect_until(EVENTS_WITHIN, |events| {
-            events.iter().any(|r| r.kind == "trace" && r.destination.ip == ip_c && r.source.port == 81 && closes(r))
-        })
-        .unwrap();
+    let a_to_b = |port: &'static str, kind: &'static str| ["--from-pod", "x/a", "--to-pod", "x/b", "--to-port", port, "-t", kind];
+    // The probes ran one after the other: once c's verdict is stored, a's are.
+    let from_c = lab.wait_flows("c→b:81's ingress verdict", &["--from-pod", "x/c", "--to-pod", "x/b", "--to-port", "81", "-t", "policy-verdict"], |f| {
+        f.iter().any(ingress)
+    });
+    assert!(from_c.iter().filter(|l| ingress(l)).all(|l| flow(l)["verdict"] == "FORWARDED"), "{from_c:?}");
 
-    let allowed = events
-        .iter()
-        .find(|r| r.kind == "policy-verdict" && r.direction == "ingress" && r.source.ip == ip_a && r.destination.port == 80)
-        .expect("ingress verdict for a→b:80");
-    assert_eq!(allowed.verdict.as_deref(), Some("forwarded"));
-    assert_eq!(allowed.match_type.as_deref(), Some("l3-l4"));
-    assert_eq!(allowed.allowed_by, ["x/allow-b"]);
-    assert_eq!(allowed.destination.ip, ip_b);
-
-    let denied = events
-        .iter()
-        .find(|r| r.kind == "policy-verdict" && r.direction == "ingress" && r.source.ip == ip_a && r.destination.port == 81)
-        .expect("ingress verdict for a→b:81");
-    assert_eq!(denied.verdict.as_deref(), Some("dropped"));
-    assert_eq!(denied.direction, "ingress");
-    assert_eq!(denied.denied_by, ["x/allow-b"]);
-    let drops: Vec<&Record> = events
-        .iter()
-        .filter(|r| r.kind == "drop" && r.source.ip == ip_a && r.destination.port == 81)
-        .collect();
-    assert!(!drops.is_empty(), "denied packets are drop events");
-    for d in &drops {
-        assert_eq!(d.drop_reason, Some(133));
-        assert_eq!(d.drop_reason_name.as_deref(), Some("POLICY_DENIED"));
-        assert_eq!(d.denied_by, ["x/allow-b"]);
-        assert_eq!(d.direction, "ingress");
-    }
-    // Reported once, by the datapath: the kernel's own record of the drop
-    // (reason TC_INGRESS) is not repeated as a kernel drop.
-    assert!(!events.iter().any(|r| r.kind == "kernel-drop" && r.destination.port == 81), "policy drops are not reported twice");
-    // Every retransmitted SYN is dropped and reported, none reaches b.
-    assert!(!events.iter().any(|r| r.kind == "trace"
-        && r.observation_point.as_deref() == Some("to-endpoint")
-        && r.source.ip == ip_a
-        && r.destination.port == 81));
+    let verdicts_80 = lab.observed(&a_to_b("80", "policy-verdict"));
+    let allowed = verdicts_80.iter().find(|l| ingress(l)).unwrap_or_else(|| panic!("ingress verdict for a→b:80: {verdicts_80:?}"));
+    assert_eq!(flow(allowed)["verdict"], "FORWARDED");
+    assert_eq!(flow(allowed)["policy_match_type"], 2, "L3_L4: the rule has a peer and ports");
+    assert_eq!(policies(allowed, "ingress_allowed_by"), ["x/allow-b"]);
     // Egress of x/a is not enforced: its verdict is forwarded with no policy.
-    let egress = events
-        .iter()
-        .find(|r| r.kind == "policy-verdict" && r.direction == "egress" && r.source.ip == ip_a && r.destination.port == 80)
-        .unwrap();
-    assert_eq!(egress.verdict.as_deref(), Some("forwarded"));
-    assert_eq!(egress.match_type.as_deref(), Some("none"));
-    assert!(egress.allowed_by.is_empty());
-    let from_c = events
-        .iter()
-        .find(|r| r.kind == "policy-verdict" && r.direction == "ingress" && r.source.ip == ip_c)
-        .unwrap();
-    assert_eq!(from_c.verdict.as_deref(), Some("forwarded"));
+    let egress = verdicts_80.iter().find(|l| flow(l)["traffic_direction"] == "EGRESS").unwrap_or_else(|| panic!("egress verdict: {verdicts_80:?}"));
+    assert_eq!(flow(egress)["verdict"], "FORWARDED");
+    assert!(flow(egress)["policy_match_type"].as_u64().unwrap_or(0) == 0, "{egress}");
+    assert!(policies(egress, "egress_allowed_by").is_empty());
+
+    let verdicts_81 = lab.observed(&a_to_b("81", "policy-verdict"));
+    let denied = verdicts_81.iter().find(|l| ingress(l)).unwrap_or_else(|| panic!("ingress verdict for a→b:81: {verdicts_81:?}"));
+    assert_eq!(flow(denied)["verdict"], "DROPPED");
+    assert_eq!(policies(denied, "ingress_denied_by"), ["x/allow-b"]);
+    let drops = lab.observed(&a_to_b("81", "drop"));
+    assert!(!drops.is_empty(), "denied packets are drop flows");
+    for d in &drops {
+        // Every one is the datapath's policy drop: the kernel's own record
+        // of it (reason TC_INGRESS) is not reported a second time.
+        assert_eq!(flow(d)["verdict"], "DROPPED", "{d}");
+        assert_eq!(flow(d)["drop_reason_desc"], "POLICY_DENIED", "{d}");
+        assert_eq!(policies(d, "ingress_denied_by"), ["x/allow-b"], "{d}");
+        assert!(ingress(d), "{d}");
+    }
+    // Every retransmitted SYN is dropped and reported, none reaches b.
+    let delivered = lab.observed(&a_to_b("81", "trace"));
+    assert!(!delivered.iter().any(|l| flow(l)["trace_observation_point"] == "TO_ENDPOINT"), "{delivered:?}");
     // The collector counts what policy denied.
     assert!(lab.collector_status().packets_dropped >= drops.len() as u64);
 }
@@ -120,20 +115,13 @@ fn audit_mode_reports_without_dropping() {
     }
     let lab = Lab::up("e2e-pol-audit", &xyz_manifests(), &["--policy-audit"]);
     apply(&lab, "pol.yaml", &policy_b("allow-b", &[80], &[]));
-    let ip_a = lab.pod_ip("x/a");
-    let mut sub = lab.subscribe();
     assert!(lab.probe("x/a", "x/b", 81, "TCP"), "audit mode drops nothing");
-    // Until the connection is closed (its SYN's verdict came before).
-    let events = sub
-        .collect_until(EVENTS_WITHIN, |events| events.iter().any(|r| r.kind == "trace" && r.source.port == 81 && closes(r)))
-        .unwrap();
-    let v = events
-        .iter()
-        .find(|r| r.kind == "policy-verdict" && r.direction == "ingress" && r.source.ip == ip_a)
-        .expect("verdict");
-    assert_eq!(v.verdict.as_deref(), Some("audit"));
-    assert_eq!(v.denied_by, ["x/allow-b"]);
-    assert!(!events.iter().any(|r| r.kind == "drop"));
+    let between = ["--from-pod", "x/a", "--to-pod", "x/b", "--to-port", "81"];
+    let verdicts = lab.wait_flows("a→b:81's ingress verdict", &[&between[..], &["-t", "policy-verdict"]].concat(), |f| f.iter().any(ingress));
+    let v = verdicts.iter().find(|l| ingress(l)).expect("the ingress verdict");
+    assert_eq!(flow(v)["verdict"], "AUDIT", "{v}");
+    assert_eq!(policies(v, "ingress_denied_by"), ["x/allow-b"]);
+    assert!(lab.observed(&[&between[..], &["--verdict", "DROPPED"]].concat()).is_empty(), "audit mode dropped a→b:81");
 }
 
 /// Runs `f` in a loop on a thread until `stop`; counts failures.
@@ -258,7 +246,6 @@ fn a_policy_change_cuts_connections_it_now_denies() {
     let server = lab.exec("x/b", &["iperf3", "-s", "-1", "-D", "-p", "5201"]);
     assert!(server.status.success());
     lab.wait_listening("x/b", 5201);
-    let mut sub = lab.subscribe();
     let iperf = {
         let name = lab.name.clone();
         std::thread::spawn(move || {
@@ -271,14 +258,12 @@ fn a_policy_change_cuts_connections_it_now_denies() {
     let changed_at = Instant::now();
     apply(&lab, "deny.yaml", &policy_b("cut", &[80], &[]));
     let out = iperf.join().unwrap();
-    let cut_drop = |r: &Record| r.kind == "drop" && r.drop_reason == Some(133) && r.source.pod.as_deref() == Some("c") && r.destination.port == 5201;
-    let events = sub.collect_until(EVENTS_WITHIN, |events| events.iter().any(|r| cut_drop(r))).unwrap();
-    let cut: Vec<&Record> = events
-        .iter()
-        .filter(|r| cut_drop(r))
-        .collect();
-    assert!(!cut.is_empty(), "the established connection's packets are dropped after the change");
-    assert!(cut.iter().all(|r| r.denied_by == ["x/cut"]));
+    let between = ["--from-pod", "x/c", "--to-pod", "x/b", "--to-port", "5201", "--verdict", "DROPPED"];
+    let cut = lab.wait_flows("the cut connection's drops", &between, |f| !f.is_empty());
+    for d in &cut {
+        assert_eq!(flow(d)["drop_reason_desc"], "POLICY_DENIED", "{d}");
+        assert_eq!(policies(d, "ingress_denied_by"), ["x/cut"], "{d}");
+    }
     // Its data stopped: the last intervals moved (almost) nothing.
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     if let Some(intervals) = report["intervals"].as_array() {
