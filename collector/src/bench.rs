@@ -69,8 +69,8 @@ pub struct PacketCost {
     pub no_policy: RunCost,
     /// For comparison, the old way: one denied SYN and one established
     /// packet, each run 50 times within one `BPF_PROG_TEST_RUN` (warm
-    /// caches; the SYNs' 100 events, 12,000 bytes, stay under the 16 KiB
-    /// that makes the probes wake the consumer, and are drained after each
+    /// caches; the SYNs' 100 events, 12,000 bytes, stay under the
+    /// `wakeup_bytes` that makes the probes wake the consumer, and are drained after each
     /// call), mean ns per run.
     pub denied_syn_one_key_ns: f64,
     pub established_one_key_ns: f64,
