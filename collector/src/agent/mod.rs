@@ -448,7 +448,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
         let live = Arc::clone(&shared);
         let ready = Arc::clone(&shared);
         let health = crate::metrics::Health::new(
-            // Live: the pipeline ran within the last 5 s (it runs every 10 ms).
+            // Live: the pipeline ran within the last 5 s (it runs every 10 to 100 ms).
             move || monotonic_ns().saturating_sub(live.last_drain_ns.load(Ordering::Relaxed)) < 5_000_000_000,
             // Ready: the probes are loaded and a desired state is in force.
             move || ready.applied.lock().is_ok_and(|a| a.is_some()),

@@ -18,8 +18,8 @@ pub(super) async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Resu
     // open and unchanged for as long as the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| AgentError::RingBuf(e.into()))?;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut period = DRAIN_PERIOD.0;
+    let mut empty = 0u32;
     let mut pipeline = Pipeline {
         flushed: Instant::now(),
         builder: FlowBuilder::new(),
@@ -28,16 +28,34 @@ pub(super) async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Resu
         policy: shared.own_metrics.policy_recorder(),
     };
     loop {
-        tokio::select! {
+        let events = tokio::select! {
             guard = fd.readable_mut() => {
                 let mut guard = guard.map_err(AgentError::RingBuf)?;
-                drain(&shared, &mut pipeline, guard.get_inner_mut());
+                let events = drain(&shared, &mut pipeline, guard.get_inner_mut());
                 guard.clear_ready();
+                events
             }
-            _ = tick.tick() => drain(&shared, &mut pipeline, fd.get_mut()),
+            () = tokio::time::sleep(period) => drain(&shared, &mut pipeline, fd.get_mut()),
+        };
+        // Every 10 ms while events come; once nothing has come for 100 ms,
+        // the timer backs off to 100 ms (an idle agent wakes 10 times a
+        // second, not 100). A burst past the wake-up threshold still
+        // wakes the pipeline at once, and the first event resets the timer.
+        if events > 0 {
+            (empty, period) = (0, DRAIN_PERIOD.0);
+        } else {
+            empty = empty.saturating_add(1);
+            if empty >= DRAIN_BACKOFF_AFTER {
+                period = (period * 2).min(DRAIN_PERIOD.1);
+            }
         }
     }
 }
+
+/// The drain timer's period: while events come, and at most when idle.
+pub(crate) const DRAIN_PERIOD: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(100));
+/// Empty drains in a row before the timer backs off.
+const DRAIN_BACKOFF_AFTER: u32 = 10;
 
 /// How long the consumer waits for the first desired state.
 const FIRST_APPLY_WAIT: Duration = Duration::from_secs(10);
@@ -57,7 +75,8 @@ struct Pipeline {
 
 /// The pipeline for everything pending: decode → build the flow → hooks
 /// (namespaces seen, debug records for control subscribers) → store.
-fn drain(shared: &Shared, pipeline: &mut Pipeline, ring: &mut RingBuf<MapData>) {
+/// Returns how many events it decoded.
+fn drain(shared: &Shared, pipeline: &mut Pipeline, ring: &mut RingBuf<MapData>) -> u64 {
     let listeners = shared.events.receiver_count() > 0 || shared.opts.debug_events;
     let meta = Arc::clone(&shared.meta.read().expect("metadata lock"));
     let started = Instant::now();
@@ -106,11 +125,13 @@ fn drain(shared: &Shared, pipeline: &mut Pipeline, ring: &mut RingBuf<MapData>) 
         let delay = Duration::from_nanos(monotonic_ns().saturating_sub(oldest_ns));
         shared.own_metrics.observe_batch(events, started.elapsed(), delay);
     }
+    events
 }
 
 /// How often the pipeline's metric counts reach `/metrics` at most: the
 /// recorders' pending counts are flushed at the end of the first drain
-/// after this (drains run at least every 10 ms).
+/// after this (drains run at least every 10 ms while events come, every
+/// 100 ms when idle).
 const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Pipeline {
