@@ -341,20 +341,11 @@ pub fn xyz_manifests() -> String {
 
 /// [`xyz_manifests`] with the pods spread over `nodes` nodes: pod a on
 /// node-1, b on node-2, c on node-3 (wrapping around with fewer nodes; no
-/// `nodeName` at all with one).
+/// `nodeName` at all with one). The lab's own fixture, which its
+/// differential test also runs.
 #[must_use]
 pub fn xyz_manifests_on(nodes: u32) -> String {
-    let mut docs = Vec::new();
-    for ns in ["x", "y", "z"] {
-        docs.push(format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n  labels: {{ns: {ns}}}\n"));
-        for (i, pod) in ["a", "b", "c"].into_iter().enumerate() {
-            let node = if nodes > 1 { format!("\n  nodeName: node-{}", i as u32 % nodes + 1) } else { String::new() };
-            docs.push(format!(
-                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\n  labels: {{pod: {pod}}}\nspec:{node}\n  containers:\n  - name: c\n    ports:\n    - {{containerPort: 80, protocol: TCP, name: serve-80-tcp}}\n    - {{containerPort: 80, protocol: UDP, name: serve-80-udp}}\n    - {{containerPort: 81, protocol: TCP, name: serve-81-tcp}}\n    - {{containerPort: 81, protocol: UDP, name: serve-81-udp}}\n"
-            ));
-        }
-    }
-    docs.join("---\n")
+    sightline_lab::sample::xyz(nodes)
 }
 
 /// Two pods in one namespace, `t/a` and `t/b`, serving TCP and UDP on 80.
