@@ -59,7 +59,6 @@
 //! nor know about protobuf: that is `convert`'s job.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -378,14 +377,9 @@ fn cache_limit(metadata_len: usize) -> usize {
 /// A cache of `Arc`s made from values that `Metadata` holds by value, so
 /// that flows share one allocation per distinct value. Keyed by small
 /// integers, hashed per event: the metrics' word hasher, not SipHash.
+#[derive(Debug)]
 struct Shared<K, T: ?Sized> {
     map: HashMap<K, Arc<T>, Seeded>,
-}
-
-impl<K: fmt::Debug, T: ?Sized + fmt::Debug> fmt::Debug for Shared<K, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_map().entries(self.map.iter()).finish()
-    }
 }
 
 impl<K, T: ?Sized> Default for Shared<K, T> {
