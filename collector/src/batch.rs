@@ -5,10 +5,12 @@
 //! Conntrack holds up to 65,536 connections; walking it entry by entry
 //! (`get_next_key`, then `lookup`, then `delete`) made the collector's
 //! garbage collection and entry counts the largest part of its CPU time
-//! under a flood of new connections. aya 0.14 does not expose the batch
-//! commands, so this module issues them with `bpf(2)` on the map's file
-//! descriptor; callers fall back to walking the map when the kernel refuses
-//! them.
+//! under a flood of new connections. Garbage collection now runs in the
+//! kernel (the `ct_gc` program) where it can; this module serves the entry
+//! count of `status` and the collection where `ct_gc` cannot load. aya 0.14
+//! does not expose the batch commands, so this module issues them with
+//! `bpf(2)` on the map's file descriptor; callers fall back to walking the
+//! map when the kernel refuses them.
 //!
 //! This module must not know what the entries mean.
 

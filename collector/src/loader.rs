@@ -214,6 +214,7 @@ struct PinnedPrograms {
     to_container: SchedClassifier,
     from_overlay: SchedClassifier,
     kfree_skb: Option<TracePoint>,
+    ct_gc: Option<SchedClassifier>,
 }
 
 impl Programs {
@@ -228,6 +229,7 @@ impl Programs {
                 abi::programs::FROM_CONTAINER => Ok(&mut p.from_container),
                 abi::programs::TO_CONTAINER => Ok(&mut p.to_container),
                 abi::programs::FROM_OVERLAY => Ok(&mut p.from_overlay),
+                abi::programs::CT_GC => p.ct_gc.as_mut().ok_or(LoaderError::MissingProgram { name }),
                 _ => Err(LoaderError::MissingProgram { name }),
             },
         }
@@ -335,8 +337,13 @@ const ALL_MAPS: [&str; 15] = [
     abi::maps::REV_NAT,
 ];
 
-const ALL_PROGRAMS: [&str; 4] =
-    [abi::programs::FROM_CONTAINER, abi::programs::TO_CONTAINER, abi::programs::FROM_OVERLAY, abi::programs::KFREE_SKB];
+const ALL_PROGRAMS: [&str; 5] = [
+    abi::programs::FROM_CONTAINER,
+    abi::programs::TO_CONTAINER,
+    abi::programs::FROM_OVERLAY,
+    abi::programs::KFREE_SKB,
+    abi::programs::CT_GC,
+];
 
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
 
@@ -568,6 +575,18 @@ fn load_object(map_path: impl Fn(&'static str) -> PathBuf, tracepoint: bool) -> 
             .map_err(|source| LoaderError::LoadProgram { name, source })?;
         prog.load().map_err(|source| LoaderError::LoadProgram { name, source })?;
     }
+    // Garbage collection in the kernel needs `bpf_for_each_map_elem`
+    // (Linux 5.13): without it the collector reads the map out instead.
+    let name = abi::programs::CT_GC;
+    match ebpf.program_mut(name).map(<&mut SchedClassifier>::try_from) {
+        Some(Ok(prog)) => {
+            if let Err(err) = prog.load() {
+                log::warn!("conntrack garbage collection stays in user space: loading {name}: {err}");
+            }
+        }
+        Some(Err(err)) => log::warn!("conntrack garbage collection stays in user space: {name}: {err}"),
+        None => log::warn!("conntrack garbage collection stays in user space: the object has no {name}"),
+    }
     if tracepoint {
         let name = abi::programs::KFREE_SKB;
         let tp: &mut TracePoint = ebpf
@@ -772,7 +791,10 @@ impl Probes {
         let to_container = open(abi::programs::TO_CONTAINER)?;
         let from_overlay = open(abi::programs::FROM_OVERLAY)?;
         let kfree_skb = TracePoint::from_pin(layout.prog(abi::programs::KFREE_SKB)).ok();
-        let mut programs = Programs::Pinned(Box::new(PinnedPrograms { from_container, to_container, from_overlay, kfree_skb }));
+        // Pinned only where the kernel could load it.
+        let ct_gc = open(abi::programs::CT_GC).ok();
+        let mut programs =
+            Programs::Pinned(Box::new(PinnedPrograms { from_container, to_container, from_overlay, kfree_skb, ct_gc }));
 
         // Conntrack entries carry the policy revision they were allowed
         // under: keep counting from the pinned one.
@@ -1203,10 +1225,51 @@ impl Probes {
     }
 
     /// Deletes the conntrack entries that expired before `now_ns`
-    /// (monotonic): (entries left, entries deleted). Reads and deletes in
-    /// batches of thousands of entries per system call where the kernel
-    /// can, key by key otherwise.
+    /// (monotonic): (entries left, entries deleted). In the kernel, by one
+    /// run of the `ct_gc` program (nothing is copied out), where it could
+    /// be loaded; otherwise read and deleted in batches of thousands of
+    /// entries per system call where the kernel can, key by key where not.
     pub fn ct_collect(&mut self, now_ns: u64) -> (u64, usize) {
+        match self.ct_collect_in_kernel(now_ns) {
+            Ok(Some(counts)) => counts,
+            Ok(None) => self.ct_collect_in_user_space(now_ns),
+            Err(err) => {
+                log::warn!("conntrack garbage collection in the kernel failed ({err}); reading the map instead");
+                self.ct_collect_in_user_space(now_ns)
+            }
+        }
+    }
+
+    /// Whether conntrack garbage collection runs in the kernel (the
+    /// `ct_gc` program is loaded) rather than by reading the map out.
+    pub fn gc_in_kernel(&mut self) -> bool {
+        self.programs.tc(abi::programs::CT_GC).is_ok_and(|p| p.fd().is_ok())
+    }
+
+    /// One run of `ct_gc`: `None` when it is not loaded.
+    fn ct_collect_in_kernel(&mut self, now_ns: u64) -> Result<Option<(u64, usize)>, String> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        if !self.gc_in_kernel() {
+            return Ok(None);
+        }
+        let prog = self.programs.tc(abi::programs::CT_GC).map_err(|e| e.to_string())?;
+        let mut packet = [0u8; abi::GC_PACKET_LEN];
+        packet[abi::GC_NOW_OFFSET..abi::GC_NOW_OFFSET + 8].copy_from_slice(&now_ns.to_ne_bytes());
+        let mut out = [0u8; abi::GC_PACKET_LEN];
+        let result = prog
+            .test_run(TestRunOptions { data_in: Some(&packet), data_out: Some(&mut out), ..TestRunOptions::default() })
+            .map_err(|e| e.to_string())?;
+        let field = |at: usize| u64::from_ne_bytes(out[at..at + 8].try_into().expect("8 bytes"));
+        // TC_ACT_OK: the time was read and the counts written.
+        if result.return_value != 0 || (result.data_size_out as usize) < abi::GC_PACKET_LEN {
+            return Err(format!("{} returned {} with {} bytes", abi::programs::CT_GC, result.return_value, result.data_size_out));
+        }
+        let (deleted, left) = (field(abi::GC_DELETED_OFFSET), field(abi::GC_LEFT_OFFSET));
+        self.ct_counted = Some(left);
+        Ok(Some((left, usize::try_from(deleted).unwrap_or(usize::MAX))))
+    }
+
+    fn ct_collect_in_user_space(&mut self, now_ns: u64) -> (u64, usize) {
         use aya::maps::IterableMap as _;
         use std::os::fd::AsFd as _;
         const KEY: usize = size_of::<CtKey>();
@@ -1482,9 +1545,11 @@ mod tests {
         }
         assert_eq!(attached_in(netns).unwrap().len(), 2);
         {
-            let p = Probes::load(&opts(dir, netns, Reload::None)).unwrap();
+            let mut p = Probes::load(&opts(dir, netns, Reload::None)).unwrap();
             assert!(matches!(p.start(), Start::Adopted { links: 2, defunct, previous_adoptions: 0 } if defunct.is_empty()), "{:?}", p.start());
             assert!(p.ct.get(&key, 0).is_ok(), "conntrack adopted");
+            assert!(p.gc_in_kernel(), "the garbage collector adopted from its pin");
+            assert_eq!(p.ct_collect(1_000), (1, 0), "a live connection is kept");
             assert_eq!(p.policy_revision(), 5, "the pinned revision goes on");
             assert_eq!(p.lost_baseline()[0], 7);
             let plan = crate::datapath::current(&p, 0);
@@ -1516,12 +1581,16 @@ mod tests {
             assert!(p.replacement_pending());
             assert!(p.commit().unwrap().is_some());
             assert_ne!(link_ids(), after);
+            // The new garbage collector works on the new conntrack map.
+            p.ct.insert(key, CtEntry { expires_ns: 10, ..CtEntry::default() }, 0).unwrap();
+            assert_eq!(p.ct_collect(1_000), (0, 1));
             assert_eq!(p.lost_baseline()[0], 0, "a new COUNTERS map starts a new count");
             assert!(!layout.next_dir().exists());
         }
         {
-            let p = Probes::load(&opts(dir, netns, Reload::None)).unwrap();
+            let mut p = Probes::load(&opts(dir, netns, Reload::None)).unwrap();
             assert!(matches!(p.start(), Start::Adopted { .. }), "{:?}", p.start());
+            assert!(p.gc_in_kernel(), "the replacement's garbage collector was pinned in place");
             let MetaState::Present(meta) = read_meta(&layout) else { panic!("no meta") };
             assert_eq!(meta.abi_version, u32::from(abi::ABI_VERSION));
             assert_eq!(meta.adoptions, 1);

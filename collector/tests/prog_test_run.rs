@@ -324,3 +324,43 @@ fn spoofed_sources_are_dropped_and_traffic_off_the_node_goes_to_the_stack() {
         vec![(abi::DROP_FRAG_NOT_SUPPORTED, abi::DIR_EGRESS), (abi::DROP_FRAG_NOT_SUPPORTED, abi::DIR_INGRESS)]
     );
 }
+
+#[test]
+#[cfg_attr(not(sightline_root), ignore = "needs root: loads the eBPF probes and runs them with BPF_PROG_TEST_RUN")]
+fn garbage_collection_in_the_kernel_deletes_expired_connections_and_counts_the_rest() {
+    let mut h = node();
+    assert!(h.probes().gc_in_kernel(), "ct_gc loads on this kernel (bpf_for_each_map_elem, Linux ≥ 5.13)");
+    let entry = |expires_ns: u64| abi::CtEntry { created_ns: 1, expires_ns, ..abi::CtEntry::default() };
+    let key = |port: u16| ct_key(SocketAddrV4::new(CLIENT, port), SocketAddrV4::new(SERVER, 80), abi::IPPROTO_UDP);
+    // 3,000 connections: every third expired at 1,000 ns (before the
+    // collection at 5,000 ns), the others alive until 9,000 ns; one
+    // expires exactly at the collection's time (expired, as the datapath
+    // treats it: alive only while `expires_ns > now`).
+    for port in 1..=3000u16 {
+        let expires = if port % 3 == 0 { 1_000 } else { 9_000 };
+        h.probes().ct.insert(key(port), entry(expires), 0).expect("insert");
+    }
+    h.probes().ct.insert(key(4000), entry(5_000), 0).expect("insert");
+
+    // The program on its own: the counts come back in the buffer.
+    let mut packet = vec![0u8; abi::GC_PACKET_LEN];
+    packet[abi::GC_NOW_OFFSET..abi::GC_NOW_OFFSET + 8].copy_from_slice(&5_000u64.to_ne_bytes());
+    let run = h.run(abi::programs::CT_GC, &packet).expect("run ct_gc");
+    assert_eq!(run.verdict, TC_ACT_OK);
+    let field = |at: usize| u64::from_ne_bytes(run.packet[at..at + 8].try_into().unwrap());
+    assert_eq!((field(abi::GC_DELETED_OFFSET), field(abi::GC_LEFT_OFFSET)), (1001, 2000));
+    for port in [3, 2997, 3000, 4000] {
+        assert!(h.ct(&key(port)).is_none(), "expired connection {port} deleted");
+    }
+    for port in [1, 2, 2999] {
+        assert!(h.ct(&key(port)).is_some(), "live connection {port} kept");
+    }
+
+    // Through the collector's call, later: the rest expire; the map-fill
+    // figure takes the count the collection made.
+    assert_eq!(h.probes().ct_collect(8_999), (2000, 0));
+    assert_eq!(h.probes().ct_collect(9_000), (0, 2000));
+    let fill = h.probes().map_fill();
+    assert_eq!(fill.iter().find(|f| f.map == abi::maps::CT).map(|f| f.entries), Some(0));
+    assert_eq!(h.probes().ct_entries(), 0);
+}

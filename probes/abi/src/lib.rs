@@ -13,7 +13,7 @@
 #![no_std]
 
 /// Version of every layout in this crate. Carried in each event.
-pub const ABI_VERSION: u8 = 3;
+pub const ABI_VERSION: u8 = 4;
 
 // ---------------------------------------------------------------------------
 // Event kinds and their sub-types (Hubble numbering where Hubble has one).
@@ -562,7 +562,20 @@ pub mod programs {
     /// On the ingress of the node's tunnel device.
     pub const FROM_OVERLAY: &str = "from_overlay";
     pub const KFREE_SKB: &str = "kfree_skb";
+    /// Conntrack garbage collection: never attached, run by the collector
+    /// with `BPF_PROG_TEST_RUN` on a [`GC_PACKET_LEN`]-byte buffer.
+    pub const CT_GC: &str = "ct_gc";
 }
+
+/// The buffer `ct_gc` runs on: the collector writes the monotonic time
+/// before which an entry has expired at [`GC_NOW_OFFSET`] (u64, host order);
+/// the program writes the entries it deleted at [`GC_DELETED_OFFSET`] and
+/// the entries it left at [`GC_LEFT_OFFSET`] (u64 each). The first 14
+/// bytes are an Ethernet header that `BPF_PROG_TEST_RUN` requires.
+pub const GC_PACKET_LEN: usize = 40;
+pub const GC_NOW_OFFSET: usize = 16;
+pub const GC_DELETED_OFFSET: usize = 24;
+pub const GC_LEFT_OFFSET: usize = 32;
 
 /// Map capacities.
 pub const CT_MAP_SIZE: u32 = 65536;

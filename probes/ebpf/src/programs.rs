@@ -8,6 +8,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_redirect, bpf_redirect_peer,
         bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key,
+        generated::{bpf_for_each_map_elem, bpf_map_delete_elem},
     },
     macros::{classifier, map, tracepoint},
     maps::{
@@ -16,6 +17,7 @@ use aya_ebpf::{
     },
     programs::{TcContext, TracePointContext},
 };
+use aya_ebpf::cty::c_void;
 use sightline_abi as abi;
 use sightline_abi::{
     Config, CtEntry, CtKey, EndpointInfo, EndpointKey, Event, IpcacheKey, IpcacheValue,
@@ -1194,6 +1196,58 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {
         ev.dst_identity = ids.1;
     });
     Ok(())
+}
+
+/// One conntrack garbage-collection pass, as `ct_gc_entry` sees it.
+#[repr(C)]
+struct GcPass {
+    now: u64,
+    deleted: u64,
+    left: u64,
+}
+
+/// `bpf_for_each_map_elem`'s callback over `CT`: deletes the entry if it
+/// expired before `pass.now`, counts it either way. Returns 0 (go on).
+#[inline(never)]
+extern "C" fn ct_gc_entry(map: *mut c_void, key: *mut CtKey, value: *mut CtEntry, pass: *mut GcPass) -> i64 {
+    // SAFETY: the kernel passes its map, the current key and value, and the
+    // pass on `ct_gc`'s stack, all valid for the call.
+    unsafe {
+        if (*value).expires_ns <= (*pass).now {
+            // Deleting the current element is allowed during the walk (the
+            // bucket lists are RCU-safe); a failure means it went meanwhile.
+            if bpf_map_delete_elem(map, key.cast()) == 0 {
+                (*pass).deleted += 1;
+            }
+        } else {
+            (*pass).left += 1;
+        }
+    }
+    0
+}
+
+/// Conntrack garbage collection in the kernel: deletes every entry that
+/// expired before the time the collector wrote into the buffer and reports
+/// what it deleted and what it left (layout: `abi::GC_*`). Run with
+/// `BPF_PROG_TEST_RUN`, never attached: no entry is copied to user space.
+#[classifier]
+pub fn ct_gc(ctx: TcContext) -> i32 {
+    let Ok(now) = ctx.load::<u64>(abi::GC_NOW_OFFSET) else { return TC_ACT_SHOT as i32 };
+    let mut pass = GcPass { now, deleted: 0, left: 0 };
+    // SAFETY: CT is a map definition the loader relocates; the callback has
+    // the signature the helper expects and `pass` outlives the call.
+    unsafe {
+        bpf_for_each_map_elem(
+            (&raw const CT).cast_mut().cast(),
+            ct_gc_entry as *mut c_void,
+            (&raw mut pass).cast(),
+            0,
+        );
+    }
+    if ctx.store(abi::GC_DELETED_OFFSET, &pass.deleted, 0).is_err() || ctx.store(abi::GC_LEFT_OFFSET, &pass.left, 0).is_err() {
+        return TC_ACT_SHOT as i32;
+    }
+    TC_ACT_OK as i32
 }
 
 #[panic_handler]
