@@ -5,8 +5,8 @@
 //! conntrack GC, endpoint slices), `apply` (desired states, registrations,
 //! status, the control socket's handler).
 //!
-//! Stages, each its own task: `consumer` (ring buffer → decoded events, never
-//! blocks the kernel side, counts what it cannot decode), subscribers (one
+//! Stages: `consumer` (its own thread: ring buffer → decoded events → flows,
+//! never blocks the kernel side, counts what it cannot decode), subscribers (one
 //! task per control-socket subscriber, each with a bounded queue: a slow one
 //! loses events and is told how many), `gc` (conntrack expiry).
 
@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{MapData, RingBuf};
 use sightline_abi as abi;
-use tokio::io::unix::AsyncFd;
 use tokio::net::UnixListener;
 use tokio::sync::broadcast;
 
@@ -489,7 +488,8 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
             export_stopped.clone(),
         )));
     }
-    let consumer = tokio::spawn(consume(Arc::clone(&shared), ring));
+    let stop_consumer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let consumer = tokio::spawn(consume(Arc::clone(&shared), ring, Arc::clone(&stop_consumer)));
     let gc = tokio::spawn(gc(Arc::clone(&shared)));
     let losses = tokio::spawn(loss_monitor(Arc::clone(&shared), lost_baseline.iter().sum()));
     let slices = shared.kvstore.as_ref().map(|k| tokio::spawn(follow_slices(Arc::clone(&shared), k.remote.clone())));
@@ -531,6 +531,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    stop_consumer.store(true, Ordering::Relaxed);
     consumer.abort();
     gc.abort();
     if let Some((source, announcing)) = kubernetes {

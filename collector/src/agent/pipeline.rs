@@ -1,12 +1,21 @@
-//! The pipeline task: drains the ring buffer (on wake-up and on a short
-//! timer), decodes, builds flows, runs the hooks (namespaces seen, metrics,
-//! policy accounting, debug records for control subscribers) and stores.
+//! The pipeline: a thread of its own drains the ring buffer (on wake-up
+//! and on a short timer), decodes, builds flows, runs the hooks (namespaces
+//! seen, metrics, policy accounting, debug records for control subscribers)
+//! and stores.
+//!
+//! The thread sleeps in `epoll_wait` on the ring buffer alone (edge
+//! triggered, as the probes wake it only past a threshold): no async
+//! runtime between a wake-up and the drain, so a wake-up costs one context
+//! switch and one system call.
+
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::sync::atomic::AtomicBool;
 
 use super::*;
 
-/// Drains the ring buffer: on wake-up, and on a short timer because the
-/// probes submit without waking the consumer until enough data is pending.
-pub(super) async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Result<(), AgentError> {
+/// Drains the ring buffer on the pipeline thread until `stop` is set (seen
+/// within the longest drain period).
+pub(super) async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>, stop: Arc<AtomicBool>) -> Result<(), AgentError> {
     // Events the datapath wrote while no collector ran wait in the pinned
     // ring buffer: decode them with the desired state's names, unless it
     // takes too long to come (the ring buffer holds about 37,000 events).
@@ -14,10 +23,53 @@ pub(super) async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Resu
     if tokio::time::timeout(FIRST_APPLY_WAIT, programmed.wait_for(|p| *p)).await.is_err() {
         log::warn!("no desired state within {} s: draining the ring buffer without it", FIRST_APPLY_WAIT.as_secs());
     }
-    // SAFETY: the ring buffer owns its map's file descriptor, which stays
-    // open and unchanged for as long as the AsyncFd owns the ring buffer.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| AgentError::RingBuf(e.into()))?;
+    let waiter = Waiter::new(&ring).map_err(AgentError::RingBuf)?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sl-pipeline".into())
+        .spawn(move || {
+            run(&shared, ring, &waiter, &stop);
+            let _ = done_tx.send(());
+        })
+        .map_err(AgentError::RingBuf)?;
+    let _ = done_rx.await;
+    Ok(())
+}
+
+/// An epoll instance watching the ring buffer's descriptor, edge triggered.
+struct Waiter {
+    epoll: OwnedFd,
+}
+
+impl Waiter {
+    fn new(ring: &RingBuf<MapData>) -> std::io::Result<Self> {
+        // SAFETY: plain system call; the descriptor it returns is ours.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor to us.
+        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut interest = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLET) as u32, u64: 0 };
+        // SAFETY: both descriptors are open; `interest` is a valid event.
+        if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, ring.as_raw_fd(), &raw mut interest) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self { epoll })
+    }
+
+    /// Sleeps until the probes wake the consumer or `timeout` passes.
+    fn wait(&self, timeout: Duration) {
+        let mut ready = [libc::epoll_event { events: 0, u64: 0 }];
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `ready` has room for the one event asked for. An error
+        // (EINTR) is a spurious wake-up: the caller drains and waits again.
+        unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), ready.as_mut_ptr(), 1, ms) };
+    }
+}
+
+/// The pipeline thread's loop.
+fn run(shared: &Shared, mut ring: RingBuf<MapData>, waiter: &Waiter, stop: &AtomicBool) {
     let mut period = DRAIN_PERIOD.0;
     let mut empty = 0u32;
     let mut pipeline = Pipeline {
@@ -27,16 +79,10 @@ pub(super) async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Resu
         metrics: shared.metrics.recorder(),
         policy: shared.own_metrics.policy_recorder(),
     };
-    loop {
-        let events = tokio::select! {
-            guard = fd.readable_mut() => {
-                let mut guard = guard.map_err(AgentError::RingBuf)?;
-                let events = drain(&shared, &mut pipeline, guard.get_inner_mut());
-                guard.clear_ready();
-                events
-            }
-            () = tokio::time::sleep(period) => drain(&shared, &mut pipeline, fd.get_mut()),
-        };
+    while !stop.load(Ordering::Relaxed) {
+        // What came before the first wait (the pinned backlog) is drained
+        // at once: an edge-triggered wait would not report it.
+        let events = drain(shared, &mut pipeline, &mut ring);
         // Every 10 ms while events come; once nothing has come for 100 ms,
         // the timer backs off to 100 ms (an idle agent wakes 10 times a
         // second, not 100). A burst past the wake-up threshold still
@@ -49,6 +95,7 @@ pub(super) async fn consume(shared: Arc<Shared>, ring: RingBuf<MapData>) -> Resu
                 period = (period * 2).min(DRAIN_PERIOD.1);
             }
         }
+        waiter.wait(period);
     }
 }
 
