@@ -50,6 +50,8 @@ pub struct AgentMetrics {
     events_decoded: Count,
     conntrack_entries: Level,
     conntrack_created: Count,
+    gc_deleted: Count,
+    gc_seconds: Histogram,
     endpoints: Level,
     flows_stored: Level,
     flows_seen: Count,
@@ -121,6 +123,9 @@ impl AgentMetrics {
             events_decoded: Count::default(),
             conntrack_entries: Level::default(),
             conntrack_created: Count::default(),
+            gc_deleted: Count::default(),
+            // 100 µs … 6.6 s.
+            gc_seconds: Histogram::new(exponential_buckets(1e-4, 4.0, 9)),
             endpoints: Level::default(),
             flows_stored: Level::default(),
             flows_seen: Count::default(),
@@ -165,6 +170,13 @@ impl AgentMetrics {
         r.register("pipeline_events_decoded", "Events the collector decoded into flows", m.events_decoded.clone());
         r.register("conntrack_entries", "Connections in the conntrack map", m.conntrack_entries.clone());
         r.register("conntrack_created", "Connections the datapath created", m.conntrack_created.clone());
+        r.register("conntrack_gc_deleted", "Expired connections garbage collection deleted", m.gc_deleted.clone());
+        r.register_with_unit(
+            "conntrack_gc_duration",
+            "Time one conntrack garbage collection took",
+            prometheus_client::registry::Unit::Seconds,
+            m.gc_seconds.clone(),
+        );
         r.register("endpoints", "Endpoints (pods) on this node", m.endpoints.clone());
         r.register("flow_store_flows", "Flows in the store", m.flows_stored.clone());
         r.register("flow_store_seen_flows", "Flows pushed into the store", m.flows_seen.clone());
@@ -237,6 +249,12 @@ impl AgentMetrics {
         self.batch_seconds.observe(took.as_secs_f64());
         self.batch_events.observe(events as f64);
         self.delay_seconds.observe(oldest_delay.as_secs_f64());
+    }
+
+    /// One conntrack garbage collection: what it deleted and how long it took.
+    pub fn observe_gc(&self, deleted: usize, took: Duration) {
+        self.gc_deleted.inc_by(deleted as u64);
+        self.gc_seconds.observe(took.as_secs_f64());
     }
 
     /// Brings every metric to `reading`.
@@ -574,6 +592,21 @@ mod tests {
         let mut lines: Vec<String> = out.lines().filter(|l| l.starts_with("sightline_policy") || l.starts_with("sightline_endpoint")).map(str::to_owned).collect();
         lines.sort();
         lines
+    }
+
+    #[test]
+    fn garbage_collections_are_counted_with_what_they_deleted_and_their_time() {
+        let mut registry = Registry::default();
+        let m = AgentMetrics::register(&mut registry);
+        m.observe_gc(3, Duration::from_millis(2));
+        m.observe_gc(0, Duration::from_micros(50));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        let value = |name: &str| out.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).map(str::to_owned);
+        assert_eq!(value("sightline_conntrack_gc_deleted_total").as_deref(), Some("3"), "{out}");
+        assert_eq!(value("sightline_conntrack_gc_duration_seconds_count").as_deref(), Some("2"), "{out}");
+        let sum: f64 = value("sightline_conntrack_gc_duration_seconds_sum").unwrap().parse().unwrap();
+        assert!((sum - 0.00205).abs() < 1e-9, "{sum}");
     }
 
     #[test]

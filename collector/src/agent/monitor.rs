@@ -82,7 +82,9 @@ pub(super) async fn gc(shared: Arc<Shared>) {
         let _ = tokio::task::spawn_blocking(move || {
             let now = monotonic_ns();
             let mut inner = shared.inner.lock().expect("datapath lock");
+            let started = Instant::now();
             let (_, deleted) = inner.probes.ct_collect(now);
+            shared.own_metrics.observe_gc(deleted, started.elapsed());
             if deleted > 0 {
                 log::debug!("conntrack: collected {deleted} expired entries");
             }
