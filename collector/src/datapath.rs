@@ -468,12 +468,12 @@ pub fn metadata(desired: &NodeState, plan: &Plan, base: &Metadata) -> Metadata {
             }),
         );
         if let Some(info) = plan.endpoints.get(&ep.ip.octets()) {
-            meta.interfaces.insert(info.ifindex, ep.host_ifname.clone());
+            meta.interfaces.insert(info.ifindex, Arc::from(ep.host_ifname.as_str()));
         }
     }
     // Drops and traces on the tunnel device name it.
     if let Some((dev, index)) = &plan.tunnel {
-        meta.interfaces.insert(*index, dev.clone());
+        meta.interfaces.insert(*index, Arc::from(dev.as_str()));
     }
     meta.pods = pods;
     // Service ports by their numbers, named after the desired services.
@@ -499,10 +499,10 @@ pub fn metadata(desired: &NodeState, plan: &Plan, base: &Metadata) -> Metadata {
             *by_addr = value.service_id;
         }
     }
-    meta.policy_sets = plan.policy.policy_sets.clone();
+    meta.policy_sets = plan.policy.policy_sets.iter().map(|(id, names)| (*id, Arc::from(names.as_slice()))).collect();
     for (id, p) in &plan.policy.endpoints {
-        meta.selected_by.insert((*id, abi::DIR_INGRESS), p.ingress_selected_by.clone());
-        meta.selected_by.insert((*id, abi::DIR_EGRESS), p.egress_selected_by.clone());
+        meta.selected_by.insert((*id, abi::DIR_INGRESS), Arc::from(p.ingress_selected_by.as_slice()));
+        meta.selected_by.insert((*id, abi::DIR_EGRESS), Arc::from(p.egress_selected_by.as_slice()));
     }
     meta
 }

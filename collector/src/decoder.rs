@@ -375,8 +375,8 @@ mod tests {
     #[test]
     fn records_carry_the_flows_policies_and_kernel_reasons() {
         let mut meta = Metadata { node_name: "node-1".into(), ..Metadata::default() };
-        meta.policy_sets.insert(7, vec!["x/allow-web".into()]);
-        meta.selected_by.insert((3, abi::DIR_INGRESS), vec!["x/deny-all".into()]);
+        meta.policy_sets.insert(7, Arc::from(vec!["x/allow-web".to_owned()]));
+        meta.selected_by.insert((3, abi::DIR_INGRESS), Arc::from(vec!["x/deny-all".to_owned()]));
         meta.kernel_reasons.insert(2, "NOT_SPECIFIED".into());
         let mut builder = crate::flow::FlowBuilder::new();
         let mut record = |ev: Event| {

@@ -16,16 +16,17 @@ pub struct Metadata {
     pub pods: BTreeMap<Ipv4Addr, Arc<PodMeta>>,
     /// Identity → its labels (`k8s:key=value`, `reserved:host`, …).
     pub identities: BTreeMap<u32, Arc<[String]>>,
-    /// Interface names by ifindex (node namespace).
-    pub interfaces: BTreeMap<u32, String>,
+    /// Interface names by ifindex (node namespace). Names, label and
+    /// policy lists are `Arc`s: every flow that names one shares it.
+    pub interfaces: BTreeMap<u32, Arc<str>>,
     /// Kernel drop reason names.
-    pub kernel_reasons: BTreeMap<u32, String>,
+    pub kernel_reasons: BTreeMap<u32, Arc<str>>,
     /// Nanoseconds to add to a monotonic timestamp to get Unix time.
     pub mono_to_unix_ns: i64,
     /// Policy-set id → the policies in it (`namespace/name`).
-    pub policy_sets: BTreeMap<u32, Vec<String>>,
+    pub policy_sets: BTreeMap<u32, Arc<[String]>>,
     /// (endpoint id, direction) → the policies that select the endpoint.
-    pub selected_by: BTreeMap<(u16, u8), Vec<String>>,
+    pub selected_by: BTreeMap<(u16, u8), Arc<[String]>>,
     /// Service ports (frontends) by their number (`Event::service_id`).
     pub services: BTreeMap<u16, Frontend>,
     /// Frontend numbers by address and port, a TCP port before a UDP one

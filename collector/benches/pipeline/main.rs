@@ -85,18 +85,18 @@ fn metadata() -> Metadata {
             }),
         );
         if local {
-            meta.interfaces.insert(100 + i, format!("lxc{:05}", i + 1));
+            meta.interfaces.insert(100 + i, Arc::from(format!("lxc{:05}", i + 1)));
         }
     }
     for reason in 0..80 {
-        meta.kernel_reasons.insert(reason, format!("SKB_DROP_REASON_{reason}"));
+        meta.kernel_reasons.insert(reason, Arc::from(format!("SKB_DROP_REASON_{reason}")));
     }
     for set in 1..=40 {
-        meta.policy_sets.insert(set, vec![format!("ns{}/allow-{set}", set % NAMESPACES), "ns0/allow-dns".into()]);
+        meta.policy_sets.insert(set, Arc::from(vec![format!("ns{}/allow-{set}", set % NAMESPACES), "ns0/allow-dns".into()]));
     }
     for ep in 1..=LOCAL_PODS as u16 {
         for dir in [abi::DIR_INGRESS, abi::DIR_EGRESS] {
-            meta.selected_by.insert((ep, dir), vec![format!("ns{}/deny-{ep}", ep as u32 % NAMESPACES)]);
+            meta.selected_by.insert((ep, dir), Arc::from(vec![format!("ns{}/deny-{ep}", ep as u32 % NAMESPACES)]));
         }
     }
     meta

@@ -349,7 +349,7 @@ pub async fn run(opts: AgentOptions, notify_ready: bool) -> Result<(), AgentErro
 
     let meta = Metadata {
         node_name: opts.node_name.clone(),
-        kernel_reasons: layout.map(|l| l.drop_reasons).unwrap_or_default(),
+        kernel_reasons: layout.map(|l| l.drop_reasons.into_iter().map(|(v, name)| (v, Arc::from(name))).collect()).unwrap_or_default(),
         mono_to_unix_ns: mono_to_unix_ns(),
         ..Metadata::default()
     };

@@ -44,7 +44,7 @@ pub(super) async fn loss_monitor(shared: Arc<Shared>, reported: u64) {
                 kernel_drops: p
                     .kernel_drops()
                     .into_iter()
-                    .map(|(reason, count)| (meta.kernel_reasons.get(&reason).cloned().unwrap_or_else(|| reason.to_string()), count))
+                    .map(|(reason, count)| (meta.kernel_reasons.get(&reason).map_or_else(|| reason.to_string(), |n| n.to_string()), count))
                     .collect(),
                 events_written: p.counter(abi::COUNTER_EVENTS_WRITTEN),
                 events_lost_per_cpu: lost,

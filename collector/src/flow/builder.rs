@@ -4,12 +4,10 @@
 //! [`Metadata`] into a [`Flow`] with Hubble's numbering (event types, trace
 //! observation points, trace reasons, verdicts, drop reasons, traffic
 //! direction). It allocates no strings: pods and identity labels are `Arc`s
-//! cloned out of `Metadata`, and the lists and names that `Metadata` holds by
-//! value (policy names, interface names, kernel drop reason names) are turned
-//! into `Arc`s once and cached, so every flow that names the same policies or
-//! interface shares one allocation. A cached value is compared with
-//! `Metadata`'s current one on every use, so a metadata update is picked up
-//! at the next flow.
+//! cloned out of `Metadata`, and so are the policy lists, interface names and
+//! kernel drop reason names: every flow that names the same policies or
+//! interface shares `Metadata`'s allocation, and a metadata update (a new
+//! `Metadata`) is picked up at the next flow.
 //!
 //! A missing lookup leaves a field empty; nothing here fails or panics on any
 //! event, including events of unknown kinds (they become flows of event type
@@ -58,8 +56,6 @@
 //! This module must not format, allocate per flow beyond the record itself,
 //! nor know about protobuf: that is `convert`'s job.
 
-use std::collections::HashMap;
-use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -67,7 +63,6 @@ use sightline_abi as abi;
 use sightline_abi::Event;
 use sightline_flow::ServiceMeta;
 
-use crate::metrics::tally::Seeded;
 
 use super::{Flow, Side};
 use crate::metadata::{Frontend, Metadata};
@@ -90,27 +85,14 @@ const RESERVED_LABELS: [(u32, &str); 3] = [
     (abi::IDENTITY_REMOTE_NODE, "reserved:remote-node"),
 ];
 
-/// Fewest entries a sharing cache may hold before it is cleared (it is also
-/// allowed twice the size of the metadata map it mirrors).
-const CACHE_MIN_LIMIT: usize = 4096;
-
 /// Turns decoded events into flows. One per node, owned by the consumer that
-/// drains the ring buffer: it numbers the flows (`seq`) and keeps the caches
-/// that let flows share their lists and names.
+/// drains the ring buffer: it numbers the flows (`seq`).
 #[derive(Debug)]
 pub struct FlowBuilder {
     /// `seq` of the next flow.
     next_seq: u64,
     /// Shared label lists of the reserved identities, by identity.
     reserved: Vec<(u32, Arc<[String]>)>,
-    /// Policy-set id → policy names (`Metadata.policy_sets`).
-    policy_sets: Shared<u32, [String]>,
-    /// (endpoint id, direction) → policy names (`Metadata.selected_by`).
-    selected_by: Shared<(u16, u8), [String]>,
-    /// ifindex → interface name (`Metadata.interfaces`).
-    interfaces: Shared<u32, str>,
-    /// Kernel drop reason → name (`Metadata.kernel_reasons`).
-    kernel_reasons: Shared<u32, str>,
 }
 
 impl Default for FlowBuilder {
@@ -132,10 +114,6 @@ impl FlowBuilder {
         Self {
             next_seq: first_seq,
             reserved: RESERVED_LABELS.iter().map(|&(id, label)| (id, Arc::from([label.to_owned()]))).collect(),
-            policy_sets: Shared::default(),
-            selected_by: Shared::default(),
-            interfaces: Shared::default(),
-            kernel_reasons: Shared::default(),
         }
     }
 
@@ -183,8 +161,7 @@ impl FlowBuilder {
         };
 
         let allowed_by = if kind == abi::EVENT_POLICY_VERDICT && ev.verdict == abi::VERDICT_FORWARDED {
-            let limit = cache_limit(meta.policy_sets.len());
-            self.policy_sets.share(ev.reason, non_empty(meta.policy_sets.get(&ev.reason)), limit)
+            non_empty(meta.policy_sets.get(&ev.reason))
         } else {
             None
         };
@@ -194,17 +171,13 @@ impl FlowBuilder {
             _ => false,
         };
         let denied_by = if denied {
-            let key = (ev.endpoint_id, ev.direction);
-            let limit = cache_limit(meta.selected_by.len());
-            self.selected_by.share(key, non_empty(meta.selected_by.get(&key)), limit)
+            non_empty(meta.selected_by.get(&(ev.endpoint_id, ev.direction)))
         } else {
             None
         };
 
         let (kernel_drop_reason, kernel_drop_reason_name) = if kind == abi::EVENT_KERNEL_DROP {
-            let limit = cache_limit(meta.kernel_reasons.len());
-            let name = meta.kernel_reasons.get(&ev.reason).map(String::as_str);
-            (ev.reason, self.kernel_reasons.share(ev.reason, name, limit))
+            (ev.reason, meta.kernel_reasons.get(&ev.reason).cloned())
         } else {
             (0, None)
         };
@@ -214,9 +187,7 @@ impl FlowBuilder {
         let interface = if kind == abi::EVENT_KERNEL_DROP || ev.ifindex == 0 {
             None
         } else {
-            let limit = cache_limit(meta.interfaces.len());
-            let name = meta.interfaces.get(&ev.ifindex).map(String::as_str).filter(|n| !n.is_empty());
-            self.interfaces.share(ev.ifindex, name, limit)
+            meta.interfaces.get(&ev.ifindex).filter(|n| !n.is_empty()).cloned()
         };
 
         Flow {
@@ -366,49 +337,8 @@ fn traffic_direction(ev: &Event) -> u8 {
     }
 }
 
-fn non_empty(list: Option<&Vec<String>>) -> Option<&[String]> {
-    list.map(Vec::as_slice).filter(|l| !l.is_empty())
-}
-
-fn cache_limit(metadata_len: usize) -> usize {
-    metadata_len.saturating_mul(2).max(CACHE_MIN_LIMIT)
-}
-
-/// A cache of `Arc`s made from values that `Metadata` holds by value, so
-/// that flows share one allocation per distinct value. Keyed by small
-/// integers, hashed per event: the metrics' word hasher, not SipHash.
-#[derive(Debug)]
-struct Shared<K, T: ?Sized> {
-    map: HashMap<K, Arc<T>, Seeded>,
-}
-
-impl<K, T: ?Sized> Default for Shared<K, T> {
-    fn default() -> Self {
-        Self { map: HashMap::with_hasher(Seeded::new()) }
-    }
-}
-
-impl<K: Hash + Eq + Copy, T: ?Sized + PartialEq> Shared<K, T>
-where
-    for<'a> Arc<T>: From<&'a T>,
-{
-    /// The shared copy of `current` (the metadata's value for `key`), made
-    /// anew when the cached one differs. The cache is cleared when it holds
-    /// `limit` entries, so keys that come and go cannot grow it forever.
-    fn share(&mut self, key: K, current: Option<&T>, limit: usize) -> Option<Arc<T>> {
-        let current = current?;
-        if let Some(cached) = self.map.get(&key)
-            && **cached == *current
-        {
-            return Some(Arc::clone(cached));
-        }
-        if self.map.len() >= limit {
-            self.map.clear();
-        }
-        let shared: Arc<T> = Arc::from(current);
-        self.map.insert(key, Arc::clone(&shared));
-        Some(shared)
-    }
+fn non_empty(list: Option<&Arc<[String]>>) -> Option<Arc<[String]>> {
+    list.filter(|l| !l.is_empty()).cloned()
 }
 
 #[cfg(test)]
@@ -438,8 +368,8 @@ mod tests {
         m.interfaces.insert(7, "lxc00001".into());
         m.interfaces.insert(8, "lxc00002".into());
         m.kernel_reasons.insert(2, "NOT_SPECIFIED".into());
-        m.policy_sets.insert(5, vec!["x/allow-a".into(), "x/allow-all".into()]);
-        m.selected_by.insert((2, abi::DIR_INGRESS), vec!["x/deny-b".into()]);
+        m.policy_sets.insert(5, Arc::from(vec!["x/allow-a".to_owned(), "x/allow-all".to_owned()]));
+        m.selected_by.insert((2, abi::DIR_INGRESS), Arc::from(vec!["x/deny-b".to_owned()]));
         m
     }
 
@@ -543,7 +473,7 @@ mod tests {
 
         // The metadata changes: the next flow sees the new list.
         let mut m2 = m.clone();
-        m2.policy_sets.insert(5, vec!["x/other".into()]);
+        m2.policy_sets.insert(5, Arc::from(vec!["x/other".to_owned()]));
         let changed = b.build(&ev, &m2).allowed_by.expect("allowed_by");
         assert_eq!(&changed[..], ["x/other"]);
 
@@ -770,17 +700,5 @@ mod tests {
         let m = Metadata { mono_to_unix_ns: i64::MIN, ..Metadata::default() };
         let f = b.build(&ev, &m);
         assert_eq!((f.trace_observation_point, f.time_ns), (0, i64::MIN));
-    }
-
-    #[test]
-    fn sharing_cache_is_bounded() {
-        let mut cache: Shared<u32, str> = Shared::default();
-        for i in 0..10u32 {
-            let name = format!("if{i}");
-            let shared = cache.share(i, Some(name.as_str()), 4).expect("shared");
-            assert_eq!(&*shared, name);
-            assert!(cache.map.len() <= 4);
-        }
-        assert_eq!(cache.share(1, None, 4), None);
     }
 }
