@@ -441,7 +441,7 @@ pub fn metadata(desired: &NodeState, plan: &Plan, base: &Metadata) -> Metadata {
         meta.identities.insert(id.id, id.labels.clone().into());
     }
     let labels_of = |identity: u32| meta.identities.get(&identity).cloned().unwrap_or_else(|| Arc::from(Vec::new()));
-    let mut pods = BTreeMap::new();
+    let mut pods = crate::metadata::Map::default();
     for pod in &desired.pods {
         pods.insert(
             pod.ip,

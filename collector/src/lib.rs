@@ -30,6 +30,7 @@ pub mod export;
 pub mod flow;
 pub mod gateway;
 pub mod guard;
+pub mod hashing;
 pub mod kubernetes;
 pub mod kvstore;
 pub mod loader;

@@ -344,8 +344,11 @@ fn decode_build_metrics_store(c: &mut Criterion) {
     group.finish();
 }
 
+/// Flows per iteration of the `to_proto` benches.
+const TO_PROTO_FLOWS: usize = 1024;
+
 fn to_proto_bench(c: &mut Criterion) {
-    const FLOWS: usize = 1024;
+    const FLOWS: usize = TO_PROTO_FLOWS;
     let meta = metadata();
     let flows = built_flows(&meta, &ring_bytes(FLOWS));
     let mask = FieldMask::new(HUBBLE_DEFAULT_MASK).expect("hubble's default mask is valid");
@@ -528,49 +531,82 @@ fn estimate(group: &str, name: &str, since: std::time::SystemTime) -> Option<f64
     v["slope"]["point_estimate"].as_f64().or_else(|| v["mean"]["point_estimate"].as_f64())
 }
 
-/// The ring-buffer table from this run's estimates; with
+/// A table of this run's estimates: (group, bench, what, events per
+/// iteration) rows, each against the first row.
+fn table(since: std::time::SystemTime, against: &str, rows: &[(&str, &str, &str, usize)]) -> Option<String> {
+    use std::fmt::Write as _;
+    let (g, n, _, per_iter) = rows.first()?;
+    let base = estimate(g, n, since)? / *per_iter as f64;
+    let mut out = String::new();
+    let _ = writeln!(out, "| bench | what | per event | events/s | vs `{against}` |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for (group, name, what, per_iter) in rows {
+        let Some(ns) = estimate(group, name, since) else { continue };
+        let per = ns / *per_iter as f64;
+        let _ = writeln!(out, "| `{group}/{name}` | {what} | {per:.1} ns | {:.2} M/s | {:.2}× |", 1e3 / per, per / base);
+    }
+    Some(out)
+}
+
+/// Writes `table` between the `bench:{name}` markers of the file named by
+/// `$SIGHTLINE_BENCH_WRITE`, when it is set.
+fn write_section(name: &str, table: &str) {
+    let Ok(file) = std::env::var("SIGHTLINE_BENCH_WRITE") else { return };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&file);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    let (start, end) = (format!("<!-- bench:{name}:start -->"), format!("<!-- bench:{name}:end -->"));
+    let section = format!(
+        "{start}\nMeasured by `SIGHTLINE_BENCH_WRITE={file} cargo bench -p sightline-collector --bench pipeline` as root \
+         ({cpus} CPUs, Linux {}, load average {} at the end; wall time; same run).\n\n{table}{end}",
+        kernel.trim(),
+        load.join(" "),
+    );
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = match (text.find(&start), text.find(&end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{section}{}", &text[..a], &text[b + end.len()..]),
+        _ => format!("{}\n\n{section}\n", text.trim_end()),
+    };
+    match std::fs::write(&path, new) {
+        Ok(()) => println!("figures written to {} ({name})", path.display()),
+        Err(e) => eprintln!("writing {}: {e}", path.display()),
+    }
+}
+
+/// The tables from this run's estimates, printed; with
 /// `SIGHTLINE_BENCH_WRITE=docs/PERFORMANCE.md` also written there.
 fn ringbuf_summary(since: std::time::SystemTime) {
-    use std::fmt::Write as _;
-    let Some(base) = estimate("ringbuf", "drain", since) else { return };
-    let rows = [
-        ("ringbuf", "drain", "real ring buffer: `RingBuf::next`, each 112-byte record copied (baseline)"),
-        ("ringbuf", "drain_decode_build_store", "real ring buffer: `next` → decode → build the flow → store"),
-        ("ringbuf", "produce", "the kernel writing them: `from_container` under `BPF_PROG_TEST_RUN`, 2 events per run"),
-        ("pipeline", "raw_drain", "synthetic: copying records out of a byte buffer (the old baseline)"),
-        ("pipeline", "decode_build_store", "synthetic: decode → build → store over 300 pods' mix"),
-    ];
-    let mut out = String::new();
-    let _ = writeln!(out, "| bench | what | per event | events/s | vs `ringbuf/drain` |");
-    let _ = writeln!(out, "|---|---|---|---|---|");
-    for (group, name, what) in rows {
-        let Some(ns) = estimate(group, name, since) else { continue };
-        let per = ns / BATCH as f64;
-        let _ = writeln!(out, "| `{group}/{name}` | {what} | {per:.1} ns | {:.2} M/s | {:.1}× |", 1e3 / per, ns / base);
-    }
-    println!("\n{out}");
-    if let Ok(file) = std::env::var("SIGHTLINE_BENCH_WRITE") {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(&file);
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let load: Vec<&str> = load.split_whitespace().take(3).collect();
-        let section = format!(
-            "<!-- bench:pipeline-ringbuf:start -->\nMeasured by `SIGHTLINE_BENCH_WRITE={file} cargo bench -p sightline-collector --bench pipeline` as root \
-             ({cpus} CPUs, Linux {}, load average {} at the end; wall time; {BATCH} events per iteration, same run).\n\n{out}<!-- bench:pipeline-ringbuf:end -->",
-            kernel.trim(),
-            load.join(" "),
-        );
-        let (start, end) = ("<!-- bench:pipeline-ringbuf:start -->", "<!-- bench:pipeline-ringbuf:end -->");
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let new = match (text.find(start), text.find(end)) {
-            (Some(a), Some(b)) if a < b => format!("{}{section}{}", &text[..a], &text[b + end.len()..]),
-            _ => format!("{}\n\n{section}\n", text.trim_end()),
-        };
-        match std::fs::write(&path, new) {
-            Ok(()) => println!("figures written to {}", path.display()),
-            Err(e) => eprintln!("writing {}: {e}", path.display()),
-        }
+    let ring = table(
+        since,
+        "ringbuf/drain",
+        &[
+            ("ringbuf", "drain", "real ring buffer: `RingBuf::next`, each 112-byte record copied (baseline)", BATCH),
+            ("ringbuf", "drain_decode_build_store", "real ring buffer: `next` → decode → build the flow → store", BATCH),
+            ("ringbuf", "produce", "the kernel writing them: `from_container` under `BPF_PROG_TEST_RUN`, 2 events per run", BATCH),
+            ("pipeline", "raw_drain", "synthetic: copying records out of a byte buffer (the old baseline)", BATCH),
+            ("pipeline", "decode_build_store", "synthetic: decode → build → store over 300 pods' mix", BATCH),
+        ],
+    );
+    let hooks = table(
+        since,
+        "pipeline/decode_build_store",
+        &[
+            ("pipeline", "decode_build_store", "decode → build → store, no hooks (baseline)", BATCH),
+            ("pipeline", "decode_build_metrics_store", "+ Hubble handlers and policy accounting: **the agent's pipeline**", BATCH),
+            ("pipeline", "decode_build_hubble_metrics_store", "+ Hubble handlers only", BATCH),
+            ("pipeline", "decode_build_policy_store", "+ policy accounting only", BATCH),
+            ("pipeline", "decode_build_metrics_store_flush_per_batch", "both, counts flushed after every batch of 4096", BATCH),
+            ("pipeline", "decode_build_metrics_store_flush_per_flow", "both through `Metrics::observe` (lock, flush per flow)", BATCH),
+            ("pipeline", "to_proto", "flow → `flow.Flow` (only when a client reads)", TO_PROTO_FLOWS),
+            ("pipeline", "to_proto_masked", "the same, for the fields `observe` prints", TO_PROTO_FLOWS),
+        ],
+    );
+    for (name, out) in [("pipeline-ringbuf", ring), ("pipeline-hooks", hooks)] {
+        let Some(out) = out else { continue };
+        println!("\n{out}");
+        write_section(name, &out);
     }
 }
 
