@@ -118,6 +118,15 @@ fn metrics_count_what_the_datapath_dropped() {
     assert!(sum(&text, "sightline_bpf_map_entries", &["map=\"IPCACHE\""]) >= 9.0);
     assert!(sum(&text, "sightline_bpf_map_entries", &["map=\"POLICY\""]) >= 1.0, "only-80 is programmed");
     assert_eq!(sum(&text, "sightline_bpf_map_capacity", &["map=\"CT\""]), 65536.0);
+    // Conntrack garbage collection (every 5 s) is timed and counted.
+    let collections = "sightline_conntrack_gc_duration_seconds_count";
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while sum(&text, collections, &[]) < 1.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        text = http_get(&addr, "/metrics", None).1;
+    }
+    assert!(sum(&text, collections, &[]) >= 1.0, "no garbage collection was timed");
+    assert!(text.contains("\nsightline_conntrack_gc_deleted_total "), "no count of what garbage collection deleted");
     // Pipeline throughput and latency histograms saw the drains.
     for histogram in ["sightline_pipeline_delay_seconds", "sightline_pipeline_batch_duration_seconds", "sightline_pipeline_batch_events"] {
         assert!(sum(&after, &format!("{histogram}_count"), &[]) > 0.0, "{histogram} observed nothing");
