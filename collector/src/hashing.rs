@@ -93,3 +93,18 @@ impl Hasher for WordHasher {
         (h ^ (h >> 29)).wrapping_mul(K) ^ (h >> 32)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hasher_spreads_small_keys() {
+        let s = Seeded::new();
+        let mut buckets = std::collections::HashSet::new();
+        for k in 0u64..1024 {
+            buckets.insert(s.hash_one(k) & 1023);
+        }
+        assert!(buckets.len() > 600, "{}", buckets.len());
+    }
+}

@@ -1249,10 +1249,10 @@ impl Probes {
     /// One run of `ct_gc`: `None` when it is not loaded.
     fn ct_collect_in_kernel(&mut self, now_ns: u64) -> Result<Option<(u64, usize)>, String> {
         use aya::programs::{TestRun as _, TestRunOptions};
-        if !self.gc_in_kernel() {
+        let Ok(prog) = self.programs.tc(abi::programs::CT_GC) else { return Ok(None) };
+        if prog.fd().is_err() {
             return Ok(None);
         }
-        let prog = self.programs.tc(abi::programs::CT_GC).map_err(|e| e.to_string())?;
         let mut packet = [0u8; abi::GC_PACKET_LEN];
         packet[abi::GC_NOW_OFFSET..abi::GC_NOW_OFFSET + 8].copy_from_slice(&now_ns.to_ne_bytes());
         let mut out = [0u8; abi::GC_PACKET_LEN];

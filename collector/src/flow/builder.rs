@@ -63,7 +63,6 @@ use sightline_abi as abi;
 use sightline_abi::Event;
 use sightline_flow::ServiceMeta;
 
-
 use super::{Flow, Side};
 use crate::metadata::{Frontend, Metadata};
 

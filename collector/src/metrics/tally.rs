@@ -317,14 +317,4 @@ mod tests {
         index.insert((0, 0), 5);
         assert_eq!(index.get(&(0, 0)), Some(5));
     }
-
-    #[test]
-    fn the_hasher_spreads_small_keys() {
-        let s = Seeded::new();
-        let mut buckets = std::collections::HashSet::new();
-        for k in 0u64..1024 {
-            buckets.insert(s.hash_one(k) & 1023);
-        }
-        assert!(buckets.len() > 600, "{}", buckets.len());
-    }
 }
